@@ -1,0 +1,28 @@
+"""saehealth: is your sparse autoencoder any good?
+
+Public API (heavy imports happen on first use, so `saehealth --help` stays fast):
+- `BUILTIN_MODEL`, `BUILTIN_DATASET`: names of the embedded tiny model and corpus.
+- `load_model(name, device=..., dtype=...)`: a TransformerLens `HookedTransformer`.
+- `load_dataset(name, split=...)`: a `datasets.Dataset` with a text or tokens column.
+"""
+
+from __future__ import annotations
+
+from saehealth.builtin import BUILTIN_DATASET, BUILTIN_MODEL
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "saehealth.models",
+    "load_dataset": "saehealth.data",
+}
+
+__all__ = ["BUILTIN_DATASET", "BUILTIN_MODEL", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'saehealth' has no attribute {name!r}")

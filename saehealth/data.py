@@ -1,0 +1,100 @@
+"""Text datasets by name: the built-in corpus, a local file or folder, or a Hugging Face hub dataset.
+
+Every dataset comes back as a `datasets.Dataset` with a `text` column or a pre-tokenized `tokens`
+(or `input_ids`) column, which is what SAELens' activation store and saehealth's evaluation read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saehealth import builtin
+from saehealth.errors import DataError
+
+TEXT_COLUMNS = ("text",)
+TOKEN_COLUMNS = ("tokens", "input_ids")
+LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
+
+
+def load_dataset(name: str, split: str = "train"):
+    """A `datasets.Dataset` for the built-in corpus, a local path or a hub name (that split)."""
+    if name == builtin.BUILTIN_DATASET:
+        dataset = _builtin(split)
+    elif Path(name).expanduser().exists():
+        dataset = _local(Path(name).expanduser(), split)
+    elif _looks_like_path(name):
+        raise DataError(f"Dataset path {name} does not exist: check the path, or give a hub dataset name.")
+    else:
+        dataset = _hub(name, split)
+    _check_columns(dataset, name)
+    if len(dataset) == 0:
+        raise DataError(f"Dataset {name!r} (split {split!r}) is empty: give a dataset with at least one row.")
+    return dataset
+
+
+def text_column(dataset) -> str | None:
+    """The dataset's text column, or None when it is pre-tokenized."""
+    return next((c for c in TEXT_COLUMNS if c in dataset.column_names), None)
+
+
+def token_column(dataset) -> str | None:
+    """The dataset's token column, or None when it holds text."""
+    return next((c for c in TOKEN_COLUMNS if c in dataset.column_names), None)
+
+
+def _builtin(split: str):
+    from datasets import Dataset
+
+    if split not in builtin.BUILTIN_SPLITS:
+        raise DataError(f"The built-in corpus has no split {split!r}: use one of {', '.join(builtin.BUILTIN_SPLITS)}.")
+    docs = [d for d in builtin.read_corpus() if d["split"] == split]
+    return Dataset.from_dict({"text": [d["text"] for d in docs], "id": [d["id"] for d in docs]})
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).suffix in LOCAL_FORMATS
+
+
+def _local(path: Path, split: str):
+    import datasets
+
+    try:
+        if path.is_dir():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{path} has no split {split!r}: it has {', '.join(loaded)}.")
+                return loaded[split]
+            return loaded
+        if path.suffix not in LOCAL_FORMATS:
+            raise DataError(
+                f"Cannot read {path.name}: give a .parquet, .jsonl, .json or .txt file, or a save_to_disk folder."
+            )
+        # Local files are one split; `split` names the hub split only.
+        return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(f"Could not read dataset {path}: {exc}") from exc
+    except Exception as exc:  # datasets wraps parse errors in its own classes
+        raise DataError(f"Could not read dataset {path} ({type(exc).__name__}): check that it is valid.") from exc
+
+
+def _hub(name: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as exc:  # offline, unknown repo, unknown split: all surface as different classes
+        raise DataError(
+            f"Could not load dataset {name!r} split {split!r} from the Hugging Face hub ({type(exc).__name__}). "
+            f"Use {builtin.BUILTIN_DATASET!r}, a local .parquet/.jsonl/.txt file or folder, or check network access."
+        ) from exc
+
+
+def _check_columns(dataset, name: str) -> None:
+    if text_column(dataset) is None and token_column(dataset) is None:
+        raise DataError(
+            f"Dataset {name!r} has no text or tokens column (it has {', '.join(dataset.column_names)}): "
+            "rename the column holding the text to 'text', or tokens to 'tokens'."
+        )

@@ -1,0 +1,135 @@
+"""Resolve a model name to a TransformerLens `HookedTransformer`, and check hooks against it.
+
+Accepted names: the built-in model (`saehealth.BUILTIN_MODEL`), a local directory (saehealth's own
+layout, or a Hugging Face checkpoint of an architecture TransformerLens supports), or a TransformerLens
+pretrained name (downloaded from the hub by TransformerLens itself).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from saehealth import builtin
+from saehealth.errors import IncompatibleSAEError, ModelError, suggest
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from its name ('float32', 'bfloat16', ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype.removeprefix("torch.")
+    if name not in DTYPES:
+        raise ModelError(f"Unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def load_model(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32"):
+    """A `HookedTransformer` for the built-in model, a local directory or a TransformerLens name."""
+    torch_dtype = resolve_dtype(dtype)
+    if name == builtin.BUILTIN_MODEL:
+        return _load_saehealth_layout(builtin.assets_dir(), device, torch_dtype)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / builtin.MODEL_CONFIG_FILE).is_file():
+            return _load_saehealth_layout(path, device, torch_dtype)
+        if (path / "config.json").is_file():
+            return _load_hf_directory(path, device, torch_dtype)
+        raise ModelError(
+            f"{path} holds no model: expected {builtin.MODEL_CONFIG_FILE} + {builtin.MODEL_WEIGHTS_FILE} "
+            "(saehealth layout) or a Hugging Face config.json with weights."
+        )
+    return _load_pretrained(name, device, torch_dtype)
+
+
+def _hooked_transformer():
+    # TransformerLens 3 warns that HookedTransformer is deprecated in favour of TransformerBridge;
+    # SAELens still builds on HookedTransformer, so we do too, without the noise.
+    warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+    from transformer_lens import HookedTransformer
+
+    return HookedTransformer
+
+
+def _load_saehealth_layout(folder: Path, device: str, dtype: torch.dtype):
+    """Config JSON (HookedTransformerConfig fields) + safetensors weights + tokenizer/ folder."""
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformerConfig
+
+    HookedTransformer = _hooked_transformer()
+    config = json.loads((folder / builtin.MODEL_CONFIG_FILE).read_text())
+    cfg = HookedTransformerConfig(**config, device=device, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer=builtin.load_builtin_tokenizer(folder))
+    model.load_state_dict(load_file(str(folder / builtin.MODEL_WEIGHTS_FILE)))
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model
+
+
+def _load_hf_directory(path: Path, device: str, dtype: torch.dtype):
+    """A local Hugging Face checkpoint whose architecture TransformerLens knows by its recorded name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = json.loads((path / "config.json").read_text())
+    recorded = config.get("_name_or_path") or config.get("name_or_path") or ""
+    official = _official_name(recorded)
+    if official is None:
+        raise ModelError(
+            f"{path} is a Hugging Face checkpoint, but its config.json does not name a model TransformerLens "
+            f"supports (_name_or_path={recorded!r}); set _name_or_path to the base model's name, e.g. 'gpt2'."
+        )
+    hf_model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = _hooked_transformer().from_pretrained(
+        official, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    model.eval()
+    return model
+
+
+def _official_name(name: str) -> str | None:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def _load_pretrained(name: str, device: str, dtype: torch.dtype):
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    official = _official_name(name)
+    if official is None:
+        raise ModelError(
+            f"Unknown model {name!r}: give {builtin.BUILTIN_MODEL!r} (the built-in model), a local model "
+            f"directory, or a TransformerLens model name.{suggest(name, OFFICIAL_MODEL_NAMES)}"
+        )
+    try:
+        model = _hooked_transformer().from_pretrained(official, device=device, dtype=dtype)
+    except OSError as exc:  # hub unreachable or files missing
+        raise ModelError(
+            f"Could not download {official!r} from the Hugging Face hub ({type(exc).__name__}); "
+            "check network access or pass a local model directory with --model."
+        ) from exc
+    model.eval()
+    return model
+
+
+def hook_names(model) -> list[str]:
+    """Every hook point of the model."""
+    return list(model.hook_dict)
+
+
+def check_hook(model, hook_name: str) -> None:
+    """Raise if the model has no such hook, naming the nearest ones."""
+    if hook_name not in model.hook_dict:
+        raise IncompatibleSAEError(
+            f"The model has no hook {hook_name!r}.{suggest(hook_name, hook_names(model))} "
+            f"Layers run from 0 to {model.cfg.n_layers - 1}."
+        )
