@@ -7,6 +7,7 @@ Every user mistake surfaces as a `SaeHealthError`; `main()` turns it into one re
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,6 +31,229 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
 ) -> None:
     """saehealth: evaluation-centric toolkit for sparse autoencoders, built on SAELens."""
+
+
+@app.command("eval")
+def eval_command(
+    sae_path: Annotated[str, typer.Option("--sae-path", help="SAE checkpoint folder or file.")],
+    model: Annotated[str | None, typer.Option(help="Model name or folder (default: the checkpoint's).")] = None,
+    hook: Annotated[str | None, typer.Option(help="TransformerLens hook (default: the checkpoint's).")] = None,
+    layer: Annotated[int | None, typer.Option(help="Use the checkpoint's hook type at this layer.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Built-in, local path or hub dataset.")] = None,
+    split: Annotated[str | None, typer.Option(help="Dataset split (default: a held-out one).")] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="Tokens to evaluate (default: up to 200k).")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="Sequences to evaluate, instead of --tokens.")] = None,
+    context_length: Annotated[int | None, typer.Option(help="Tokens per sequence (default: the checkpoint's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16.")] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed for data order and probes.")] = 42,
+    out: Annotated[Path | None, typer.Option(help="Result folder (default: reports/<checkpoint name>/).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-run even if a result exists.")] = False,
+    include_special_tokens: Annotated[
+        bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")
+    ] = False,
+    skip: Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Print timings and notes.")] = False,
+) -> None:
+    """Evaluate one SAE on real model activations: reconstruction, downstream loss, sparsity, absorption."""
+    from saehealth.config import EvalConfig
+    from saehealth.evaluate import evaluate
+
+    config = EvalConfig(
+        sae_path=sae_path,
+        model=model,
+        hook=hook,
+        layer=layer,
+        dataset=dataset,
+        split=split,
+        n_tokens=tokens,
+        num_samples=num_samples,
+        context_length=context_length,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        out=out,
+        force=force,
+        include_special_tokens=include_special_tokens,
+        skip=tuple(skip or ()),
+        format=format,
+        verbose=verbose,
+    )
+    result = evaluate(config=config, console=console)
+    _print_summary(result, verbose)
+
+
+def _print_summary(result, verbose: bool) -> None:
+    """A short table of the headline numbers (the full report is `saehealth report`)."""
+    from rich.table import Table
+
+    table = Table(title=f"{result.sae.path}  ({result.eval.tokens_scored:,} tokens scored)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (
+        "loss_recovered",
+        "delta_ce",
+        "kl_div_score",
+        "explained_variance",
+        "l0",
+        "dead_fraction",
+        "dense_fraction",
+        "decoder_redundancy",
+        "absorption_fraction",
+    ):
+        value = result.metrics.get(key)
+        se = result.uncertainty.get(key)
+        text = "not measured" if value is None else f"{value:.4g}" + (f" ± {se:.2g}" if se else "")
+        table.add_row(key, text)
+    console.print(table)
+    if verbose:
+        for note in result.notes:
+            console.print(f"[dim]- {note}[/]")
+        console.print(f"[dim]timing: {result.timing}[/]")
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[CONFIG] [--key value ...]",
+)
+def train_command(ctx: typer.Context) -> None:
+    """Train an SAE with SAELens from a YAML/JSON runner config, with --key value overrides.
+
+    CONFIG is a LanguageModelSAERunnerConfig in SAELens' field names (e.g. scripts/configs/demo.yaml,
+    or 'demo' for the packaged one); without it, saehealth's defaults: the built-in model and corpus,
+    blocks.0.hook_resid_post, a standard SAE at expansion factor 8.
+
+    Any config field is an option: --model_name --hook_name --layer --architecture --expansion_factor
+    --d_sae --k --training_tokens --lr --l1_coefficient --normalize_activations --output_name
+    --dataset_path --train_batch_size_tokens --context_size --device --log_to_wandb, and SAE or logger
+    fields directly or dotted (--sae.k 32). Values are YAML scalars (true, 1e-4, 64, null).
+
+    The SAE is saved in SAELens' format to checkpoints/<output_name>/ under the current directory.
+    """
+    from saehealth import training
+
+    config, overrides = training.split_cli_args(ctx.args)
+    path = training.train(config, overrides)
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------ report and thresholds
+# Shared option types: eval and compare reuse them, so each option is declared once.
+ThresholdsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--thresholds",
+        help="Health bands: a preset (default, strict, lenient) or a TOML/YAML file. See `saehealth thresholds`.",
+    ),
+]
+StrictOption = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when a headline metric is unhealthy.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the one-line verdict.")]
+WandbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--wandb", metavar="PROJECT", help="Also log metrics, verdicts, plots and the JSON to this W&B project."
+    ),
+]
+
+
+@app.command("report")
+def report_command(
+    result_path: Annotated[Path, typer.Argument(help="A result.json, or the folder holding one.", show_default=False)],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.md and plots/ (default: the result's folder).")
+    ] = None,
+    thresholds: ThresholdsOption = None,
+    quiet: QuietOption = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the result with verdicts and advice as JSON instead of the report.")
+    ] = False,
+    strict: StrictOption = False,
+    wandb_project: WandbOption = None,
+) -> None:
+    """Regenerate the terminal and markdown health reports from a saved result, without loading any model.
+
+    Verdicts are recomputed when --thresholds is given; otherwise the saved ones are used."""
+    import dataclasses
+    import json
+
+    from saehealth.advice import advise
+    from saehealth.report import print_report, write_markdown_report
+    from saehealth.result import load_details, load_result
+    from saehealth.thresholds import assess, headline_summary, is_unhealthy, load_thresholds
+
+    result = load_result(result_path)
+    details = load_details(result_path)
+    if thresholds is not None or not result.verdicts:
+        result.verdicts = assess(
+            result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
+        )
+    folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
+    report_path = write_markdown_report(result, details, folder)
+    location = None
+    if wandb_project:
+        from saehealth.wandb_log import log_to_wandb
+
+        location = log_to_wandb(result, details, folder, project=wandb_project)
+    if json_output:
+        data = {
+            **result.to_dict(),
+            "summary": headline_summary(result.verdicts),
+            "unhealthy": is_unhealthy(result.verdicts),
+            "advice": [dataclasses.asdict(f) for f in advise(result, details)],
+            "report": str(report_path),
+            "wandb": location,
+        }
+        typer.echo(json.dumps(data, indent=2, allow_nan=False))
+    else:
+        print_report(result, details, console, quiet=quiet)
+        if not quiet:
+            console.print(f"Markdown report: {report_path}", highlight=False)
+            if location:
+                console.print(f"W&B: {location}", highlight=False)
+    if strict and is_unhealthy(result.verdicts):
+        # SystemExit, not typer.Exit: main() runs typer with standalone_mode=False, which swallows Exit codes.
+        raise SystemExit(2)
+
+
+@app.command("thresholds")
+def thresholds_command(
+    spec: Annotated[
+        str | None,
+        typer.Argument(
+            help="A preset name or a TOML/YAML file (default: list the presets and show 'default').", show_default=False
+        ),
+    ] = None,
+    toml: Annotated[bool, typer.Option("--toml", help="Print the bands as a TOML file to copy and edit.")] = False,
+) -> None:
+    """List the threshold presets, or show one preset or file as a table."""
+    from saehealth.report import print_thresholds
+    from saehealth.thresholds import get_preset, load_thresholds, preset_names, thresholds_to_toml
+
+    chosen = load_thresholds(spec)
+    if toml:
+        typer.echo(thresholds_to_toml(chosen))
+        return
+    presets = [get_preset(name) for name in preset_names()] if spec is None else None
+    print_thresholds(chosen, console, presets=presets)
+
+
+@app.command("inspect")
+def inspect_command(
+    path: Annotated[str, typer.Argument(help="SAE checkpoint folder or file.", show_default=False)],
+    format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
+    hook: Annotated[str | None, typer.Option(help="Pick (run folders) or override the TransformerLens hook.")] = None,
+    select: Annotated[str | None, typer.Option(help="Glob over a run folder's SAEs, e.g. 'layers.*'.")] = None,
+) -> None:
+    """Show what a checkpoint was detected as: library, format, architecture, sizes, hook mapping, training facts."""
+    from saehealth.loading import load_checkpoint
+    from saehealth.loading.describe import describe, summarize
+
+    loaded = load_checkpoint(path, format=format, hook=hook, select=select)
+    console.print(summarize(loaded) if isinstance(loaded, list) else describe(loaded))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,3 +98,58 @@ def _check_columns(dataset, name: str) -> None:
             f"Dataset {name!r} has no text or tokens column (it has {', '.join(dataset.column_names)}): "
             "rename the column holding the text to 'text', or tokens to 'tokens'."
         )
+
+
+def sequence_batches(dataset, tokenizer, context_length: int, n_sequences: int, batch_size: int, seed: int):
+    """Yield (batch, context_length) LongTensors of evaluation sequences, `n_sequences` at most.
+
+    Text rows are shuffled with `seed`, tokenized one at a time, joined into one stream with BOS between
+    documents, and cut into sequences that each start with BOS (as SAELens' activation store does).
+    Pre-tokenized rows are cut into `context_length` pieces as they are. Streaming keeps memory
+    independent of how many tokens are evaluated.
+    """
+    import torch
+
+    rows = dataset.shuffle(seed=seed)
+    text_col, tok_col = text_column(rows), token_column(rows)
+    bos = tokenizer.bos_token_id
+    batch: list[list[int]] = []
+    produced = 0
+
+    def sequences():
+        if tok_col is not None:
+            for row in rows:
+                ids = list(row[tok_col])
+                for start in range(0, len(ids) - context_length + 1, context_length):
+                    yield ids[start : start + context_length]
+            return
+        buffer: list[int] = []
+        body = context_length - 1 if bos is not None else context_length
+        for row in rows:
+            buffer += ([bos] if bos is not None else []) + tokenizer.encode(row[text_col], add_special_tokens=False)
+            while len(buffer) >= body:
+                yield ([bos] if bos is not None else []) + buffer[:body]
+                buffer = buffer[body:]
+
+    for seq in sequences():
+        if produced >= n_sequences:
+            break
+        batch.append(seq)
+        produced += 1
+        if len(batch) == batch_size:
+            yield torch.tensor(batch, dtype=torch.long)
+            batch = []
+    if batch:
+        yield torch.tensor(batch, dtype=torch.long)
+
+
+def special_token_mask(tokens, tokenizer, include_special_tokens: bool = False):
+    """True where a position counts: not the tokenizer's BOS, EOS or PAD (unless `include_special_tokens`)."""
+    import torch
+
+    if include_special_tokens:
+        return torch.ones_like(tokens, dtype=torch.bool)
+    special = {t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
+    if not special:
+        return torch.ones_like(tokens, dtype=torch.bool)
+    return ~torch.isin(tokens, torch.tensor(sorted(special), device=tokens.device))

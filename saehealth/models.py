@@ -66,7 +66,6 @@ def _load_saehealth_layout(folder: Path, device: str, dtype: torch.dtype):
     cfg = HookedTransformerConfig(**config, device=device, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer=builtin.load_builtin_tokenizer(folder))
     model.load_state_dict(load_file(str(folder / builtin.MODEL_WEIGHTS_FILE)))
-    model.to(device=device, dtype=dtype)
     model.eval()
     return model
 

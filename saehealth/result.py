@@ -109,6 +109,8 @@ class EvalResult:
     timing: dict[str, float]
     verdicts: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # The options that decided the numbers; a saved result is reused only for the same request.
+    request: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -132,6 +134,7 @@ class EvalResult:
             timing=data.get("timing", {}),
             verdicts=data.get("verdicts", {}),
             notes=data.get("notes", []),
+            request=data.get("request", {}),
         )
 
     def save(self, folder: Path, details: dict | None = None) -> Path:

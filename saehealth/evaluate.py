@@ -1,0 +1,506 @@
+"""`saehealth eval`: load an SAE, replay real model activations through it, score every metric.
+
+The orchestration only: settings are resolved from the checkpoint and the user's options, the one pass
+lives in `replay.py`, the arithmetic in `metrics/`, verdicts in `thresholds.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from saehealth import builtin
+from saehealth.config import DEFAULT_MAX_TOKENS, EvalConfig
+from saehealth.data import load_dataset, sequence_batches, special_token_mask
+from saehealth.errors import ConfigError, DataError, IncompatibleSAEError
+from saehealth.metrics.clusters import SequenceTotals
+from saehealth.metrics.downstream import DownstreamAccumulator
+from saehealth.metrics.geometry import geometry_metrics
+from saehealth.metrics.reconstruction import ReconstructionAccumulator
+from saehealth.metrics.sparsity import SparsityAccumulator, dead_rate_bound
+from saehealth.models import check_hook, load_model
+from saehealth.replay import replay_batch, splice_site
+from saehealth.result import METRIC_KEYS, EvalResult, EvalSettings, Provenance, SAEInfo, load_result
+
+# Per-sequence totals kept for standard errors (see metrics/clusters.py).
+SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", "n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+# metric -> (numerator, denominator) as {quantity: coefficient}; value = Σnum / Σden (+ offset below).
+RATIO_METRICS = {
+    "loss_recovered": ({"ce_zero": 1, "ce_sae": -1}, {"ce_zero": 1, "ce_clean": -1}),
+    "delta_ce": ({"ce_sae": 1, "ce_clean": -1}, {"n_pred": 1}),
+    "kl_div_score": ({"kl_sae": 1}, {"kl_zero": 1}),  # 1 − ratio: same standard error
+    "explained_variance": ({"sse": 1}, {"sst": 1}),  # 1 − ratio: same standard error
+    "l0": ({"l0": 1}, {"n_tokens": 1}),
+}
+
+
+@dataclass
+class PassOutput:
+    """Accumulated state after the pass over the evaluation tokens."""
+
+    metrics: dict
+    uncertainty: dict
+    details: dict
+    n_sequences: int
+    tokens_run: int
+    tokens_scored: int
+
+
+def evaluate(
+    sae_path: str | Path | None = None, *, config: EvalConfig | None = None, console=None, **options
+) -> EvalResult:
+    """Evaluate one SAE checkpoint; returns the typed result (also written to the output folder).
+
+    Either pass an `EvalConfig`, or the checkpoint path and any `EvalConfig` field as keyword arguments:
+    `saehealth.evaluate("checkpoints/demo", n_tokens=50_000, device="cuda")`.
+    """
+    if config is None:
+        if sae_path is None:
+            raise ConfigError("evaluate() needs an SAE path (or a config).")
+        config = EvalConfig(sae_path=str(sae_path), **options)
+    elif options or sae_path is not None:
+        raise ConfigError("Pass either a config or keyword options to evaluate(), not both.")
+    return Evaluation(config, console).run()
+
+
+class Evaluation:
+    """One evaluation run: resolve settings, run the pass, assemble and save the result."""
+
+    def __init__(self, config: EvalConfig, console=None):
+        self.config = config
+        self.console = console
+        self.timing: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.not_measured: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ resolution
+    def run(self) -> EvalResult:
+        from saehealth.loading import load_checkpoint
+
+        cfg = self.config
+        started_at = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        loaded = load_checkpoint(cfg.sae_path, format=cfg.format, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype)
+        if isinstance(loaded, list):
+            raise ConfigError(
+                f"{cfg.sae_path} holds {len(loaded)} SAEs: evaluate one hookpoint folder, or use `saehealth compare`."
+            )
+        self.timing["load_sae_s"] = time.perf_counter() - t0
+        out = self._out_folder()
+        cached = self._reusable_result(out)
+        if cached is not None:
+            return cached
+
+        model_name = cfg.model or loaded.model_name
+        if model_name is None:
+            raise ConfigError(f"{cfg.sae_path} does not say which model it was trained on: pass --model NAME.")
+        hook = self._hook_name(loaded)
+        t0 = time.perf_counter()
+        model = load_model(model_name, device=cfg.device, dtype=cfg.dtype)
+        self.timing["load_model_s"] = time.perf_counter() - t0
+        check_hook(model, hook)
+        site = splice_site(model, hook)
+        sae = loaded.sae
+        self._check_width(model, site, sae)
+        context = self._context_length(model, loaded)
+        dataset_name, split = self._dataset(model_name, loaded)
+        dataset = load_dataset(dataset_name, split)
+
+        n_sequences = self._sequences_wanted(context)
+        t0 = time.perf_counter()
+        output = self._run_pass(model, site, sae, dataset, context, n_sequences)
+        self.timing["replay_s"] = time.perf_counter() - t0
+        self.timing["tokens_per_second"] = output.tokens_run / max(self.timing["replay_s"], 1e-9)
+        metrics = output.metrics
+        details = output.details
+
+        t0 = time.perf_counter()
+        if "geometry" in cfg.skip:
+            for key in ("decoder_redundancy", "near_duplicate_latents"):
+                self.not_measured[key] = "skipped with --skip geometry"
+        else:
+            geometry, max_cos = geometry_metrics(sae.W_dec)
+            metrics.update(geometry)
+            details["max_decoder_cosine"] = max_cos
+        self.timing["geometry_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        metrics.update(self._absorption(model, sae, hook, details))
+        self.timing["absorption_s"] = time.perf_counter() - t0
+
+        for key in METRIC_KEYS:
+            metrics.setdefault(key, None)
+            if metrics[key] is None and key not in self.not_measured:
+                self.not_measured[key] = "could not be computed on this data (see notes)"
+        bound = dead_rate_bound(output.tokens_scored)
+        self.notes.append(
+            f"{output.tokens_scored:,} tokens scored: a latent that never fired has a firing rate below "
+            f"{bound:.2g} (3/T) with 95% confidence."
+        )
+        result = EvalResult(
+            sae=SAEInfo(
+                path=str(cfg.sae_path),
+                source_library=loaded.source_library,
+                architecture=loaded.architecture,
+                d_in=int(sae.cfg.d_in),
+                d_sae=int(sae.cfg.d_sae),
+                hook_name=hook,
+                model_name=loaded.model_name,
+                training=_jsonable(loaded.training),
+            ),
+            eval=EvalSettings(
+                model=model_name,
+                dataset=dataset_name,
+                split=split,
+                n_tokens=output.tokens_run,
+                tokens_scored=output.tokens_scored,
+                context_length=context,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                mask_special_tokens=not cfg.include_special_tokens,
+                n_sequences=output.n_sequences,
+            ),
+            metrics={k: _clean_number(v) for k, v in metrics.items()},
+            uncertainty={k: v for k, v in output.uncertainty.items() if math.isfinite(v)},
+            not_measured=self.not_measured,
+            provenance=_provenance(cfg, started_at),
+            timing={k: round(v, 4) for k, v in self.timing.items()},
+            notes=[*loaded.notes, *self.notes],
+            request=self._request(),
+        )
+        self._assess(result)
+        result.save(out, details)
+        return result
+
+    def _out_folder(self) -> Path:
+        if self.config.out is not None:
+            return Path(self.config.out)
+        name = Path(self.config.sae_path).expanduser().resolve().name or "sae"
+        return Path("reports") / name
+
+    def _request(self) -> dict:
+        """The settings that decide the numbers; a saved result is reused only when they match."""
+        cfg = self.config
+        keys = (
+            "model",
+            "hook",
+            "layer",
+            "dataset",
+            "split",
+            "n_tokens",
+            "num_samples",
+            "context_length",
+            "seed",
+            "include_special_tokens",
+            "skip",
+            "format",
+            "absorption_min_letters",
+        )
+        return {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in keys}
+
+    def _reusable_result(self, out: Path) -> EvalResult | None:
+        from saehealth.result import RESULT_FILE
+
+        path = out / RESULT_FILE
+        if self.config.force or not path.is_file():
+            return None
+        import json
+
+        saved_request = json.loads(path.read_text()).get("request")
+        if saved_request != self._request():
+            raise ConfigError(
+                f"{path} holds a result computed with other settings: pass --force to replace it, or --out DIR."
+            )
+        if self.console is not None:
+            self.console.print(f"[dim]Reusing {path} (pass --force to re-run).[/]")
+        return load_result(path)
+
+    def _hook_name(self, loaded) -> str:
+        cfg = self.config
+        if cfg.hook:
+            return cfg.hook
+        if cfg.layer is not None:
+            if loaded.hook_name and loaded.hook_name.startswith("blocks."):
+                parts = loaded.hook_name.split(".")
+                parts[1] = str(cfg.layer)
+                return ".".join(parts)
+            return f"blocks.{cfg.layer}.hook_resid_post"
+        if loaded.hook_name is None:
+            raise ConfigError(f"{cfg.sae_path} does not say which hook it reads: pass --hook NAME or --layer N.")
+        return loaded.hook_name
+
+    def _check_width(self, model, site, sae) -> None:
+        probe = torch.zeros(1, 2, dtype=torch.long, device=self.config.device)
+        widths: list[int] = []
+
+        def capture(activation, hook):  # noqa: ARG001
+            widths.append(activation.flatten(-2, -1).shape[-1] if site.head_dims else activation.shape[-1])
+            raise _StopForward
+
+        try:
+            with model.hooks(fwd_hooks=[(site.hook_name, capture)]), torch.no_grad():
+                model(probe)
+        except _StopForward:
+            pass
+        if widths and widths[0] != sae.cfg.d_in:
+            raise IncompatibleSAEError(
+                f"The SAE's d_in is {sae.cfg.d_in} but {site.hook_name} has width {widths[0]}: "
+                "check --model and --hook (the SAE was trained on another model or hook)."
+            )
+
+    def _context_length(self, model, loaded) -> int:
+        context = self.config.context_length or loaded.context_size or model.cfg.n_ctx
+        if context > model.cfg.n_ctx:
+            if self.config.context_length:
+                raise ConfigError(
+                    f"--context-length {context} is longer than the model's context ({model.cfg.n_ctx}): lower it."
+                )
+            context = model.cfg.n_ctx
+        if context < 2:
+            raise ConfigError("The context length must be at least 2 tokens to score next-token predictions.")
+        return context
+
+    def _dataset(self, model_name: str, loaded) -> tuple[str, str]:
+        cfg = self.config
+        name = cfg.dataset
+        if name is None:
+            name = builtin.BUILTIN_DATASET if model_name == builtin.BUILTIN_MODEL else loaded.dataset_path
+        if name is None:
+            raise ConfigError(f"{cfg.sae_path} does not record its training dataset: pass --dataset NAME.")
+        if cfg.split is not None:
+            return name, cfg.split
+        if name == builtin.BUILTIN_DATASET:
+            return name, "validation"  # held out from training
+        for split in ("validation", "test"):
+            try:
+                load_dataset(name, split)
+                return name, split
+            except DataError:
+                continue
+        self.notes.append(f"{name} has no validation or test split: evaluated on 'train', which may overlap training.")
+        return name, "train"
+
+    def _sequences_wanted(self, context: int) -> int:
+        cfg = self.config
+        if cfg.num_samples is not None:
+            return cfg.num_samples
+        tokens = cfg.n_tokens if cfg.n_tokens is not None else DEFAULT_MAX_TOKENS
+        return max(1, math.ceil(tokens / context))
+
+    # ------------------------------------------------------------------ the pass
+    def _run_pass(self, model, site, sae, dataset, context: int, n_sequences: int) -> PassOutput:
+        cfg = self.config
+        batches = sequence_batches(dataset, model.tokenizer, context, n_sequences, cfg.batch_size, cfg.seed)
+        with _progress(self.console, n_sequences * context) as advance:
+            output = score_batches(model, site, sae, batches, cfg.include_special_tokens, cfg.device, advance)
+        if output.n_sequences == 0:
+            raise DataError(
+                f"The dataset yields no sequence of {context} tokens: use a larger dataset or a smaller --context-length."
+            )
+        if output.n_sequences < n_sequences and (cfg.n_tokens is not None or cfg.num_samples is not None):
+            self.notes.append(
+                f"Asked for {n_sequences * context:,} tokens but the dataset holds {output.tokens_run:,} "
+                f"({output.n_sequences} sequences of {context}): evaluated all of it."
+            )
+        if output.tokens_scored == 0:
+            raise DataError(
+                "Every position was masked as a special token: check the dataset or pass --include-special-tokens."
+            )
+        return output
+
+    # ------------------------------------------------------------------ optional parts
+    def _absorption(self, model, sae, hook: str, details: dict) -> dict:
+        from saehealth.metrics.absorption import absorption_applicable, measure_absorption
+
+        keys = ("absorption_fraction", "full_absorption_rate", "mean_num_split_features", "absorption_letters_scored")
+        reason = "skipped with --skip absorption" if "absorption" in self.config.skip else absorption_applicable(hook)
+        if reason is None:
+            result = measure_absorption(
+                model,
+                sae,
+                hook,
+                min_letters=self.config.absorption_min_letters,
+                seed=self.config.seed,
+                cache_dir=_cache_dir(),
+                device=self.config.device,
+            )
+            for name, array in result.per_letter.items():
+                details[f"absorption_{name}"] = torch.as_tensor(array)
+            if result.not_measured_reason is None:
+                return result.metrics
+            reason = result.not_measured_reason
+            measured = {k: v for k, v in result.metrics.items() if v is not None}
+            for key in keys:
+                if key not in measured:
+                    self.not_measured[key] = reason
+            return {**dict.fromkeys(keys), **measured}
+        for key in keys:
+            self.not_measured[key] = reason
+        return dict.fromkeys(keys)
+
+    def _assess(self, result: EvalResult) -> None:
+        from saehealth.thresholds import assess, load_thresholds
+
+        result.verdicts = assess(result.metrics, result.not_measured, load_thresholds(self.config.thresholds))
+
+
+def score_batches(
+    model, site, sae, batches, include_special_tokens: bool = False, device: str = "cpu", advance=None
+) -> PassOutput:
+    """The one pass over token batches: replay each through the splice and feed every accumulator."""
+    reconstruction = ReconstructionAccumulator(int(sae.cfg.d_in))
+    downstream = DownstreamAccumulator()
+    sparsity = SparsityAccumulator(int(sae.cfg.d_sae))
+    totals = SequenceTotals(SEQUENCE_QUANTITIES)
+    encode, decode, restore = _sae_functions(sae)
+    sequences = tokens_run = 0
+    try:
+        for tokens in batches:
+            tokens = tokens.to(device)
+            mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
+            out = replay_batch(model, site, encode, decode, tokens, mask)
+            per_sequence = {}
+            per_sequence.update(reconstruction.update(out.x, out.x_hat, mask))
+            per_sequence.update(sparsity.update(out.feature_acts, mask))
+            per_sequence.update(downstream.update(out.logits, tokens, mask))
+            totals.update(per_sequence)
+            sequences += tokens.shape[0]
+            tokens_run += tokens.numel()
+            if advance is not None:
+                advance(tokens.numel())
+    finally:
+        restore()
+    metrics: dict = {}
+    metrics.update(reconstruction.result())
+    metrics.update(downstream.result())
+    metrics.update(sparsity.result())
+    uncertainty = {key: totals.ratio(num, den)[1] for key, (num, den) in RATIO_METRICS.items()}
+    details = {
+        "feature_density": sparsity.density(),
+        "firing_counts": sparsity.firing_counts,
+        "l0_histogram": sparsity.l0_histogram,
+    }
+    return PassOutput(metrics, uncertainty, details, sequences, tokens_run, sparsity.tokens)
+
+
+class _StopForward(Exception):
+    """Raised from a hook to stop a probe forward pass once the activation's width is known."""
+
+
+def _sae_functions(sae):
+    """encode/decode closures over (batch, pos, d_in) in the model's dtype, and a function to undo changes."""
+    reshaping = getattr(sae, "hook_z_reshaping_mode", False)
+    if reshaping:
+        # We flatten heads ourselves (and need the flat x for the metrics), as SAELens' evals do.
+        sae.turn_off_forward_pass_hook_z_reshaping()
+    sae.eval()
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return sae.encode(x.to(sae.dtype))
+
+    def decode(feature_acts: torch.Tensor) -> torch.Tensor:
+        return sae.decode(feature_acts)
+
+    def restore() -> None:
+        if reshaping:
+            sae.turn_on_forward_pass_hook_z_reshaping()
+
+    return encode, decode, restore
+
+
+class _progress:
+    """A rich progress bar in tokens with tokens/s and ETA; silent without a console."""
+
+    def __init__(self, console, total_tokens: int):
+        self.console = console
+        self.total = total_tokens
+
+    def __enter__(self):
+        if self.console is None:
+            return lambda n: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]replaying[/]"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("replay", total=self.total, rate="")
+        self.started = time.perf_counter()
+
+        def advance(n: int) -> None:
+            self.progress.advance(self.task, n)
+            done = self.progress.tasks[0].completed
+            rate = done / max(time.perf_counter() - self.started, 1e-9)
+            self.progress.update(self.task, rate=f"{rate:,.0f} tok/s")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.console is not None:
+            self.progress.__exit__(*exc)
+        return False
+
+
+def _cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("SAEHEALTH_CACHE", Path.home() / ".cache" / "saehealth"))
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _provenance(cfg: EvalConfig, started_at: datetime) -> Provenance:
+    return Provenance(
+        saehealth=_package_version("saehealth"),
+        sae_lens=_package_version("sae-lens"),
+        transformer_lens=_package_version("transformer-lens"),
+        torch=torch.__version__,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        started_at=started_at.isoformat(timespec="seconds"),
+        duration_s=round((datetime.now(timezone.utc) - started_at).total_seconds(), 3),
+    )
+
+
+def _clean_number(value):
+    """JSON-safe metric: NaN/Inf become None (a metric that is not a number was not measured)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(obj):
+    """Best-effort conversion of checkpoint training facts to JSON-safe values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return str(obj)

@@ -1,0 +1,65 @@
+"""Per-sequence totals and standard errors for ratio-of-sums metrics, in constant memory.
+
+Every headline metric is a ratio of two sums over positions (e.g. loss recovered is
+(ΣCE_zero − ΣCE_sae) / (ΣCE_zero − ΣCE_clean)). Positions inside one sequence are correlated, so
+sequences are the independent units: we keep, per named quantity, the running sum over sequences of
+its per-sequence total, and the running sum of products of every pair (a k×k matrix, k ≈ 12). That is
+enough for the delta-method (cluster-robust) standard error of any ratio of linear combinations:
+
+    R = Σ_i a_i / Σ_i b_i,   SE(R)² = n/(n−1) · Σ_i (a_i − R b_i)² / (Σ_i b_i)²
+
+with a_i, b_i linear combinations of the per-sequence totals v_i.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+
+class SequenceTotals:
+    """Running Σ_i v_i and Σ_i v_i v_iᵀ over sequences i, for a fixed list of named quantities."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = list(names)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        k = len(self.names)
+        self.n_sequences = 0
+        self.sums = torch.zeros(k, dtype=torch.float64)
+        self.products = torch.zeros(k, k, dtype=torch.float64)
+
+    def update(self, per_sequence: Mapping[str, torch.Tensor]) -> None:
+        """Add one batch: each name maps to a (batch,) tensor of per-sequence totals."""
+        missing = set(self.names) - set(per_sequence)
+        if missing:
+            raise KeyError(f"per-sequence totals missing {sorted(missing)}")
+        v = torch.stack([per_sequence[name].detach().to("cpu", torch.float64) for name in self.names], dim=1)
+        self.n_sequences += v.shape[0]
+        self.sums += v.sum(0)
+        self.products += v.T @ v
+
+    def total(self, name: str) -> float:
+        return float(self.sums[self.index[name]])
+
+    def _vector(self, combination: Mapping[str, float]) -> torch.Tensor:
+        coef = torch.zeros(len(self.names), dtype=torch.float64)
+        for name, weight in combination.items():
+            coef[self.index[name]] = weight
+        return coef
+
+    def ratio(self, numerator: Mapping[str, float], denominator: Mapping[str, float]) -> tuple[float, float]:
+        """(Σa / Σb, its standard error), a and b given as {name: coefficient} combinations."""
+        alpha, beta = self._vector(numerator), self._vector(denominator)
+        num, den = float(alpha @ self.sums), float(beta @ self.sums)
+        if den == 0:
+            return math.nan, math.nan
+        value = num / den
+        n = self.n_sequences
+        if n < 2:
+            return value, math.nan
+        residual = alpha - value * beta  # per-sequence a_i − R b_i = residualᵀ v_i
+        sum_sq = float(residual @ self.products @ residual)
+        variance = n / (n - 1) * max(sum_sq, 0.0) / den**2
+        return value, math.sqrt(variance)

@@ -1,0 +1,35 @@
+"""Decoder geometry: how redundant the dictionary is (SAEBench `average_max_decoder_cosine_sim`)."""
+
+from __future__ import annotations
+
+import torch
+
+NEAR_DUPLICATE_COSINE = 0.9
+
+
+@torch.no_grad()
+def max_decoder_cosine(W_dec: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """For each latent, the largest cosine between its decoder row and any other latent's: (d_sae,).
+
+    Computed in row chunks so memory is chunk × d_sae rather than d_sae², which matters at 131k latents.
+    """
+    rows = torch.nn.functional.normalize(W_dec.detach().float(), dim=-1)
+    d_sae = rows.shape[0]
+    best = torch.empty(d_sae, dtype=torch.float32, device=rows.device)
+    for start in range(0, d_sae, chunk_size):
+        block = rows[start : start + chunk_size] @ rows.T  # (chunk, d_sae)
+        idx = torch.arange(block.shape[0], device=rows.device)
+        block[idx, start + idx] = -float("inf")  # a latent is not its own duplicate
+        best[start : start + chunk_size] = block.max(dim=1).values
+    return best.cpu()
+
+
+def geometry_metrics(W_dec: torch.Tensor) -> tuple[dict[str, float | int], torch.Tensor]:
+    """`decoder_redundancy` and `near_duplicate_latents`, plus the per-latent max cosines."""
+    if W_dec.shape[0] < 2:
+        return {"decoder_redundancy": None, "near_duplicate_latents": None}, torch.zeros(W_dec.shape[0])
+    best = max_decoder_cosine(W_dec)
+    return {
+        "decoder_redundancy": float(best.double().mean()),
+        "near_duplicate_latents": int((best > NEAR_DUPLICATE_COSINE).sum()),
+    }, best

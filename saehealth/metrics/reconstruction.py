@@ -1,0 +1,77 @@
+"""Reconstruction metrics: explained variance, FVU, MSE, cosine, L2 ratio, relative reconstruction bias.
+
+Definitions: ../shared/METRICS.md "Reconstruction". Everything is pooled over the T unmasked positions of
+the whole evaluation (float64 running sums, divided once at the end), never averaged per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ReconstructionAccumulator:
+    """Streams (x, x̂, mask) batches; `result()` gives the reconstruction metrics."""
+
+    def __init__(self, d_in: int):
+        self.d_in = d_in
+        self.tokens = 0
+        self.sum_sq_error = 0.0
+        # Variance is accumulated about a reference mean μ₀ (the first batch's), which keeps the
+        # float64 sums well conditioned when activations carry a large common component; the exact
+        # pooled variance is recovered at the end as Σ‖x−μ₀‖² − T‖μ−μ₀‖².
+        self.reference: torch.Tensor | None = None
+        self.sum_shifted = torch.zeros(d_in, dtype=torch.float64)
+        self.sum_sq_shifted = 0.0
+        self.sum_cos = 0.0
+        self.sum_l2_ratio = 0.0
+        self.sum_sq_recon_norm = 0.0
+        self.sum_dot = 0.0
+
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Add a batch: x, x_hat (batch, pos, d_in), mask (batch, pos). Returns per-sequence totals."""
+        x64 = x.to(torch.float64)
+        r64 = x_hat.to(torch.float64)
+        m = mask.to(torch.float64)
+        if self.reference is None:
+            self.reference = (x64 * m[..., None]).sum((0, 1)) / m.sum().clamp(min=1)
+        ref = self.reference.to(x64.device)
+        sq_error = (x64 - r64).pow(2).sum(-1) * m
+        shifted = (x64 - ref) * m[..., None]
+        sq_shifted = shifted.pow(2).sum(-1)
+        x_norm = x64.norm(dim=-1)
+        r_norm = r64.norm(dim=-1)
+        dot = (x64 * r64).sum(-1)
+        cos = dot / (x_norm * r_norm).clamp(min=1e-12)
+        ratio = r_norm / x_norm.clamp(min=1e-12)
+
+        self.tokens += int(mask.sum())
+        self.sum_sq_error += float(sq_error.sum())
+        self.sum_shifted += shifted.sum((0, 1)).cpu()
+        self.sum_sq_shifted += float(sq_shifted.sum())
+        self.sum_cos += float((cos * m).sum())
+        self.sum_l2_ratio += float((ratio * m).sum())
+        self.sum_sq_recon_norm += float((r_norm.pow(2) * m).sum())
+        self.sum_dot += float((dot * m).sum())
+        return {"sse": sq_error.sum(1), "sst": sq_shifted.sum(1)}
+
+    def total_variance(self) -> float:
+        """Σ_t ‖x_t − μ‖² over all unmasked positions, μ their mean."""
+        if self.tokens == 0:
+            return 0.0
+        return self.sum_sq_shifted - float(self.sum_shifted.pow(2).sum()) / self.tokens
+
+    def result(self) -> dict[str, float | None]:
+        if self.tokens == 0:
+            return dict.fromkeys(
+                ("explained_variance", "fvu", "mse", "cossim", "l2_ratio", "relative_reconstruction_bias")
+            )
+        variance = self.total_variance()
+        fvu = self.sum_sq_error / variance if variance > 0 else None
+        return {
+            "explained_variance": None if fvu is None else 1.0 - fvu,
+            "fvu": fvu,
+            "mse": self.sum_sq_error / (self.tokens * self.d_in),
+            "cossim": self.sum_cos / self.tokens,
+            "l2_ratio": self.sum_l2_ratio / self.tokens,
+            "relative_reconstruction_bias": self.sum_sq_recon_norm / self.sum_dot if self.sum_dot else None,
+        }

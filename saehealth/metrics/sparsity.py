@@ -1,0 +1,73 @@
+"""Sparsity and latent health: L0, L1, per-latent firing counts, dead and dense latents.
+
+Definitions: ../shared/METRICS.md "Sparsity and feature health". A latent fires at a position when its
+activation is non-zero (signed architectures count too); densities are c_i / T over unmasked positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+DENSE_THRESHOLD = 0.1
+DENSE_THRESHOLD_1PCT = 0.01
+
+
+class SparsityAccumulator:
+    """Streams latent activations; keeps firing counts and an L0 histogram (memory ∝ d_sae, not tokens)."""
+
+    def __init__(self, d_sae: int):
+        self.d_sae = d_sae
+        self.tokens = 0
+        self.sum_l0 = 0.0
+        self.sum_l1 = 0.0
+        self.firing_counts = torch.zeros(d_sae, dtype=torch.int64)
+        self.l0_histogram = torch.zeros(d_sae + 1, dtype=torch.int64)
+
+    def update(self, feature_acts: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Add a batch: feature_acts (batch, pos, d_sae), mask (batch, pos). Returns per-sequence totals."""
+        fired = (feature_acts != 0) & mask[..., None]
+        l0 = fired.sum(-1)  # (batch, pos), zero at masked positions
+        l1 = (feature_acts.abs().to(torch.float64) * mask[..., None]).sum(-1)
+        self.tokens += int(mask.sum())
+        self.sum_l0 += float(l0.sum())
+        self.sum_l1 += float(l1.sum())
+        self.firing_counts += fired.sum((0, 1)).cpu()
+        self.l0_histogram += torch.bincount(l0[mask].cpu(), minlength=self.d_sae + 1)
+        return {"n_tokens": mask.sum(1), "l0": l0.sum(1)}
+
+    def density(self) -> torch.Tensor:
+        """Per-latent firing rate c_i / T (float64)."""
+        return self.firing_counts.to(torch.float64) / max(self.tokens, 1)
+
+    def result(self) -> dict[str, float | int | None]:
+        if self.tokens == 0:
+            return dict.fromkeys(
+                (
+                    "l0",
+                    "l1",
+                    "dead_features",
+                    "dead_fraction",
+                    "dense_features",
+                    "dense_fraction",
+                    "dense_features_1pct",
+                )
+            )
+        density = self.density()
+        dead = int((self.firing_counts == 0).sum())
+        dense = int((density > DENSE_THRESHOLD).sum())
+        return {
+            "l0": self.sum_l0 / self.tokens,
+            "l1": self.sum_l1 / self.tokens,
+            "dead_features": dead,
+            "dead_fraction": dead / self.d_sae,
+            "dense_features": dense,
+            "dense_fraction": dense / self.d_sae,
+            "dense_features_1pct": int((density > DENSE_THRESHOLD_1PCT).sum()),
+        }
+
+
+def dead_rate_bound(tokens: int) -> float:
+    """95% upper bound on the firing rate of a latent never seen firing in `tokens` positions (rule of three)."""
+    return 3.0 / tokens if tokens > 0 else math.inf

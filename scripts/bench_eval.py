@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Benchmark: saehealth's one pass vs SAELens `run_evals` on the same tokens, in one process.
+
+    python scripts/bench_eval.py [--sae PATH] [--tokens 50000] [--batch-size 16] [--device cpu] [--repeats 3]
+    python scripts/bench_eval.py --memory      # peak memory of the saehealth pass at 50k vs 1M tokens
+
+Both evaluate the same SAE on identical token batches with every metric on (SAELens:
+`get_eval_everything_config`, the reconstruction and sparsity/variance groups each over all batches).
+The runs alternate (saehealth, SAELens, 3 plain forward passes) `--repeats` times; medians are printed
+with the ratios. Targets on CPU for a mid-layer residual SAE on the built-in model: saehealth ≥ 3×
+SAELens' throughput and ≤ 1.2× the time of 3 plain forward passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import saehealth  # noqa: E402
+from saehealth.crosscheck import saelens_run_evals  # noqa: E402
+from saehealth.data import load_dataset, sequence_batches  # noqa: E402
+from saehealth.evaluate import score_batches  # noqa: E402
+from saehealth.loading import load_sae  # noqa: E402
+from saehealth.replay import splice_site  # noqa: E402
+
+HOOK = "blocks.0.hook_resid_post"  # the middle of the built-in model's residual stream
+
+
+def demo_size_sae(folder: Path) -> Path:
+    """A randomly initialised TopK SAE of the demo's size (d_in 128, d_sae 1024, k 64): speed only."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    cfg = TopKSAEConfig(d_in=128, d_sae=1024, k=64)
+    cfg.metadata.model_name = saehealth.BUILTIN_MODEL
+    cfg.metadata.hook_name = HOOK
+    TopKSAE(cfg).save_model(folder)
+    return folder
+
+
+def token_batches(model, n_tokens: int, batch_size: int, split: str = "validation") -> list[torch.Tensor]:
+    dataset = load_dataset(saehealth.BUILTIN_DATASET, split)
+    return list(sequence_batches(dataset, model.tokenizer, 128, max(1, n_tokens // 128), batch_size, 0))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def speed(args) -> dict:
+    model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=args.device)
+    sae_path = Path(args.sae) if args.sae else demo_size_sae(Path(tempfile.mkdtemp()) / "sae")
+    sae = load_sae(sae_path, device=args.device)
+    site = splice_site(model, sae.cfg.metadata.hook_name)
+    batches = [b.to(args.device) for b in token_batches(model, args.tokens, args.batch_size)]
+    n_tokens = sum(b.numel() for b in batches)
+
+    def ours():
+        score_batches(model, site, sae, batches, device=args.device)
+
+    def theirs():
+        saelens_run_evals(model, sae, batches)
+
+    @torch.no_grad()
+    def three_forwards():
+        for _ in range(3):
+            for b in batches:
+                model(b)
+
+    ours(), theirs(), three_forwards()  # warm-up
+    times: dict[str, list[float]] = {"saehealth": [], "saelens": [], "forward_x3": []}
+    for _ in range(args.repeats):
+        times["saehealth"].append(timed(ours))
+        times["saelens"].append(timed(theirs))
+        times["forward_x3"].append(timed(three_forwards))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "device": args.device,
+        "tokens": n_tokens,
+        "batch_size": args.batch_size,
+        "saehealth_tokens_per_s": n_tokens / med["saehealth"],
+        "saelens_tokens_per_s": n_tokens / med["saelens"],
+        "speedup_vs_saelens": med["saelens"] / med["saehealth"],
+        "time_vs_3_forward_passes": med["saehealth"] / med["forward_x3"],
+        "median_seconds": med,
+    }
+
+
+def memory_child(n_tokens: int, device: str) -> None:
+    """Run the saehealth pass over `n_tokens` streamed tokens and print the process's peak RSS (MiB)."""
+    model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=device)
+    sae = load_sae(demo_size_sae(Path(tempfile.mkdtemp()) / "sae"), device=device)
+    site = splice_site(model, HOOK)
+    dataset = load_dataset(saehealth.BUILTIN_DATASET, "train")
+
+    def stream():  # the training split, cycled, so 1M tokens are available
+        produced = 0
+        while produced < n_tokens:
+            for batch in sequence_batches(dataset, model.tokenizer, 128, 10**9, 16, produced):
+                if produced >= n_tokens:
+                    return
+                produced += batch.numel()
+                yield batch
+
+    score_batches(model, site, sae, stream(), device=device)
+    print(json.dumps({"tokens": n_tokens, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def memory(args) -> dict:
+    rows = {}
+    for n in (50_000, 1_000_000):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(n), "--device", args.device],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rows[n] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    return {
+        "peak_rss_mib_50k": rows[50_000],
+        "peak_rss_mib_1M": rows[1_000_000],
+        "ratio": rows[1_000_000] / rows[50_000],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sae", help="SAE checkpoint (default: a random demo-size TopK SAE)")
+    parser.add_argument("--tokens", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory", action="store_true", help="measure peak memory at 50k vs 1M tokens")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    if args.memory_child:
+        memory_child(args.memory_child, args.device)
+        return
+    report = memory(args) if args.memory else speed(args)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

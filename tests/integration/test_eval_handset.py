@@ -1,0 +1,116 @@
+"""`saehealth.evaluate` on the built-in model with hand-set SAEs whose metrics are known exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import saehealth
+from saehealth.evaluate import evaluate
+from saehealth.result import DETAILS_FILE, load_details
+from tests.conftest import shifted_identity_sae
+
+TOKENS = 4096  # 32 sequences of 128: seconds on CPU
+
+# hook -> its width on the built-in model (d_model 128, 4 heads of 32, d_mlp 512)
+HOOKS = {
+    "blocks.0.hook_resid_pre": 128,
+    "blocks.0.hook_resid_post": 128,
+    "blocks.1.hook_resid_post": 128,  # the last layer: the continuation is only ln_final + unembed
+    "blocks.0.hook_resid_mid": 128,
+    "blocks.0.hook_attn_out": 128,
+    "blocks.1.hook_mlp_out": 128,
+    "blocks.0.mlp.hook_post": 512,
+    "blocks.1.attn.hook_z": 128,
+}
+
+
+def _evaluate(path, out, **options):
+    return evaluate(path, out=out, n_tokens=TOKENS, skip=("absorption",), **options)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_perfect_reconstruction_recovers_everything(tmp_path, hook):
+    path = shifted_identity_sae(tmp_path / "sae", HOOKS[hook], hook_name=hook, n_dead=16)
+    result = _evaluate(path, tmp_path / "out")
+    m = result.metrics
+    assert m["explained_variance"] == pytest.approx(1.0, abs=1e-6)
+    assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert m["delta_ce"] == pytest.approx(0.0, abs=1e-4)
+    assert m["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-5)
+    assert m["kl_div_zero_ablation"] > 0.1  # zero ablation really changes the model
+    assert m["dead_features"] == 16  # exactly the latents that can never fire
+    assert m["dead_fraction"] == pytest.approx(16 / (HOOKS[hook] + 16))
+    assert m["l0"] == pytest.approx(HOOKS[hook])
+    assert m["dense_features"] == HOOKS[hook]
+
+
+def test_half_scaled_decoder_shrinks_by_half(tmp_path):
+    path = shifted_identity_sae(tmp_path / "sae", 128, hook_name="blocks.0.hook_resid_post", decoder_scale=0.5)
+    m = _evaluate(path, tmp_path / "out").metrics
+    assert m["l2_ratio"] == pytest.approx(0.5, abs=1e-4)
+    assert m["cossim"] == pytest.approx(1.0, abs=1e-4)
+    assert m["relative_reconstruction_bias"] == pytest.approx(0.5, abs=1e-4)
+    assert 0 < m["loss_recovered"] < 1
+
+
+def test_downstream_matches_a_plain_transformerlens_splice(tmp_path, builtin_model):
+    """Independent check of the one-pass splice: run_with_hooks on full sequences, same tokens."""
+    from saehealth.data import load_dataset, sequence_batches, special_token_mask
+    from saehealth.loading import load_sae
+
+    hook = "blocks.0.hook_mlp_out"
+    path = shifted_identity_sae(tmp_path / "sae", 128, hook_name=hook, decoder_scale=0.7)
+    result = _evaluate(path, tmp_path / "out", batch_size=8)
+    sae = load_sae(path)
+    dataset = load_dataset(saehealth.BUILTIN_DATASET, "validation")
+    tokens = torch.cat(list(sequence_batches(dataset, builtin_model.tokenizer, 128, TOKENS // 128, 8, 42)))
+    mask = special_token_mask(tokens, builtin_model.tokenizer)
+
+    def splice(act, hook):  # noqa: ARG001
+        return torch.where(mask[..., None], sae.decode(sae.encode(act)), act)
+
+    with torch.no_grad():
+        clean = builtin_model(tokens, return_type="loss", loss_per_token=True)
+        spliced = builtin_model.run_with_hooks(
+            tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, splice)]
+        )
+    predicting = mask[:, :-1]
+    assert result.metrics["ce_loss_clean"] == pytest.approx(clean[predicting].double().mean().item(), rel=1e-5)
+    assert result.metrics["ce_loss_with_sae"] == pytest.approx(spliced[predicting].double().mean().item(), rel=1e-5)
+
+
+def test_result_files_and_determinism(tmp_path):
+    path = shifted_identity_sae(tmp_path / "sae", 128, hook_name="blocks.0.hook_resid_post", decoder_scale=0.8)
+    first = _evaluate(path, tmp_path / "a")
+    second = _evaluate(path, tmp_path / "b")
+    assert first.metrics == second.metrics
+    data = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert {"schema_version", "sae", "eval", "metrics", "verdicts", "provenance", "timing"} <= set(data)
+    assert data["eval"]["tokens_scored"] < data["eval"]["n_tokens"]  # BOS positions are masked
+    assert data["uncertainty"]["loss_recovered"] > 0
+    details = load_details(tmp_path / "a" / "result.json")
+    assert (tmp_path / "a" / DETAILS_FILE).is_file()
+    assert details["feature_density"].shape == (128,)
+    assert int(details["firing_counts"].sum()) == data["eval"]["tokens_scored"] * 128
+
+
+def test_existing_result_is_reused_unless_forced(tmp_path):
+    path = shifted_identity_sae(tmp_path / "sae", 128, hook_name="blocks.0.hook_resid_post")
+    out = tmp_path / "out"
+    first = _evaluate(path, out)
+    again = _evaluate(path, out)
+    assert again.provenance.started_at == first.provenance.started_at  # loaded, not recomputed
+    forced = _evaluate(path, out, force=True)
+    assert forced.metrics == first.metrics
+
+
+def test_more_tokens_than_the_dataset_holds_evaluates_all_and_says_so(tmp_path):
+    path = shifted_identity_sae(tmp_path / "sae", 128, hook_name="blocks.0.hook_resid_post")
+    result = evaluate(path, out=tmp_path / "out", n_tokens=10_000_000, skip=("absorption", "geometry"))
+    assert result.eval.n_tokens < 10_000_000
+    assert any("evaluated all of it" in note for note in result.notes)
+    assert result.metrics["decoder_redundancy"] is None
+    assert "skipped" in result.not_measured["decoder_redundancy"]
