@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "saehealth.models",
     "load_dataset": "saehealth.data",
+    "load_sae": "saehealth.loading",
 }
 
 __all__ = ["BUILTIN_DATASET", "BUILTIN_MODEL", "__version__", *_LAZY]

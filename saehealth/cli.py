@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="saehealth", standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting with it.
+        code = app(args=argv, prog_name="saehealth", standalone_mode=False)
     except SaeHealthError as exc:
         if debug:
             raise
@@ -277,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

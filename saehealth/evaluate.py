@@ -23,9 +23,9 @@ from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import DownstreamAccumulator
 from saehealth.metrics.geometry import geometry_metrics
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
-from saehealth.metrics.sparsity import SparsityAccumulator, dead_rate_bound
+from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.models import check_hook, load_model
-from saehealth.replay import replay_batch, splice_site
+from saehealth.replay import ReplayCache, replay_batch, splice_site
 from saehealth.result import METRIC_KEYS, EvalResult, EvalSettings, Provenance, SAEInfo, load_result
 
 # Per-sequence totals kept for standard errors (see metrics/clusters.py).
@@ -105,7 +105,9 @@ class Evaluation:
         model = load_model(model_name, device=cfg.device, dtype=cfg.dtype)
         self.timing["load_model_s"] = time.perf_counter() - t0
         check_hook(model, hook)
-        site = splice_site(model, hook)
+        output_hook = loaded.output_hook_name or hook
+        check_hook(model, output_hook)
+        site = splice_site(model, output_hook, input_hook=hook)
         sae = loaded.sae
         self._check_width(model, site, sae)
         context = self._context_length(model, loaded)
@@ -138,11 +140,6 @@ class Evaluation:
             metrics.setdefault(key, None)
             if metrics[key] is None and key not in self.not_measured:
                 self.not_measured[key] = "could not be computed on this data (see notes)"
-        bound = dead_rate_bound(output.tokens_scored)
-        self.notes.append(
-            f"{output.tokens_scored:,} tokens scored: a latent that never fired has a firing rate below "
-            f"{bound:.2g} (3/T) with 95% confidence."
-        )
         result = EvalResult(
             sae=SAEInfo(
                 path=str(cfg.sae_path),
@@ -151,6 +148,7 @@ class Evaluation:
                 d_in=int(sae.cfg.d_in),
                 d_sae=int(sae.cfg.d_sae),
                 hook_name=hook,
+                output_hook_name=loaded.output_hook_name,
                 model_name=loaded.model_name,
                 training=_jsonable(loaded.training),
             ),
@@ -236,23 +234,33 @@ class Evaluation:
         return loaded.hook_name
 
     def _check_width(self, model, site, sae) -> None:
+        """The SAE's input (and, for transcoders, output) width must match the hooks' widths."""
         probe = torch.zeros(1, 2, dtype=torch.long, device=self.config.device)
-        widths: list[int] = []
+        widths: dict[str, int] = {}
+        last = site.hook_name
 
-        def capture(activation, hook):  # noqa: ARG001
-            widths.append(activation.flatten(-2, -1).shape[-1] if site.head_dims else activation.shape[-1])
-            raise _StopForward
+        def capture(activation, hook):
+            heads = hook.name.split(".")[-1] in ("hook_z", "hook_q", "hook_k", "hook_v", "hook_result")
+            widths[hook.name] = activation.flatten(-2, -1).shape[-1] if heads else activation.shape[-1]
+            if hook.name == last and len(widths) == len({site.input_hook, site.hook_name}):
+                raise _StopForward
 
+        names = sorted({site.input_hook, site.hook_name})
         try:
-            with model.hooks(fwd_hooks=[(site.hook_name, capture)]), torch.no_grad():
+            with model.hooks(fwd_hooks=[(name, capture) for name in names]), torch.no_grad():
                 model(probe)
         except _StopForward:
             pass
-        if widths and widths[0] != sae.cfg.d_in:
-            raise IncompatibleSAEError(
-                f"The SAE's d_in is {sae.cfg.d_in} but {site.hook_name} has width {widths[0]}: "
-                "check --model and --hook (the SAE was trained on another model or hook)."
-            )
+        expected = {site.input_hook: int(sae.cfg.d_in)}
+        if site.is_transcoder:
+            expected[site.hook_name] = int(getattr(sae.cfg, "d_out", sae.cfg.d_in))
+        for name, width in expected.items():
+            if name in widths and widths[name] != width:
+                side = "d_in" if name == site.input_hook else "d_out"
+                raise IncompatibleSAEError(
+                    f"The SAE's {side} is {width} but {name} has width {widths[name]}: "
+                    "check --model and --hook (the SAE was trained on another model or hook)."
+                )
 
     def _context_length(self, model, loaded) -> int:
         context = self.config.context_length or loaded.context_size or model.cfg.n_ctx
@@ -347,7 +355,9 @@ class Evaluation:
     def _assess(self, result: EvalResult) -> None:
         from saehealth.thresholds import assess, load_thresholds
 
-        result.verdicts = assess(result.metrics, result.not_measured, load_thresholds(self.config.thresholds))
+        result.verdicts = assess(
+            result.metrics, result.not_measured, load_thresholds(self.config.thresholds), d_sae=result.sae.d_sae
+        )
 
 
 def score_batches(
@@ -359,12 +369,13 @@ def score_batches(
     sparsity = SparsityAccumulator(int(sae.cfg.d_sae))
     totals = SequenceTotals(SEQUENCE_QUANTITIES)
     encode, decode, restore = _sae_functions(sae)
+    cache = ReplayCache()
     sequences = tokens_run = 0
     try:
         for tokens in batches:
             tokens = tokens.to(device)
             mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
-            out = replay_batch(model, site, encode, decode, tokens, mask)
+            out = replay_batch(model, site, encode, decode, tokens, mask, cache)
             per_sequence = {}
             per_sequence.update(reconstruction.update(out.x, out.x_hat, mask))
             per_sequence.update(sparsity.update(out.feature_acts, mask))

@@ -62,10 +62,12 @@ class SAEInfo:
     architecture: str
     d_in: int
     d_sae: int
-    hook_name: str
+    hook_name: str  # where the SAE reads its input
     model_name: str | None
     # What the checkpoint records about its training (tokens, lr, l1 coefficient, k, normalisation...).
     training: dict = field(default_factory=dict)
+    # Transcoders only: the hook whose activation the decoder output replaces (and is scored against).
+    output_hook_name: str | None = None
 
 
 @dataclass

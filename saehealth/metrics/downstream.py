@@ -11,46 +11,50 @@ import torch
 VARIANTS = ("clean", "sae", "zero")
 
 
-def token_cross_entropy(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """−log p(next token) at positions 0..L−2: (batch, pos−1)."""
-    return -log_probs[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
-
-
-def token_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(P ‖ Q) summed over the vocabulary at positions 0..L−2: (batch, pos−1)."""
-    log_p, log_q = log_p[:, :-1], log_q[:, :-1]
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
-
-
 class DownstreamAccumulator:
-    """Streams logits of the three variants; `result()` gives CE losses, loss recovered and KL scores."""
+    """Streams logits of the three variants; `result()` gives CE losses, loss recovered and KL scores.
+
+    Written so that no log-softmax is materialised: with lse = logsumexp(logits) and p the clean
+    distribution,
+        CE      = lse − logit[next token]
+        KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
+    so each variant costs one logsumexp and one row-wise dot product with p over the vocabulary, and
+    only p (one batch × vocabulary tensor) is kept alive besides the logits themselves.
+    """
 
     def __init__(self):
         self.positions = 0
         self.ce = dict.fromkeys(VARIANTS, 0.0)
         self.kl = {"sae": 0.0, "zero": 0.0}
 
-    def update(
-        self, logits: dict[str, torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def update(self, logits: dict[str, torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Add a batch: logits per variant (batch, pos, vocab), tokens and mask (batch, pos).
 
-        Log-probabilities are taken in float32 one variant at a time, so at most two
-        batch × vocabulary tensors (clean and the current variant) are alive at once.
+        A variant's logits may have batch size 1 when they are the same for every sequence (the zero
+        ablation of a residual stream); they broadcast. Returns per-sequence totals (n_pred,
+        ce_<variant>, kl_<variant>) for the standard errors.
         """
         predicting = mask[:, :-1].to(torch.float64)
-        clean = torch.log_softmax(logits["clean"].float(), dim=-1)
+        clean = logits["clean"][:, :-1].float()
+        lse_clean = torch.logsumexp(clean, dim=-1)
+        p = torch.exp(clean - lse_clean[..., None])
+        neg_entropy = torch.linalg.vecdot(p, clean) - lse_clean
         totals = {"n_pred": predicting.sum(1)}
         for variant in VARIANTS:
-            log_probs = clean if variant == "clean" else torch.log_softmax(logits[variant].float(), dim=-1)
-            ce = (token_cross_entropy(log_probs, tokens).to(torch.float64) * predicting).sum(1)
-            totals[f"ce_{variant}"] = ce
-            self.ce[variant] += float(ce.sum())
-            if variant != "clean":
-                kl = (token_kl(clean, log_probs).to(torch.float64) * predicting).sum(1)
-                totals[f"kl_{variant}"] = kl
-                self.kl[variant] += float(kl.sum())
-            del log_probs
+            if variant == "clean":
+                lse, variant_logits = lse_clean, clean
+            else:
+                variant_logits = logits[variant][:, :-1].float()
+                lse = torch.logsumexp(variant_logits, dim=-1)
+                kl = neg_entropy - (torch.linalg.vecdot(p, variant_logits) - lse)  # broadcasts over batch
+                kl_total = (kl.to(torch.float64) * predicting).sum(1)
+                totals[f"kl_{variant}"] = kl_total
+                self.kl[variant] += float(kl_total.sum())
+            shaped = variant_logits.expand(tokens.shape[0], -1, -1)
+            target = shaped.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+            ce_total = ((lse - target).to(torch.float64) * predicting).sum(1)  # lse broadcasts too
+            totals[f"ce_{variant}"] = ce_total
+            self.ce[variant] += float(ce_total.sum())
         self.positions += int(predicting.sum())
         return totals
 

@@ -28,25 +28,28 @@ class ReconstructionAccumulator:
         self.sum_dot = 0.0
 
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Add a batch: x, x_hat (batch, pos, d_in), mask (batch, pos). Returns per-sequence totals."""
-        x64 = x.to(torch.float64)
-        r64 = x_hat.to(torch.float64)
+        """Add a batch: x, x_hat (batch, pos, d_in), mask (batch, pos). Returns per-sequence totals.
+
+        Per-token reductions over d_in run in float32 (at least); everything summed across tokens is
+        float64, which is where precision is lost on long evaluations.
+        """
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        x, x_hat = x.to(dtype), x_hat.to(dtype)
         m = mask.to(torch.float64)
         if self.reference is None:
-            self.reference = (x64 * m[..., None]).sum((0, 1)) / m.sum().clamp(min=1)
-        ref = self.reference.to(x64.device)
-        sq_error = (x64 - r64).pow(2).sum(-1) * m
-        shifted = (x64 - ref) * m[..., None]
-        sq_shifted = shifted.pow(2).sum(-1)
-        x_norm = x64.norm(dim=-1)
-        r_norm = r64.norm(dim=-1)
-        dot = (x64 * r64).sum(-1)
+            self.reference = (x * mask[..., None]).sum((0, 1), dtype=torch.float64) / m.sum().clamp(min=1)
+        shifted = x - self.reference.to(x.device, dtype)
+        sq_error = (x - x_hat).pow(2).sum(-1).to(torch.float64) * m
+        sq_shifted = shifted.pow(2).sum(-1).to(torch.float64) * m
+        x_norm = x.norm(dim=-1).to(torch.float64)
+        r_norm = x_hat.norm(dim=-1).to(torch.float64)
+        dot = torch.linalg.vecdot(x, x_hat).to(torch.float64)
         cos = dot / (x_norm * r_norm).clamp(min=1e-12)
         ratio = r_norm / x_norm.clamp(min=1e-12)
 
         self.tokens += int(mask.sum())
         self.sum_sq_error += float(sq_error.sum())
-        self.sum_shifted += shifted.sum((0, 1)).cpu()
+        self.sum_shifted += (shifted * mask[..., None]).sum((0, 1), dtype=torch.float64).cpu()
         self.sum_sq_shifted += float(sq_shifted.sum())
         self.sum_cos += float((cos * m).sum())
         self.sum_l2_ratio += float((ratio * m).sum())

@@ -29,7 +29,7 @@ class SparsityAccumulator:
         """Add a batch: feature_acts (batch, pos, d_sae), mask (batch, pos). Returns per-sequence totals."""
         fired = (feature_acts != 0) & mask[..., None]
         l0 = fired.sum(-1)  # (batch, pos), zero at masked positions
-        l1 = (feature_acts.abs().to(torch.float64) * mask[..., None]).sum(-1)
+        l1 = feature_acts.abs().sum(-1, dtype=torch.float32).to(torch.float64) * mask
         self.tokens += int(mask.sum())
         self.sum_l0 += float(l0.sum())
         self.sum_l1 += float(l1.sum())

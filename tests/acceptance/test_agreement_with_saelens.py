@@ -34,7 +34,7 @@ def _trained_like_sae(architecture: str, hook: str, d_in: int, seed: int):
     elif architecture == "jumprelu":
         cfg, cls = JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae), JumpReLUSAE
         state["b_enc"] = torch.zeros(d_sae)
-        state["threshold"] = torch.full((d_sae,), 0.3)
+        state["threshold"] = torch.full((d_sae,), 0.05)
     else:
         cfg, cls = StandardSAEConfig(d_in=d_in, d_sae=d_sae), StandardSAE
         state["b_enc"] = torch.full((d_sae,), -0.2)

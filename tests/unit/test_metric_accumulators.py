@@ -54,9 +54,9 @@ def test_explained_variance_is_pooled_and_streams_across_batches():
     for i in range(0, 6, 2):  # three batches of two sequences
         streamed.update(x[i : i + 2], x_hat[i : i + 2], mask[i : i + 2])
     m = streamed.result()
-    assert m["explained_variance"] == pytest.approx(expected_ev, rel=1e-9)
-    assert m["fvu"] == pytest.approx(1 - expected_ev, rel=1e-9)
-    assert m["mse"] == pytest.approx(expected_mse, rel=1e-9)
+    assert m["explained_variance"] == pytest.approx(expected_ev, rel=1e-6)
+    assert m["fvu"] == pytest.approx(1 - expected_ev, rel=1e-6)
+    assert m["mse"] == pytest.approx(expected_mse, rel=1e-6)
 
 
 def test_downstream_identical_logits_recover_everything():

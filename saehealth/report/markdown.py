@@ -1,0 +1,145 @@
+"""`report.md` plus PNG plots in the result folder: a self-contained folder (relative image links) to
+paste into a pull request. Everything is written to a hidden temporary folder first and moved into place,
+so a reader never sees a half-written report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from saehealth.advice import advise
+from saehealth.report.plots import PLOTS, make_plots
+from saehealth.report.text import (
+    OTHER_KEYS,
+    SEVERITY_MARK,
+    STATUS_EMOJI,
+    dead_bound_sentence,
+    format_value,
+    header_facts,
+    label,
+    standard_text,
+    status_text,
+    value_with_context,
+    verdicts_of,
+)
+from saehealth.result import EvalResult
+from saehealth.thresholds import HEALTHY, headline_summary, is_unhealthy
+
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+
+
+def write_markdown_report(result: EvalResult, details: dict | None, out_dir: Path) -> Path:
+    """Write `out_dir/report.md` and `out_dir/plots/*.png`; return the report's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".report-"))
+    try:
+        plots = make_plots(result, details or {}, staging / PLOTS_DIR)
+        (staging / REPORT_FILE).write_text(render_markdown(result, details, plots))
+        # Swap the plots folder whole (stale plots of an earlier run must not linger), then the report.
+        old = out_dir / PLOTS_DIR
+        if old.exists():
+            os.replace(old, staging / "old-plots")
+        os.replace(staging / PLOTS_DIR, old)
+        os.replace(staging / REPORT_FILE, out_dir / REPORT_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / REPORT_FILE
+
+
+def _cell(text: str) -> str:
+    """Make text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(result: EvalResult, details: dict | None, plots: dict[str, Path] | None = None) -> str:
+    """The report's markdown; `plots` maps plot names to files in the plots folder."""
+    verdicts = verdicts_of(result)
+    name = Path(result.sae.path).name or result.sae.path
+    lines = [f"# SAE health report: {name}", ""]
+    for fact, value in header_facts(result):
+        lines.append(f"- **{fact}**: {_code(value) if fact in ('SAE',) else value}")
+    lines += ["", "## Health assessment", ""]
+    lines += _verdict_table(result, {k: v for k, v in verdicts.items() if v.get("headline")})
+    mark = (
+        "❌"
+        if is_unhealthy(verdicts)
+        else ("✅" if all(v["status"] == HEALTHY for v in verdicts.values() if v.get("headline")) else "⚠️")
+    )
+    lines += [
+        "",
+        f"### Overall assessment: {headline_summary(verdicts)} {mark}",
+        "",
+        f"*{dead_bound_sentence(result)}*",
+        "",
+    ]
+
+    secondary = {k: v for k, v in verdicts.items() if not v.get("headline")}
+    if secondary:
+        lines += ["### Secondary checks", ""]
+        lines += _verdict_table(result, secondary)
+        lines.append("")
+
+    lines += ["## Findings and recommendations", ""]
+    for i, finding in enumerate(advise(result, details), 1):
+        lines.append(f"### {i}. {SEVERITY_MARK[finding.severity]} {finding.title} ({finding.severity})")
+        lines += ["", finding.detail, ""]
+        if finding.recommendation:
+            lines += [f"**Recommendation:** {finding.recommendation}", ""]
+
+    if plots:
+        lines += ["## Plots", ""]
+        for key, path in plots.items():
+            caption = PLOTS[key][1]
+            lines += [f"**{caption}**", "", f"![{caption}]({PLOTS_DIR}/{path.name})", ""]
+
+    lines += ["## All measurements", "", "| Metric | Value | Note |", "| --- | ---: | --- |"]
+    for key in [*verdicts, *[k for k in OTHER_KEYS if k not in verdicts]]:
+        value = verdicts[key]["value"] if key in verdicts else result.metrics.get(key)
+        note = result.not_measured.get(key, "") if value is None else ""
+        if key in verdicts and value is None:
+            note = verdicts[key].get("reason") or note
+        lines.append(f"| `{key}` | {format_value(key, value, result.uncertainty.get(key))} | {_cell(note)} |")
+    lines.append("")
+
+    if result.notes:
+        lines += ["## Notes", ""] + [f"- {_cell(note)}" for note in result.notes] + [""]
+    lines += _provenance(result)
+    return "\n".join(lines) + "\n"
+
+
+def _code(text: str) -> str:
+    return f"`{text}`"
+
+
+def _verdict_table(result: EvalResult, verdicts: dict) -> list[str]:
+    rows = ["| Metric | Value | Standard | Status |", "| --- | ---: | --- | --- |"]
+    for key, v in verdicts.items():
+        rows.append(
+            f"| **{label(key)}** | {_cell(value_with_context(result, key, v))} | {_cell(standard_text(v))} | "
+            f"{STATUS_EMOJI[v['status']]} {_cell(status_text(v))} |"
+        )
+    return rows
+
+
+def _provenance(result: EvalResult) -> list[str]:
+    p, ev = result.provenance, result.eval
+    lines = [
+        "## Provenance",
+        "",
+        f"saehealth {p.saehealth}, sae-lens {p.sae_lens}, transformer-lens {p.transformer_lens}, torch {p.torch}; "
+        f"{p.device}, {p.dtype}; started {p.started_at}, took {p.duration_s:.1f} s; seed {ev.seed}, batch size {ev.batch_size}.",
+    ]
+    if result.timing:
+        lines.append("")
+        lines.append(
+            "Timing: "
+            + ", ".join(f"{k} {v:,.0f}" if v >= 100 else f"{k} {v:.3g}" for k, v in result.timing.items())
+            + "."
+        )
+    lines.append("")
+    lines.append("Regenerate with `saehealth report <folder>/result.json`; metric definitions: METRICS.md.")
+    return lines
