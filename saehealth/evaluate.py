@@ -306,7 +306,7 @@ class Evaluation:
         cfg = self.config
         batches = sequence_batches(dataset, model.tokenizer, context, n_sequences, cfg.batch_size, cfg.seed)
         with _progress(self.console, n_sequences * context) as advance:
-            output = score_batches(model, site, sae, batches, cfg.include_special_tokens, cfg.device, advance)
+            (output,) = score_batches(model, site, [sae], batches, cfg.include_special_tokens, cfg.device, advance)
         if output.n_sequences == 0:
             raise DataError(
                 f"The dataset yields no sequence of {context} tokens: use a larger dataset or a smaller --context-length."
@@ -360,44 +360,63 @@ class Evaluation:
         )
 
 
-def score_batches(
-    model, site, sae, batches, include_special_tokens: bool = False, device: str = "cpu", advance=None
-) -> PassOutput:
-    """The one pass over token batches: replay each through the splice and feed every accumulator."""
-    reconstruction = ReconstructionAccumulator(int(sae.cfg.d_in))
-    downstream = DownstreamAccumulator()
-    sparsity = SparsityAccumulator(int(sae.cfg.d_sae))
-    totals = SequenceTotals(SEQUENCE_QUANTITIES)
-    encode, decode, restore = _sae_functions(sae)
+def score_batches(model, site, saes, batches, include_special_tokens: bool = False, device: str = "cpu",
+                  advance=None) -> list[PassOutput]:
+    """The one pass over token batches for one or more SAEs at the same site.
+
+    Each batch is replayed once (shared prefix, clean and zero-ablated continuations) and every SAE's
+    spliced continuation feeds its own accumulators. Returns one `PassOutput` per SAE, in order.
+    """
+    saes = list(saes)
+    scorers = [_Scorer(sae) for sae in saes]
     cache = ReplayCache()
     sequences = tokens_run = 0
     try:
         for tokens in batches:
             tokens = tokens.to(device)
             mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
-            out = replay_batch(model, site, encode, decode, tokens, mask, cache)
-            per_sequence = {}
-            per_sequence.update(reconstruction.update(out.x, out.x_hat, mask))
-            per_sequence.update(sparsity.update(out.feature_acts, mask))
-            per_sequence.update(downstream.update(out.logits, tokens, mask))
-            totals.update(per_sequence)
+            out = replay_batch(model, site, [(s.encode, s.decode) for s in scorers], tokens, mask, cache)
+            for i, scorer in enumerate(scorers):
+                scorer.update(out.saes[i], out.logits_for(i), tokens, mask)
             sequences += tokens.shape[0]
             tokens_run += tokens.numel()
             if advance is not None:
                 advance(tokens.numel())
     finally:
-        restore()
-    metrics: dict = {}
-    metrics.update(reconstruction.result())
-    metrics.update(downstream.result())
-    metrics.update(sparsity.result())
-    uncertainty = {key: totals.ratio(num, den)[1] for key, (num, den) in RATIO_METRICS.items()}
-    details = {
-        "feature_density": sparsity.density(),
-        "firing_counts": sparsity.firing_counts,
-        "l0_histogram": sparsity.l0_histogram,
-    }
-    return PassOutput(metrics, uncertainty, details, sequences, tokens_run, sparsity.tokens)
+        for scorer in scorers:
+            scorer.restore()
+    return [scorer.result(sequences, tokens_run) for scorer in scorers]
+
+
+class _Scorer:
+    """One SAE's accumulators during the pass."""
+
+    def __init__(self, sae):
+        self.reconstruction = ReconstructionAccumulator(int(getattr(sae.cfg, "d_out", sae.cfg.d_in)))
+        self.downstream = DownstreamAccumulator()
+        self.sparsity = SparsityAccumulator(int(sae.cfg.d_sae))
+        self.totals = SequenceTotals(SEQUENCE_QUANTITIES)
+        self.encode, self.decode, self.restore = _sae_functions(sae)
+
+    def update(self, out, logits: dict, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        per_sequence = {}
+        per_sequence.update(self.reconstruction.update(out.x, out.x_hat, mask))
+        per_sequence.update(self.sparsity.update(out.feature_acts, mask))
+        per_sequence.update(self.downstream.update(logits, tokens, mask))
+        self.totals.update(per_sequence)
+
+    def result(self, sequences: int, tokens_run: int) -> PassOutput:
+        metrics: dict = {}
+        metrics.update(self.reconstruction.result())
+        metrics.update(self.downstream.result())
+        metrics.update(self.sparsity.result())
+        uncertainty = {key: self.totals.ratio(num, den)[1] for key, (num, den) in RATIO_METRICS.items()}
+        details = {
+            "feature_density": self.sparsity.density(),
+            "firing_counts": self.sparsity.firing_counts,
+            "l0_histogram": self.sparsity.l0_histogram,
+        }
+        return PassOutput(metrics, uncertainty, details, sequences, tokens_run, self.sparsity.tokens)
 
 
 class _StopForward(Exception):

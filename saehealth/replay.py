@@ -21,7 +21,7 @@ replaces the activation at the output hook, whose true value is the reconstructi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -76,14 +76,25 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class BatchOutputs:
-    """What one batch yields for the accumulators."""
+class SAEOutputs:
+    """One SAE's share of a batch."""
 
     x: torch.Tensor  # (batch, pos, d) the true activation at the spliced hook (the reconstruction target)
     x_hat: torch.Tensor  # (batch, pos, d) the SAE's output (at every position, masked or not)
     feature_acts: torch.Tensor  # (batch, pos, d_sae)
-    # "clean" / "sae": (batch, pos, vocab); "zero": (batch or 1, pos, vocab), 1 when shared by all sequences
-    logits: dict[str, torch.Tensor]
+    logits: torch.Tensor  # (batch, pos, vocab) with the SAE spliced in
+
+
+@dataclass
+class BatchOutputs:
+    """What one batch yields: the shared clean and zero-ablated logits, and each SAE's outputs."""
+
+    clean: torch.Tensor  # (batch, pos, vocab)
+    zero: torch.Tensor  # (batch or 1, pos, vocab); 1 when the same for every sequence
+    saes: list[SAEOutputs]
+
+    def logits_for(self, index: int) -> dict[str, torch.Tensor]:
+        return {"clean": self.clean, "sae": self.saes[index].logits, "zero": self.zero}
 
 
 @dataclass
@@ -94,14 +105,18 @@ class ReplayCache:
 
 
 @torch.no_grad()
-def replay_batch(model, site: SpliceSite, encode: Encoder, decode: Encoder, tokens: torch.Tensor, mask: torch.Tensor,
-                 cache: ReplayCache | None = None) -> BatchOutputs:
-    """Run one batch through the shared prefix and the continuations."""
-    batch, length = tokens.shape
-    captured: dict[str, torch.Tensor] = {}
+def replay_batch(model, site: SpliceSite, saes: Sequence[tuple[Encoder, Encoder]], tokens: torch.Tensor,
+                 mask: torch.Tensor, cache: ReplayCache | None = None) -> BatchOutputs:
+    """Run one batch: the shared prefix once, clean and zero-ablated continuations once, then one
+    spliced continuation per SAE (all SAEs at this site share everything but their own splice)."""
+    batch = tokens.shape[0]
+    if site.kind == "generic":
+        start, resume_at = tokens, None
+    else:
+        start, resume_at = model(tokens, stop_at_layer=site.prefix_stop), site.resume_at
 
-    def reconstruct(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """SAE output for `source`, spliced into `target` at unmasked positions; records x, x̂, latents."""
+    def reconstruct(encode: Encoder, decode: Encoder, source: torch.Tensor, target: torch.Tensor, record: dict):
+        """The SAE's output for `source`, spliced into `target` at unmasked positions."""
         flat_source = source.flatten(-2, -1) if site.input_head_dims else source
         flat_target = target.flatten(-2, -1) if site.head_dims else target
         feature_acts = encode(flat_source)
@@ -111,39 +126,43 @@ def replay_batch(model, site: SpliceSite, encode: Encoder, decode: Encoder, toke
                 f"The SAE outputs width {x_hat.shape[-1]} but {site.hook_name} has width {flat_target.shape[-1]}: "
                 "check --hook and --model."
             )
-        captured.update(x=flat_target, x_hat=x_hat, feature_acts=feature_acts)
-        spliced = torch.where(mask[..., None], x_hat, flat_target)
-        return spliced.reshape(target.shape)
+        record.update(x=flat_target, x_hat=x_hat, feature_acts=feature_acts)
+        return torch.where(mask[..., None], x_hat, flat_target).reshape(target.shape)
 
-    def capture_input(activation: torch.Tensor, hook) -> None:  # noqa: ARG001
-        captured["input"] = activation[:batch]
-
-    def replace_output(activation: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
-        # The copies share everything upstream, so the first third is the clean activation for all.
-        clean = activation[:batch]
-        source = captured.pop("input") if site.is_transcoder else clean
-        spliced = reconstruct(source, clean)
-        return torch.cat([clean, spliced, torch.zeros_like(clean)])
-
-    hooks = [(site.hook_name, replace_output)]
-    if site.is_transcoder:
-        hooks.insert(0, (site.input_hook, capture_input))
-
+    outputs = []
     if site.kind == "residual":
-        residual = model(tokens, stop_at_layer=site.prefix_stop)
-        spliced = reconstruct(residual, residual)
-        clean, sae = model(torch.cat([residual, spliced]), start_at_layer=site.resume_at).split(batch)
-        zero = _shared_zero_logits(model, site, residual, cache)
-        return _outputs(captured, site, clean, sae, zero)
-    if site.kind == "in_block":
-        residual = model(tokens, stop_at_layer=site.prefix_stop)
+        clean = model(start, start_at_layer=resume_at)
+        zero = _shared_zero_logits(model, site, start, cache)
+        for encode, decode in saes:
+            record: dict = {}
+            spliced = reconstruct(encode, decode, start, start, record)
+            outputs.append(SAEOutputs(**record, logits=model(spliced, start_at_layer=resume_at)))
+        return BatchOutputs(clean, zero, outputs)
+
+    def zero_second_half(activation, hook):  # noqa: ARG001
+        return torch.cat([activation[:batch], torch.zeros_like(activation[batch:])])
+
+    with model.hooks(fwd_hooks=[(site.hook_name, zero_second_half)]):
+        clean, zero = model(torch.cat([start, start]), start_at_layer=resume_at).split(batch)
+    for encode, decode in saes:
+        record = {}
+
+        def capture_input(activation, hook, record=record):  # noqa: ARG001
+            record["input"] = activation
+
+        def splice(activation, hook, record=record, encode=encode, decode=decode):  # noqa: ARG001
+            source = record.pop("input") if site.is_transcoder else activation
+            return reconstruct(encode, decode, source, activation, record)
+
+        hooks = [(site.input_hook, capture_input), (site.hook_name, splice)] if site.is_transcoder else [
+            (site.hook_name, splice)
+        ]
         with model.hooks(fwd_hooks=hooks):
-            logits = model(torch.cat([residual] * 3), start_at_layer=site.resume_at)
-    else:
-        with model.hooks(fwd_hooks=hooks):
-            logits = model(torch.cat([tokens] * 3))
-    clean, sae, zero = logits.split(batch)
-    return _outputs(captured, site, clean, sae, zero)
+            logits = model(start, start_at_layer=resume_at)
+        if "x" not in record:
+            raise IncompatibleSAEError(f"Hook {site.hook_name!r} never fired in a forward pass: pick another hook.")
+        outputs.append(SAEOutputs(**record, logits=logits))
+    return BatchOutputs(clean, zero, outputs)
 
 
 def _shared_zero_logits(model, site: SpliceSite, residual: torch.Tensor, cache: ReplayCache | None) -> torch.Tensor:
@@ -151,19 +170,7 @@ def _shared_zero_logits(model, site: SpliceSite, residual: torch.Tensor, cache: 
     length = residual.shape[1]
     if cache is not None and length in cache.zero_logits:
         return cache.zero_logits[length]
-    zeros = torch.zeros_like(residual[:1])
-    logits = model(zeros, start_at_layer=site.resume_at)
+    logits = model(torch.zeros_like(residual[:1]), start_at_layer=site.resume_at)
     if cache is not None:
         cache.zero_logits[length] = logits
     return logits
-
-
-def _outputs(captured: dict, site: SpliceSite, clean, sae, zero) -> BatchOutputs:
-    if "x" not in captured:
-        raise IncompatibleSAEError(f"Hook {site.hook_name!r} never fired in a forward pass: pick another hook.")
-    return BatchOutputs(
-        x=captured["x"],
-        x_hat=captured["x_hat"],
-        feature_acts=captured["feature_acts"],
-        logits={"clean": clean, "sae": sae, "zero": zero},
-    )

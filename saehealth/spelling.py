@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import string
+import weakref
 from collections.abc import Sequence
 
 PROMPT_TEMPLATE = "{word} has the first letter:"
@@ -61,27 +62,51 @@ def word_prompt_tokens(tokenizer, word_id: int, icl_word_ids: Sequence[int]) -> 
     Built from token ids rather than by tokenizing one string, so the word is exactly the vocabulary
     token being probed (BPE could merge it with its neighbours otherwise).
     """
-    suffix = tokenizer.encode(PROMPT_TEMPLATE.format(word=""), add_special_tokens=False)
+    suffix, answers = _prompt_pieces(tokenizer)
     tokens = [tokenizer.bos_token_id]
     for icl_id in icl_word_ids:
-        answer = ANSWER_TEMPLATE.format(letter=first_letter(tokenizer.decode([icl_id]))) + "\n"
-        tokens += [icl_id] + suffix + tokenizer.encode(answer, add_special_tokens=False)
+        letter = first_letter(tokenizer.decode([icl_id]))
+        if letter not in answers:
+            answers[letter] = tokenizer.encode(ANSWER_TEMPLATE.format(letter=letter) + "\n", add_special_tokens=False)
+        tokens += [icl_id] + suffix + answers[letter]
     word_position = len(tokens)
     tokens += [word_id] + suffix
     return tokens, word_position
 
 
+_PIECES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _prompt_pieces(tokenizer) -> tuple[list[int], dict[str, list[int]]]:
+    """The question's tokens and a memo of each letter's answer line, encoded once per tokenizer.
+
+    Thousands of prompts are built per evaluation; encoding these fixed strings for each one cost
+    more than running the tiny model on them. Callers concatenate the lists, never mutate them.
+    """
+    if tokenizer not in _PIECES:
+        _PIECES[tokenizer] = (tokenizer.encode(PROMPT_TEMPLATE.format(word=""), add_special_tokens=False), {})
+    return _PIECES[tokenizer]
+
+
 def word_activations(
-    model, hook_name: str, word_ids: Sequence[int], *, n_icl: int = 4, batch_size: int = 64, seed: int = 42
+    model,
+    hook_name: str,
+    word_ids: Sequence[int],
+    *,
+    n_icl: int = 4,
+    batch_size: int = 64,
+    seed: int = 42,
+    icl_pool: Sequence[int] | None = None,
 ):
     """Activations at the word token of each word's first-letter prompt, shape (len(word_ids), d).
 
-    In-context examples are drawn from the same word list (never the word itself), seeded.
+    In-context examples are drawn from `icl_pool` (by default the same word list), never the word
+    itself, seeded.
     """
     import torch
 
     rng = random.Random(seed)
-    pool = list(word_ids)
+    pool = list(word_ids if icl_pool is None else icl_pool)
     prompts = []
     for word_id in word_ids:
         icl = [w for w in rng.sample(pool, min(n_icl + 1, len(pool))) if w != word_id][:n_icl]
@@ -89,9 +114,10 @@ def word_activations(
     outputs = []
     pad = model.tokenizer.pad_token_id
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
+        # The model is causal, so the word token's activation depends only on the tokens up to it:
+        # the question after it is not run, and right padding is harmless.
+        chunk = [(toks[: pos + 1], pos) for toks, pos in prompts[start : start + batch_size]]
         width = max(len(toks) for toks, _ in chunk)
-        # Right padding is harmless: the model is causal and we read an earlier position.
         batch = torch.tensor([toks + [pad] * (width - len(toks)) for toks, _ in chunk], device=model.cfg.device)
         positions = torch.tensor([pos for _, pos in chunk], device=model.cfg.device)
         with torch.no_grad():

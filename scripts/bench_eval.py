@@ -69,7 +69,7 @@ def speed(args) -> dict:
     n_tokens = sum(b.numel() for b in batches)
 
     def ours():
-        score_batches(model, site, sae, batches, device=args.device)
+        score_batches(model, site, [sae], batches, device=args.device)
 
     def theirs():
         saelens_run_evals(model, sae, batches)
@@ -115,7 +115,7 @@ def memory_child(n_tokens: int, device: str) -> None:
                 produced += batch.numel()
                 yield batch
 
-    score_batches(model, site, sae, stream(), device=device)
+    score_batches(model, site, [sae], stream(), device=device)
     print(json.dumps({"tokens": n_tokens, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 

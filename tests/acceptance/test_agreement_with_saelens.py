@@ -58,7 +58,7 @@ def test_same_numbers_as_saelens_run_evals(builtin_model, architecture, hook, d_
     dataset = load_dataset(saehealth.BUILTIN_DATASET, "validation")
     batches = list(sequence_batches(dataset, builtin_model.tokenizer, 128, N_SEQUENCES, BATCH, 0))
 
-    ours = score_batches(builtin_model, splice_site(builtin_model, hook), sae, batches).metrics
+    ours = score_batches(builtin_model, splice_site(builtin_model, hook), [sae], batches)[0].metrics
     theirs = saelens_run_evals(builtin_model, sae, batches)
 
     assert 0.05 < ours["loss_recovered"] < 0.999  # a non-trivial SAE, or the comparison says little

@@ -1,0 +1,1 @@
+"""Metric computations, one module per group of metrics."""

@@ -1,0 +1,121 @@
+"""Absorption end to end on the built-in model, with a small TopK SAE fitted in the test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+
+import saehealth
+from saehealth.data import sequence_batches
+from saehealth.errors import IncompatibleSAEError
+from saehealth.metrics.absorption import AbsorptionSettings, absorption_applicable, measure_absorption
+
+HOOK = "blocks.0.hook_resid_post"
+SETTINGS = AbsorptionSettings()  # SAEBench's defaults
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The model and SAE are tiny: on shared cores, OpenMP threads waiting on each other cost more
+    than a second thread gains (ten times more on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return saehealth.load_model(saehealth.BUILTIN_MODEL)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One probe cache for the module, as one sweep's evaluations share it."""
+    return tmp_path_factory.mktemp("absorption-cache")
+
+
+def _hook_activations(model, n_sequences: int = 96) -> torch.Tensor:
+    """Activations at HOOK over built-in corpus text, BOS positions dropped."""
+    dataset = saehealth.load_dataset(saehealth.BUILTIN_DATASET, "train")
+    chunks = []
+    for batch in sequence_batches(dataset, model.tokenizer, 128, n_sequences, batch_size=32, seed=0):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch, names_filter=HOOK, stop_at_layer=1)
+        keep = batch != model.tokenizer.bos_token_id
+        chunks.append(cache[HOOK][keep])
+    return torch.cat(chunks)
+
+
+def _fit_topk_sae(acts: torch.Tensor, d_sae: int = 512, k: int = 16, steps: int = 100) -> TopKSAE:
+    """A few hundred Adam steps of a TopK SAE on MSE: crude, but a real SAE on real activations."""
+    gen = torch.Generator().manual_seed(0)
+    d_in = acts.shape[1]
+    # Decoder rows start at (centred) data points, so a hundred steps give a usable dictionary.
+    start = acts[torch.randint(0, len(acts), (d_sae,), generator=gen)] - acts.mean(0)
+    w_dec = torch.nn.functional.normalize(start, dim=1).requires_grad_()
+    w_enc = w_dec.detach().T.clone().requires_grad_()
+    b_enc = torch.zeros(d_sae, requires_grad=True)
+    b_dec = acts.mean(0).clone().requires_grad_()
+    optimizer = torch.optim.Adam([w_enc, b_enc, w_dec, b_dec], lr=2e-3)
+    for _ in range(steps):
+        x = acts[torch.randint(0, len(acts), (256,), generator=gen)]
+        pre = (x - b_dec) @ w_enc + b_enc
+        top, idx = pre.topk(k, dim=-1)
+        latents = torch.zeros_like(pre).scatter(-1, idx, torch.relu(top))
+        loss = (latents @ w_dec + b_dec - x).pow(2).sum(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    sae.load_state_dict({"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec})
+    return sae
+
+
+def test_absorption_on_the_builtin_model(model, cache_dir):
+    sae = _fit_topk_sae(_hook_activations(model))
+    assert absorption_applicable(HOOK) is None
+
+    assert not list(cache_dir.iterdir())
+    cold = measure_absorption(model, sae, HOOK, cache_dir=cache_dir, settings=SETTINGS)
+
+    assert cold.not_measured_reason is None
+    assert cold.metrics["absorption_letters_scored"] >= 20
+    assert 0.0 <= cold.metrics["absorption_fraction"] <= 1.0
+    assert 0.0 <= cold.metrics["full_absorption_rate"] <= cold.metrics["absorption_fraction"] + 1e-9
+    assert 1 <= cold.metrics["mean_num_split_features"] <= 10
+    scored = cold.per_letter["probe_f1"] > 0.6
+    assert np.isfinite(cold.per_letter["absorption_fraction"][scored]).all()
+    assert np.isnan(cold.per_letter["absorption_fraction"][~scored]).all()
+    assert (cold.per_letter["main_latents"][scored, 0] >= 0).all()
+    assert cold.per_letter["main_latents"].max() < sae.cfg.d_sae
+
+    # The model-level work is cached once per (model, hook, seed) and reused with the same answer.
+    assert len(list(cache_dir.iterdir())) == 1
+    warm = measure_absorption(model, sae, HOOK, cache_dir=cache_dir, settings=SETTINGS)
+    assert warm.metrics == cold.metrics
+    assert warm.seconds < cold.seconds
+
+
+def test_absorption_not_measured_below_the_letter_minimum(model, cache_dir):
+    sae = TopKSAE(TopKSAEConfig(d_in=model.cfg.d_model, d_sae=64, k=4))
+    result = measure_absorption(model, sae, HOOK, cache_dir=cache_dir, min_letters=27, settings=SETTINGS)
+
+    assert result.metrics["absorption_fraction"] is None
+    assert result.not_measured_reason.startswith(f"only {result.metrics['absorption_letters_scored']} letters")
+    assert result.not_measured_reason.endswith("(minimum 27)")
+
+
+def test_absorption_skips_non_residual_hooks(model):
+    sae = TopKSAE(TopKSAEConfig(d_in=model.cfg.d_model, d_sae=64, k=4))
+    result = measure_absorption(model, sae, "blocks.0.hook_mlp_out")
+    assert result.metrics["absorption_fraction"] is None
+    assert "residual-stream" in result.not_measured_reason
+
+
+def test_absorption_refuses_an_sae_of_another_width(model):
+    sae = TopKSAE(TopKSAEConfig(d_in=model.cfg.d_model + 1, d_sae=64, k=4))
+    with pytest.raises(IncompatibleSAEError, match="129-dimensional"):
+        measure_absorption(model, sae, HOOK)
