@@ -33,6 +33,28 @@ def _root(
     """saehealth: evaluation-centric toolkit for sparse autoencoders, built on SAELens."""
 
 
+# ------------------------------------------------------------------ report and thresholds
+# Shared option types: eval and compare reuse them, so each option is declared once.
+ThresholdsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--thresholds",
+        help="Health bands: a preset (default, strict, lenient) or a TOML/YAML file. See `saehealth thresholds`.",
+    ),
+]
+StrictOption = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when a headline metric is unhealthy.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the one-line verdict.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result with verdicts and advice as JSON instead of the report.")
+]
+WandbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--wandb", metavar="PROJECT", help="Also log metrics, verdicts, plots and the JSON to this W&B project."
+    ),
+]
+
+
 @app.command("eval")
 def eval_command(
     sae_path: Annotated[str, typer.Option("--sae-path", help="SAE checkpoint folder or file.")],
@@ -55,11 +77,19 @@ def eval_command(
     ] = False,
     skip: Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")] = None,
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
+    thresholds: ThresholdsOption = None,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    strict: StrictOption = False,
+    wandb_project: WandbOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print timings and notes.")] = False,
 ) -> None:
-    """Evaluate one SAE on real model activations: reconstruction, downstream loss, sparsity, absorption."""
+    """Evaluate one SAE on real model activations: reconstruction, downstream loss, sparsity, absorption.
+
+    Writes result.json, its per-latent companion and report.md with plots to the result folder, prints
+    the health report, and with --strict exits 2 when a headline metric is unhealthy."""
     from saehealth.config import EvalConfig
-    from saehealth.evaluate import evaluate
+    from saehealth.evaluate import evaluate, result_folder
 
     config = EvalConfig(
         sae_path=sae_path,
@@ -80,39 +110,47 @@ def eval_command(
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
         format=format,
+        thresholds=thresholds,
         verbose=verbose,
     )
-    result = evaluate(config=config, console=console)
-    _print_summary(result, verbose)
+    result = evaluate(config=config, console=None if quiet or json_output else console)
+    _present(
+        result,
+        result_folder(config),
+        quiet=quiet,
+        json_output=json_output,
+        strict=strict,
+        wandb_project=wandb_project,
+        verbose=verbose,
+    )
 
 
-def _print_summary(result, verbose: bool) -> None:
-    """A short table of the headline numbers (the full report is `saehealth report`)."""
-    from rich.table import Table
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Result and report folder.")] = Path("reports/demo"),
+    checkpoint: Annotated[Path, typer.Option(help="Where the demo SAE is (trained there if missing).")] = Path(
+        "checkpoints/demo"
+    ),
+    force: Annotated[bool, typer.Option("--force", help="Re-run the evaluation even if a result exists.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    quiet: QuietOption = False,
+    strict: StrictOption = False,
+) -> None:
+    """The whole job on the built-in model, offline: train the demo SAE (if missing), evaluate it, report.
 
-    table = Table(title=f"{result.sae.path}  ({result.eval.tokens_scored:,} tokens scored)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in (
-        "loss_recovered",
-        "delta_ce",
-        "kl_div_score",
-        "explained_variance",
-        "l0",
-        "dead_fraction",
-        "dense_fraction",
-        "decoder_redundancy",
-        "absorption_fraction",
-    ):
-        value = result.metrics.get(key)
-        se = result.uncertainty.get(key)
-        text = "not measured" if value is None else f"{value:.4g}" + (f" ± {se:.2g}" if se else "")
-        table.add_row(key, text)
-    console.print(table)
-    if verbose:
-        for note in result.notes:
-            console.print(f"[dim]- {note}[/]")
-        console.print(f"[dim]timing: {result.timing}[/]")
+    Trains with the packaged demo config through SAELens (about two minutes on 2 CPU cores), then runs
+    `saehealth eval` on it and writes result.json and report.md with plots to --out."""
+    from saehealth import training
+    from saehealth.config import EvalConfig
+    from saehealth.evaluate import evaluate
+
+    if not (checkpoint / "cfg.json").is_file():
+        console.print(f"[bold]Training the demo SAE[/] into {checkpoint} (SAELens, built-in model) ...")
+        trained = training.train("demo", {"output_path": str(checkpoint)})
+        checkpoint = Path(trained)
+    config = EvalConfig(sae_path=str(checkpoint), out=out, force=force, device=device)
+    result = evaluate(config=config, console=None if quiet else console)
+    _present(result, out, quiet=quiet, json_output=False, strict=strict, wandb_project=None)
 
 
 @app.command(
@@ -141,25 +179,6 @@ def train_command(ctx: typer.Context) -> None:
     console.print(str(path), highlight=False, soft_wrap=True)
 
 
-# ------------------------------------------------------------------ report and thresholds
-# Shared option types: eval and compare reuse them, so each option is declared once.
-ThresholdsOption = Annotated[
-    str | None,
-    typer.Option(
-        "--thresholds",
-        help="Health bands: a preset (default, strict, lenient) or a TOML/YAML file. See `saehealth thresholds`.",
-    ),
-]
-StrictOption = Annotated[bool, typer.Option("--strict", help="Exit with code 2 when a headline metric is unhealthy.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the one-line verdict.")]
-WandbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--wandb", metavar="PROJECT", help="Also log metrics, verdicts, plots and the JSON to this W&B project."
-    ),
-]
-
-
 @app.command("report")
 def report_command(
     result_path: Annotated[Path, typer.Argument(help="A result.json, or the folder holding one.", show_default=False)],
@@ -168,30 +187,45 @@ def report_command(
     ] = None,
     thresholds: ThresholdsOption = None,
     quiet: QuietOption = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the result with verdicts and advice as JSON instead of the report.")
-    ] = False,
+    json_output: JsonOption = False,
     strict: StrictOption = False,
     wandb_project: WandbOption = None,
 ) -> None:
     """Regenerate the terminal and markdown health reports from a saved result, without loading any model.
 
     Verdicts are recomputed when --thresholds is given; otherwise the saved ones are used."""
-    import dataclasses
-    import json
-
-    from saehealth.advice import advise
-    from saehealth.report import print_report, write_markdown_report
-    from saehealth.result import load_details, load_result
-    from saehealth.thresholds import assess, headline_summary, is_unhealthy, load_thresholds
+    from saehealth.result import load_result
+    from saehealth.thresholds import assess, load_thresholds
 
     result = load_result(result_path)
-    details = load_details(result_path)
     if thresholds is not None or not result.verdicts:
         result.verdicts = assess(
             result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
         )
     folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
+    _present(result, folder, quiet=quiet, json_output=json_output, strict=strict, wandb_project=wandb_project)
+
+
+def _present(
+    result,
+    folder: Path,
+    *,
+    quiet: bool,
+    json_output: bool,
+    strict: bool,
+    wandb_project: str | None,
+    verbose: bool = False,
+) -> None:
+    """Write report.md (+ plots) beside the result, print the report (or JSON), log to W&B, apply --strict."""
+    import dataclasses
+    import json
+
+    from saehealth.advice import advise
+    from saehealth.report import print_report, write_markdown_report
+    from saehealth.result import load_details
+    from saehealth.thresholds import headline_summary, is_unhealthy
+
+    details = load_details(folder)
     report_path = write_markdown_report(result, details, folder)
     location = None
     if wandb_project:
@@ -211,9 +245,11 @@ def report_command(
     else:
         print_report(result, details, console, quiet=quiet)
         if not quiet:
-            console.print(f"Markdown report: {report_path}", highlight=False)
+            console.print(f"Result: {folder / 'result.json'}\nMarkdown report: {report_path}", highlight=False)
             if location:
                 console.print(f"W&B: {location}", highlight=False)
+            if verbose:
+                console.print(f"[dim]timing (s): {result.timing}[/]")
     if strict and is_unhealthy(result.verdicts):
         # SystemExit, not typer.Exit: main() runs typer with standalone_mode=False, which swallows Exit codes.
         raise SystemExit(2)

@@ -70,8 +70,12 @@ def _local(path: Path, split: str):
             raise DataError(
                 f"Cannot read {path.name}: give a .parquet, .jsonl, .json or .txt file, or a save_to_disk folder."
             )
-        # Local files are one split; `split` names the hub split only.
-        return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        # Local files are one split; `split` names the hub split only. Their progress bars are noise.
+        datasets.disable_progress_bars()
+        try:
+            return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        finally:
+            datasets.enable_progress_bars()
     except DataError:
         raise
     except (FileNotFoundError, ValueError, OSError) as exc:

@@ -69,6 +69,14 @@ def evaluate(
     return Evaluation(config, console).run()
 
 
+def result_folder(config: EvalConfig) -> Path:
+    """Where an evaluation's files go: --out, else reports/<checkpoint name>/ under the current directory."""
+    if config.out is not None:
+        return Path(config.out)
+    name = Path(config.sae_path).expanduser().resolve().name or "sae"
+    return Path("reports") / name
+
+
 class Evaluation:
     """One evaluation run: resolve settings, run the pass, assemble and save the result."""
 
@@ -177,10 +185,7 @@ class Evaluation:
         return result
 
     def _out_folder(self) -> Path:
-        if self.config.out is not None:
-            return Path(self.config.out)
-        name = Path(self.config.sae_path).expanduser().resolve().name or "sae"
-        return Path("reports") / name
+        return result_folder(self.config)
 
     def _request(self) -> dict:
         """The settings that decide the numbers; a saved result is reused only when they match."""

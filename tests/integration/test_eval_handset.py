@@ -108,9 +108,16 @@ def test_existing_result_is_reused_unless_forced(tmp_path):
 
 
 def test_more_tokens_than_the_dataset_holds_evaluates_all_and_says_so(tmp_path):
+    from saehealth.builtin import read_corpus
+
     path = shifted_identity_sae(tmp_path / "sae", 128, hook_name="blocks.0.hook_resid_post")
-    result = evaluate(path, out=tmp_path / "out", n_tokens=10_000_000, skip=("absorption", "geometry"))
-    assert result.eval.n_tokens < 10_000_000
+    text = tmp_path / "small.txt"  # a local text file: one row per line
+    text.write_text("\n".join(d["text"].replace("\n", " ") for d in read_corpus()[:3]))
+    result = evaluate(
+        path, out=tmp_path / "out", dataset=str(text), n_tokens=10_000_000, skip=("absorption", "geometry")
+    )
+    assert 0 < result.eval.n_tokens < 10_000_000
+    assert result.eval.dataset == str(text)
     assert any("evaluated all of it" in note for note in result.notes)
     assert result.metrics["decoder_redundancy"] is None
     assert "skipped" in result.not_measured["decoder_redundancy"]
