@@ -41,16 +41,15 @@ SPARSITY_KEYS = (
     "dense_features",
     "dense_fraction",
     "dense_features_1pct",
-    "decoder_redundancy",
-    "near_duplicate_latents",
 )
+GEOMETRY_KEYS = ("decoder_redundancy", "near_duplicate_latents")
 ABSORPTION_KEYS = (
     "absorption_fraction",
     "full_absorption_rate",
     "mean_num_split_features",
     "absorption_letters_scored",
 )
-METRIC_KEYS = RECONSTRUCTION_KEYS + DOWNSTREAM_KEYS + SPARSITY_KEYS + ABSORPTION_KEYS
+METRIC_KEYS = RECONSTRUCTION_KEYS + DOWNSTREAM_KEYS + SPARSITY_KEYS + GEOMETRY_KEYS + ABSORPTION_KEYS
 
 
 @dataclass

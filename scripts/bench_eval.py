@@ -49,7 +49,8 @@ def demo_size_sae(folder: Path) -> Path:
     return folder
 
 
-def token_batches(model, n_tokens: int, batch_size: int, split: str = "validation") -> list[torch.Tensor]:
+def token_batches(model, n_tokens: int, batch_size: int, split: str = "train") -> list[torch.Tensor]:
+    """Evaluation batches from the built-in corpus (the train split: it holds 475k tokens; speed only)."""
     dataset = load_dataset(saehealth.BUILTIN_DATASET, split)
     return list(sequence_batches(dataset, model.tokenizer, 128, max(1, n_tokens // 128), batch_size, 0))
 
@@ -116,7 +117,10 @@ def memory_child(n_tokens: int, device: str) -> None:
                 yield batch
 
     score_batches(model, site, [sae], stream(), device=device)
-    print(json.dumps({"tokens": n_tokens, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    peak = {"tokens": n_tokens, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        peak["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(peak))
 
 
 def memory(args) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from saehealth.result import DOWNSTREAM_KEYS
+
 VARIANTS = ("clean", "sae", "zero")
 
 
@@ -60,18 +62,7 @@ class DownstreamAccumulator:
 
     def result(self) -> dict[str, float | None]:
         if self.positions == 0:
-            return dict.fromkeys(
-                (
-                    "ce_loss_clean",
-                    "ce_loss_with_sae",
-                    "ce_loss_zero_ablation",
-                    "delta_ce",
-                    "loss_recovered",
-                    "kl_div_with_sae",
-                    "kl_div_zero_ablation",
-                    "kl_div_score",
-                )
-            )
+            return dict.fromkeys(DOWNSTREAM_KEYS)
         n = self.positions
         clean, sae, zero = (self.ce[v] / n for v in VARIANTS)
         kl_sae, kl_zero = self.kl["sae"] / n, self.kl["zero"] / n

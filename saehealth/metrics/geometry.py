@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from saehealth.result import GEOMETRY_KEYS
+
 NEAR_DUPLICATE_COSINE = 0.9
 
 
@@ -27,7 +29,7 @@ def max_decoder_cosine(W_dec: torch.Tensor, chunk_size: int = 4096) -> torch.Ten
 def geometry_metrics(W_dec: torch.Tensor) -> tuple[dict[str, float | int], torch.Tensor]:
     """`decoder_redundancy` and `near_duplicate_latents`, plus the per-latent max cosines."""
     if W_dec.shape[0] < 2:
-        return {"decoder_redundancy": None, "near_duplicate_latents": None}, torch.zeros(W_dec.shape[0])
+        return dict.fromkeys(GEOMETRY_KEYS), torch.zeros(W_dec.shape[0])
     best = max_decoder_cosine(W_dec)
     return {
         "decoder_redundancy": float(best.double().mean()),

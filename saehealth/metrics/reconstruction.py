@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from saehealth.result import RECONSTRUCTION_KEYS
+
 
 class ReconstructionAccumulator:
     """Streams (x, x̂, mask) batches; `result()` gives the reconstruction metrics."""
@@ -65,9 +67,7 @@ class ReconstructionAccumulator:
 
     def result(self) -> dict[str, float | None]:
         if self.tokens == 0:
-            return dict.fromkeys(
-                ("explained_variance", "fvu", "mse", "cossim", "l2_ratio", "relative_reconstruction_bias")
-            )
+            return dict.fromkeys(RECONSTRUCTION_KEYS)
         variance = self.total_variance()
         fvu = self.sum_sq_error / variance if variance > 0 else None
         return {

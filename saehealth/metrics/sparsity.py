@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from saehealth.result import SPARSITY_KEYS
+
 DENSE_THRESHOLD = 0.1
 DENSE_THRESHOLD_1PCT = 0.01
 
@@ -43,17 +45,7 @@ class SparsityAccumulator:
 
     def result(self) -> dict[str, float | int | None]:
         if self.tokens == 0:
-            return dict.fromkeys(
-                (
-                    "l0",
-                    "l1",
-                    "dead_features",
-                    "dead_fraction",
-                    "dense_features",
-                    "dense_fraction",
-                    "dense_features_1pct",
-                )
-            )
+            return dict.fromkeys(SPARSITY_KEYS)
         density = self.density()
         dead = int((self.firing_counts == 0).sum())
         dense = int((density > DENSE_THRESHOLD).sum())
