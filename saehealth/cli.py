@@ -125,6 +125,67 @@ def eval_command(
     )
 
 
+@app.command("compare")
+def compare_command(
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="SAE checkpoints (folders or files), any library.", show_default=False)
+    ] = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="Also compare every checkpoint matching this glob, e.g. 'checkpoints/sweep_*'."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name or folder (default: the one the SAEs name).")] = None,
+    hook: Annotated[str | None, typer.Option(help="TransformerLens hook for every SAE (default: each one's).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Built-in, local path or hub dataset.")] = None,
+    split: Annotated[str | None, typer.Option(help="Dataset split (default: a held-out one).")] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="Tokens to evaluate (default: up to 200k).")] = None,
+    context_length: Annotated[
+        int | None, typer.Option(help="Tokens per sequence (default: the one the SAEs record).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16.")] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed for data order and probes.")] = 42,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Comparison folder, one result folder per SAE inside (default: reports/comparison/)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-run SAEs whose results exist.")] = False,
+    skip: Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")] = None,
+    thresholds: ThresholdsOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Compare SAEs from any library side by side on identical tokens: table, comparison.md, frontier plots.
+
+    Every SAE is evaluated on the same model, dataset, split, context length and tokens; SAEs at the same hook
+    share one pass (clean and zero-ablated runs computed once). Each SAE gets its own result folder
+    <out>/<name>/ (reused unless --force), and <out>/comparison.md, comparison.json and L0-frontier plots
+    sum them up."""
+    from saehealth.compare import CompareConfig, compare
+    from saehealth.report.compare_report import print_comparison
+
+    config = CompareConfig(
+        paths=tuple(paths or ()),
+        sweep=tuple(sweep or ()),
+        model=model,
+        hook=hook,
+        dataset=dataset,
+        split=split,
+        n_tokens=tokens,
+        context_length=context_length,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        out=out,
+        force=force,
+        skip=tuple(skip or ()),
+        thresholds=thresholds,
+    )
+    comparison = compare(config=config, console=None if quiet else console)
+    print_comparison(comparison, console, quiet=quiet)
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Result and report folder.")] = Path("reports/demo"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,8 +26,17 @@ from saehealth.metrics.geometry import geometry_metrics
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.models import check_hook, load_model
-from saehealth.replay import ReplayCache, replay_batch, splice_site
-from saehealth.result import METRIC_KEYS, EvalResult, EvalSettings, Provenance, SAEInfo, load_result
+from saehealth.replay import ReplayCache, SpliceSite, replay_batch, splice_site
+from saehealth.result import (
+    ABSORPTION_KEYS,
+    GEOMETRY_KEYS,
+    METRIC_KEYS,
+    EvalResult,
+    EvalSettings,
+    Provenance,
+    SAEInfo,
+    load_result,
+)
 
 # Per-sequence totals kept for standard errors (see metrics/clusters.py).
 SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", "n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
@@ -50,6 +60,26 @@ class PassOutput:
     n_sequences: int
     tokens_run: int
     tokens_scored: int
+
+
+@dataclass
+class Plan:
+    """What the pass over the tokens needs, resolved from the checkpoint and the options."""
+
+    loaded: Any  # saehealth.loading.LoadedSAE
+    model_name: str
+    hook: str
+    model: Any  # HookedTransformer
+    site: SpliceSite
+    context: int
+    dataset_name: str
+    split: str
+    dataset: Any  # datasets.Dataset
+    n_sequences: int
+
+    @property
+    def sae(self):
+        return self.loaded.sae
 
 
 def evaluate(
@@ -78,61 +108,88 @@ def result_folder(config: EvalConfig) -> Path:
 
 
 class Evaluation:
-    """One evaluation run: resolve settings, run the pass, assemble and save the result."""
+    """One evaluation run: load, resolve settings, run the pass, assemble and save the result.
 
-    def __init__(self, config: EvalConfig, console=None):
+    `run()` does it all for one SAE. The steps are separate so that `saehealth compare` can load several
+    SAEs itself (`loaded=`), resolve each against one shared model and dataset, score all SAEs at a site
+    in one shared pass (`score_batches`), and finish each result with the same code.
+    """
+
+    def __init__(self, config: EvalConfig, console=None, loaded=None):
         self.config = config
         self.console = console
+        self.loaded = loaded  # a LoadedSAE already loaded by the caller, else loaded by `load()`
         self.timing: dict[str, float] = {}
         self.notes: list[str] = []
         self.not_measured: dict[str, str] = {}
+        self.started_at = datetime.now(timezone.utc)
+
+    def run(self) -> EvalResult:
+        cached = self.load()
+        if cached is not None:
+            return cached
+        plan = self.resolve()
+        t0 = time.perf_counter()
+        output = self.score(plan)
+        return self.finish(plan, output, replay_s=time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ resolution
-    def run(self) -> EvalResult:
+    def load(self) -> EvalResult | None:
+        """Load the checkpoint (unless given) and return the saved result when it can be reused, else None."""
         from saehealth.loading import load_checkpoint
 
         cfg = self.config
-        started_at = datetime.now(timezone.utc)
-        t0 = time.perf_counter()
-        loaded = load_checkpoint(cfg.sae_path, format=cfg.format, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype)
-        if isinstance(loaded, list):
-            raise ConfigError(
-                f"{cfg.sae_path} holds {len(loaded)} SAEs: evaluate one hookpoint folder, or use `saehealth compare`."
-            )
-        self.timing["load_sae_s"] = time.perf_counter() - t0
-        out = self._out_folder()
-        cached = self._reusable_result(out)
-        if cached is not None:
-            return cached
+        if self.loaded is None:
+            t0 = time.perf_counter()
+            loaded = load_checkpoint(cfg.sae_path, format=cfg.format, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype)
+            if isinstance(loaded, list):
+                raise ConfigError(
+                    f"{cfg.sae_path} holds {len(loaded)} SAEs: evaluate one hookpoint folder, or use `saehealth compare`."
+                )
+            self.timing["load_sae_s"] = time.perf_counter() - t0
+            self.loaded = loaded
+        return self._reusable_result(self._out_folder())
 
+    def resolve(self, model=None, dataset=None) -> Plan:
+        """Model, hook, splice site, context, dataset and sequence count for the loaded SAE.
+
+        `model` / `dataset` are used as given when the caller has them loaded already (they must be the ones
+        this evaluation's config names)."""
+        cfg = self.config
+        loaded = self.loaded
         model_name = cfg.model or loaded.model_name
         if model_name is None:
             raise ConfigError(f"{cfg.sae_path} does not say which model it was trained on: pass --model NAME.")
         hook = self._hook_name(loaded)
-        t0 = time.perf_counter()
-        model = load_model(model_name, device=cfg.device, dtype=cfg.dtype)
-        self.timing["load_model_s"] = time.perf_counter() - t0
+        if model is None:
+            t0 = time.perf_counter()
+            model = load_model(model_name, device=cfg.device, dtype=cfg.dtype)
+            self.timing["load_model_s"] = time.perf_counter() - t0
         check_hook(model, hook)
         output_hook = loaded.output_hook_name or hook
         check_hook(model, output_hook)
         site = splice_site(model, output_hook, input_hook=hook)
-        sae = loaded.sae
-        self._check_width(model, site, sae)
-        context = self._context_length(model, loaded)
-        dataset_name, split = self._dataset(model_name, loaded)
-        dataset = load_dataset(dataset_name, split)
-
+        self._check_width(model, site, loaded.sae)
+        context = self.context_length(model, loaded)
+        dataset_name, split = self.dataset_choice(model_name, loaded)
+        if dataset is None:
+            dataset = load_dataset(dataset_name, split)
         n_sequences = self._sequences_wanted(context)
-        t0 = time.perf_counter()
-        output = self._run_pass(model, site, sae, dataset, context, n_sequences)
-        self.timing["replay_s"] = time.perf_counter() - t0
-        self.timing["tokens_per_second"] = output.tokens_run / max(self.timing["replay_s"], 1e-9)
+        return Plan(loaded, model_name, hook, model, site, context, dataset_name, split, dataset, n_sequences)
+
+    # ------------------------------------------------------------------ after the pass
+    def finish(self, plan: Plan, output: PassOutput, replay_s: float) -> EvalResult:
+        """Add geometry and absorption to the pass's metrics, assess, save to the output folder, return."""
+        cfg = self.config
+        loaded, sae, hook, model = plan.loaded, plan.sae, plan.hook, plan.model
+        self.timing["replay_s"] = replay_s
+        self.timing["tokens_per_second"] = output.tokens_run / max(replay_s, 1e-9)
         metrics = output.metrics
         details = output.details
 
         t0 = time.perf_counter()
         if "geometry" in cfg.skip:
-            for key in ("decoder_redundancy", "near_duplicate_latents"):
+            for key in GEOMETRY_KEYS:
                 self.not_measured[key] = "skipped with --skip geometry"
         else:
             geometry, max_cos = geometry_metrics(sae.W_dec)
@@ -161,12 +218,12 @@ class Evaluation:
                 training=_jsonable(loaded.training),
             ),
             eval=EvalSettings(
-                model=model_name,
-                dataset=dataset_name,
-                split=split,
+                model=plan.model_name,
+                dataset=plan.dataset_name,
+                split=plan.split,
                 n_tokens=output.tokens_run,
                 tokens_scored=output.tokens_scored,
-                context_length=context,
+                context_length=plan.context,
                 batch_size=cfg.batch_size,
                 seed=cfg.seed,
                 mask_special_tokens=not cfg.include_special_tokens,
@@ -175,13 +232,13 @@ class Evaluation:
             metrics={k: _clean_number(v) for k, v in metrics.items()},
             uncertainty={k: v for k, v in output.uncertainty.items() if math.isfinite(v)},
             not_measured=self.not_measured,
-            provenance=_provenance(cfg, started_at),
+            provenance=_provenance(cfg, self.started_at),
             timing={k: round(v, 4) for k, v in self.timing.items()},
             notes=[*loaded.notes, *self.notes],
             request=self._request(),
         )
         self._assess(result)
-        result.save(out, details)
+        result.save(self._out_folder(), details)
         return result
 
     def _out_folder(self) -> Path:
@@ -267,7 +324,8 @@ class Evaluation:
                     "check --model and --hook (the SAE was trained on another model or hook)."
                 )
 
-    def _context_length(self, model, loaded) -> int:
+    def context_length(self, model, loaded) -> int:
+        """Tokens per sequence: --context-length, else the checkpoint's, capped at the model's context."""
         context = self.config.context_length or loaded.context_size or model.cfg.n_ctx
         if context > model.cfg.n_ctx:
             if self.config.context_length:
@@ -279,7 +337,8 @@ class Evaluation:
             raise ConfigError("The context length must be at least 2 tokens to score next-token predictions.")
         return context
 
-    def _dataset(self, model_name: str, loaded) -> tuple[str, str]:
+    def dataset_choice(self, model_name: str, loaded) -> tuple[str, str]:
+        """(dataset, split): the options', else the built-in corpus for the built-in model or the checkpoint's."""
         cfg = self.config
         name = cfg.dataset
         if name is None:
@@ -307,11 +366,23 @@ class Evaluation:
         return max(1, math.ceil(tokens / context))
 
     # ------------------------------------------------------------------ the pass
-    def _run_pass(self, model, site, sae, dataset, context: int, n_sequences: int) -> PassOutput:
+    def score(self, plan: Plan) -> PassOutput:
+        """The pass over the evaluation tokens for this SAE alone (`check_pass` applied)."""
         cfg = self.config
-        batches = sequence_batches(dataset, model.tokenizer, context, n_sequences, cfg.batch_size, cfg.seed)
-        with _progress(self.console, n_sequences * context) as advance:
-            (output,) = score_batches(model, site, [sae], batches, cfg.include_special_tokens, cfg.device, advance)
+        batches = sequence_batches(
+            plan.dataset, plan.model.tokenizer, plan.context, plan.n_sequences, cfg.batch_size, cfg.seed
+        )
+        with _progress(self.console, plan.n_sequences * plan.context) as advance:
+            (output,) = score_batches(
+                plan.model, plan.site, [plan.sae], batches, cfg.include_special_tokens, cfg.device, advance
+            )
+        self.check_pass(plan, output)
+        return output
+
+    def check_pass(self, plan: Plan, output: PassOutput) -> None:
+        """Refuse a pass that scored nothing; note when the dataset held fewer tokens than asked for."""
+        cfg = self.config
+        n_sequences, context = plan.n_sequences, plan.context
         if output.n_sequences == 0:
             raise DataError(
                 f"The dataset yields no sequence of {context} tokens: use a larger dataset or a smaller --context-length."
@@ -325,13 +396,12 @@ class Evaluation:
             raise DataError(
                 "Every position was masked as a special token: check the dataset or pass --include-special-tokens."
             )
-        return output
 
     # ------------------------------------------------------------------ optional parts
     def _absorption(self, model, sae, hook: str, details: dict) -> dict:
         from saehealth.metrics.absorption import absorption_applicable, measure_absorption
 
-        keys = ("absorption_fraction", "full_absorption_rate", "mean_num_split_features", "absorption_letters_scored")
+        keys = ABSORPTION_KEYS
         reason = "skipped with --skip absorption" if "absorption" in self.config.skip else absorption_applicable(hook)
         if reason is None:
             result = measure_absorption(
