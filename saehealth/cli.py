@@ -230,6 +230,7 @@ def train_command(ctx: typer.Context) -> None:
     --d_sae --k --training_tokens --lr --l1_coefficient --normalize_activations --output_name
     --dataset_path --train_batch_size_tokens --context_size --device --log_to_wandb, and SAE or logger
     fields directly or dotted (--sae.k 32). Values are YAML scalars (true, 1e-4, 64, null).
+    Architectures: standard, topk, batchtopk, matryoshka_batchtopk, jumprelu, gated (any SAELens trains).
 
     The SAE is saved in SAELens' format to checkpoints/<output_name>/ under the current directory.
     """

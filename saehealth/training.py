@@ -766,7 +766,7 @@ def train(
     )
     try:
         runner = _make_runner(cfg, model, dataset)
-        with _quiet_expected_noise(), _token_progress_bar():
+        with _quiet_expected_noise(), _token_progress_bar(), _restored_signal_handlers():
             runner.run()
         _publish(staging, final_dir)
     finally:
@@ -834,12 +834,27 @@ def _quiet_expected_noise() -> Iterator[None]:
 
 
 @contextmanager
+def _restored_signal_handlers() -> Iterator[None]:
+    """SAELens installs its own SIGINT/SIGTERM handlers for the run and leaves them; put ours back, so
+    Ctrl-C after training (e.g. during the demo's evaluation) is a KeyboardInterrupt again."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+@contextmanager
 def _token_progress_bar() -> Iterator[None]:
     """Make SAELens' training bar count tokens (tok/s, ETA) and move every step.
 
     SAELens' bar counts unitless items and advances every 100 steps, which on a short CPU run means
-    a bar that sits still. We swap in a tokens bar and a per-step update (loss values still every 100
-    steps); if a later SAELens moves these names, its own bar is left as it is.
+    a bar that sits still. We swap in a tokens bar and a per-step update (loss values every 25 steps);
+    if a later SAELens moves these names, its own bar is left as it is.
     """
     from sae_lens.training import sae_trainer
 
@@ -856,7 +871,7 @@ def _token_progress_bar() -> Iterator[None]:
             kwargs.update(unit="tok", unit_scale=True, dynamic_ncols=True, mininterval=0.5 if interactive else 15)
             super().__init__(*args, **kwargs)
 
-    def update_every_step(self, step_output, pbar, update_interval: int = 100) -> None:
+    def update_every_step(self, step_output, pbar, update_interval: int = 25) -> None:
         # The last batch may overshoot training_tokens; stop the bar at its total rather than past it.
         pbar.update(min(self.cfg.train_batch_size_samples, max(0, (pbar.total or 0) - pbar.n)))
         if self.n_training_steps % update_interval == 0:

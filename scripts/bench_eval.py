@@ -132,12 +132,13 @@ def memory(args) -> dict:
             capture_output=True,
             text=True,
         )
-        rows[n] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
-    return {
-        "peak_rss_mib_50k": rows[50_000],
-        "peak_rss_mib_1M": rows[1_000_000],
-        "ratio": rows[1_000_000] / rows[50_000],
-    }
+        rows[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    report = {}
+    for key in rows[50_000]:
+        if key.startswith("peak"):
+            report[f"{key}_50k"], report[f"{key}_1M"] = rows[50_000][key], rows[1_000_000][key]
+            report[f"{key}_ratio"] = rows[1_000_000][key] / rows[50_000][key]
+    return report
 
 
 def main() -> None:

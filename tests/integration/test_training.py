@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def test_cli_trains_a_local_dataset_and_replaces_an_earlier_checkpoint(workdir, 
     )
     args = ["train", "demo", *TINY, "--dataset_path", str(corpus), "--output_name", "mine", "--k", "8"]
 
+    handler = signal.getsignal(signal.SIGINT)
     main(args)
+    assert signal.getsignal(signal.SIGINT) is handler  # SAELens' run-time handlers are removed again
     first = (workdir / "checkpoints" / "mine" / "sae_weights.safetensors").read_bytes()
     main([*args, "--seed", "7"])
 
