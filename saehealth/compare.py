@@ -33,6 +33,8 @@ COMPARISON_SCHEMA_VERSION = 1
 DEFAULT_OUT = Path("reports") / "comparison"
 # Checkpoint file names that say nothing about the SAE: such an SAE is named after its folder.
 _GENERIC_STEMS = {"ae", "params", "sae", "sae_weights", "best_sae", "final_sae", "final", "model", "checkpoint"}
+# Member folders of a multi-SAE run (sparsify hookpoints, dictionary_learning trainers): named with their run.
+_MEMBER_NAME = re.compile(r"^(trainer_\d+|layers?[._]\d+.*|h\.\d+.*|blocks?[._]\d+.*)$")
 
 
 @dataclass(frozen=True)
@@ -156,15 +158,16 @@ def checkpoint_paths(paths, sweeps) -> list[str]:
 
 
 def unique_names(paths: list[str]) -> list[str]:
-    """Short folder-safe names for checkpoints: the folder (or informative file) name, with as many parent
-    folders prepended as it takes to tell equal names apart."""
+    """Short folder-safe names for checkpoints: the folder (or informative file) name, its run folder's name
+    in front for members of a run ('sweep-trainer_0', 'run-layers.3'), and as many parent folders prepended as
+    it takes to tell equal names apart."""
     parts = []
     for path in paths:
         p = Path(path).expanduser().resolve()
         if p.is_file() or p.suffix in (".pt", ".npz", ".safetensors"):
             p = p.parent if p.stem in _GENERIC_STEMS else p.with_suffix("")
         parts.append([_safe(part) for part in p.parts if part not in ("/", "\\")] or ["sae"])
-    depth = [1] * len(paths)
+    depth = [2 if len(part) > 1 and _MEMBER_NAME.match(part[-1]) else 1 for part in parts]
     while True:
         names = ["-".join(part[-d:]) for part, d in zip(parts, depth, strict=True)]
         clashes = {n for n in names if names.count(n) > 1}

@@ -186,8 +186,10 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
     lines += [
         "",
         f"{FRONTIER_MARK}: on the L0 vs loss recovered frontier{_per_hook(comparison)} (no other SAE"
-        f"{' at that hook' if len(comparison.hooks) > 1 else ''} has both a lower L0 and a higher loss recovered). Marks: ✅ healthy, ⚠️ borderline, ❌ unhealthy, ❔ not measured. Each name links to that SAE's "
-        "full report. In the plots, green shading marks each metric's healthy band (darker where both are).",
+        f"{' at that hook' if len(comparison.hooks) > 1 else ''} has both a lower L0 and a higher loss recovered). "
+        "Marks: ✅ healthy, ⚠️ borderline, ❌ unhealthy, ❔ not measured. Each name links to that SAE's full report. "
+        "In the plots, error bars are one standard error and green shading marks each metric's healthy band "
+        "(darker where both are).",
         "",
         "## Frontiers",
         "",
@@ -208,13 +210,15 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
 
 def frontier_figure(comparison: Comparison, y_key: str) -> Figure | None:
     """L0 (x) against `y_key`, one point per SAE labelled with its name, a colour and marker per library,
-    the frontier as a dashed line, the healthy bands of both metrics shaded. None without two numbers."""
-    points, names, libraries = [], [], []
+    standard errors as error bars, the frontier as a dashed line, the healthy bands of both metrics shaded.
+    None without two numbers."""
+    points, errors, names, libraries = [], [], [], []
     for entry in comparison.entries:
         x, y = entry.result.metrics.get("l0"), entry.result.metrics.get(y_key)
         if x is None or y is None:
             continue
         points.append((float(x), float(y)))
+        errors.append((entry.result.uncertainty.get("l0", 0.0), entry.result.uncertainty.get(y_key, 0.0)))
         names.append(entry.name)
         libraries.append(entry.result.sae.source_library)
     if not points:
@@ -227,6 +231,17 @@ def frontier_figure(comparison: Comparison, y_key: str) -> Figure | None:
     order = list(dict.fromkeys(libraries))
     for k, library in enumerate(order):
         chosen = [i for i, lib in enumerate(libraries) if lib == library]
+        ax.errorbar(
+            [points[i][0] for i in chosen],
+            [points[i][1] for i in chosen],
+            xerr=[errors[i][0] for i in chosen],
+            yerr=[errors[i][1] for i in chosen],
+            fmt="none",
+            ecolor=PALETTE[k % len(PALETTE)],
+            elinewidth=1,
+            capsize=2,
+            zorder=3,
+        )
         ax.scatter(
             [points[i][0] for i in chosen],
             [points[i][1] for i in chosen],
@@ -243,6 +258,7 @@ def frontier_figure(comparison: Comparison, y_key: str) -> Figure | None:
         if len(front) > 1:  # one dashed line per hook: SAEs at different hooks are not on one frontier
             label = "frontier" + (" (per hook)" if len(comparison.hooks) > 1 else "") if k == 0 else None
             ax.plot([x for x, _ in front], [y for _, y in front], "--", color=GREY, lw=1, zorder=2, label=label)
+    ax.margins(x=0.18, y=0.12)  # room for the labels right of the points
     _shade_bands(ax, comparison, y_key)
     ax.set_xlabel(AXIS_LABELS["l0"])
     ax.set_ylabel(AXIS_LABELS[y_key])

@@ -46,15 +46,18 @@ def _random_standard_sae(folder, *, hook_name=RESID, model_name=None, context_si
     )
 
 
-def _sparsify_checkpoint(root):
-    """A TopK SparseCoder saved the way sparsify's trainer does, with the run's config.json naming our model."""
+def _sparsify_run(root):
+    """Two TopK SparseCoders (layers.0, layers.1) saved the way sparsify's trainer writes a run folder, with the
+    run's config.json naming our model."""
     sparsify = pytest.importorskip("sparsify")
-    coder = sparsify.SparseCoder(D_IN, sparsify.SparseCoderConfig(expansion_factor=2, k=16))
-    coder.save_to_disk(root / "layers.0")
-    run = sparsify.TrainConfig(coder.cfg, hookpoints=["layers.0"]).to_dict()
+    hookpoints = ["layers.0", "layers.1"]
+    for hookpoint in hookpoints:
+        coder = sparsify.SparseCoder(D_IN, sparsify.SparseCoderConfig(expansion_factor=2, k=16))
+        coder.save_to_disk(root / hookpoint)
+    run = sparsify.TrainConfig(coder.cfg, hookpoints=hookpoints).to_dict()
     run.update(model=saehealth.BUILTIN_MODEL, dataset=saehealth.BUILTIN_DATASET, ctx_len=128)
     (root / "config.json").write_text(json.dumps(run))
-    return root / "layers.0"
+    return root
 
 
 def _dictionary_learning_checkpoint(root):
@@ -105,27 +108,31 @@ def _gemma_scope_params(root):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """name -> path: five SAEs from four libraries, four at the middle residual stream, one at an MLP output."""
+    """(root, {name: path of that SAE alone}, paths to give compare): six SAEs from four libraries, four at the
+    middle residual stream, one at the last and one at an MLP output; the sparsify run folder holds two."""
     root = tmp_path_factory.mktemp("checkpoints")
+    run = _sparsify_run(root / "sparsify_run")
     paths = {
-        "layers.0": _sparsify_checkpoint(root / "sparsify_run"),
+        "sparsify_run-layers.0": run / "layers.0",
+        "sparsify_run-layers.1": run / "layers.1",
         "average_l0_30": _gemma_scope_params(root),
         "sweep_1": _random_standard_sae(root / "sweep_1", seed=1),
         "sweep_10": shifted_identity_sae(root / "sweep_10", D_IN, hook_name=MLP_OUT, n_dead=8),
     }
+    inputs = [run, paths["average_l0_30"]]
     try:
-        paths["trainer_0"] = _dictionary_learning_checkpoint(root / "dl_sweep")
+        paths["dl_sweep-trainer_0"] = _dictionary_learning_checkpoint(root / "dl_sweep")
+        inputs.append(paths["dl_sweep-trainer_0"])
     except pytest.skip.Exception:
         pass
-    return root, paths
+    return root, paths, inputs
 
 
 @pytest.fixture(scope="module")
 def compared(checkpoints, tmp_path_factory):
     """One CLI comparison of all of them; counts the shared passes."""
-    root, paths = checkpoints
+    root, paths, inputs = checkpoints
     out = tmp_path_factory.mktemp("comparison")
-    direct = [str(p) for name, p in paths.items() if not name.startswith("sweep_")]
     calls = []
     real = compare_module.score_batches
 
@@ -136,7 +143,7 @@ def compared(checkpoints, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(compare_module, "score_batches", counting)
         # The Gemma Scope layout names gemma-2-2b: --model puts every SAE on the built-in model.
-        args = ["compare", *direct, "--sweep", str(root / "sweep_*"), "--model", saehealth.BUILTIN_MODEL]
+        args = ["compare", *map(str, inputs), "--sweep", str(root / "sweep_*"), "--model", saehealth.BUILTIN_MODEL]
         main([*args, *COMMON, "--out", str(out)])
     return out, paths, calls
 
@@ -154,10 +161,11 @@ def test_every_sae_is_scored_on_identical_tokens_in_one_pass_per_hook(compared, 
         len({(r.eval.tokens_scored, r.eval.n_sequences, r.eval.dataset, r.eval.split) for r in results.values()}) == 1
     )
     # SAEs at one hook share a pass: one score_batches call per hook, holding all of that hook's SAEs.
-    assert sorted(calls) == sorted([(RESID, len(paths) - 1), (MLP_OUT, 1)])
+    assert sorted(calls) == sorted([(RESID, len(paths) - 2), ("blocks.1.hook_resid_post", 1), (MLP_OUT, 1)])
     libraries = {row["name"]: row["library"] for row in summary["saes"]}
-    assert {libraries[n] for n in ("layers.0", "average_l0_30", "sweep_1")} == {"sparsify", "gemma_scope", "sae_lens"}
-    assert libraries.get("trainer_0", "dictionary_learning") == "dictionary_learning"
+    expected = {"sparsify_run-layers.1": "sparsify", "average_l0_30": "gemma_scope", "sweep_1": "sae_lens"}
+    assert {name: libraries[name] for name in expected} == expected
+    assert libraries.get("dl_sweep-trainer_0", "dictionary_learning") == "dictionary_learning"
     perfect = next(row for row in summary["saes"] if row["name"] == "sweep_10")
     assert perfect["hook"] == MLP_OUT
     assert perfect["metrics"]["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
@@ -199,9 +207,8 @@ def test_each_result_equals_evaluate_alone(compared, tmp_path):
         }
 
 
-def test_saved_results_are_reused_unless_forced(compared, checkpoints, capsys):
+def test_saved_results_are_reused_unless_forced(compared, capsys):
     out, paths, _ = compared
-    root, _ = checkpoints
     before = {name: (out / name / "result.json").stat().st_mtime_ns for name in paths}
     args = [str(p) for p in paths.values()]
     again = compare(args, model=saehealth.BUILTIN_MODEL, n_tokens=TOKENS, skip=("absorption",), out=out)
@@ -240,11 +247,7 @@ def test_names_globs_and_frontier(tmp_path):
         (tmp_path / name).mkdir()
     found = checkpoint_paths([str(tmp_path / "sweep_2")], [str(tmp_path / "sweep_*")])
     assert [os.path.basename(p) for p in found] == ["sweep_2", "sweep_1", "sweep_10"]  # no repeats
-    assert unique_names(["/a/run1/trainer_0", "/a/run2/trainer_0", "/b/x/ae.pt", "/c/sae.pt"]) == [
-        "run1-trainer_0",
-        "run2-trainer_0",
-        "x",
-        "c",
-    ]
+    paths = ["/a/run1/trainer_0", "/a/run2/trainer_0", "/b/x/ae.pt", "/c/sae.pt", "/r/layers.3", "/s/k64", "/t/k64"]
+    assert unique_names(paths) == ["run1-trainer_0", "run2-trainer_0", "x", "c", "r-layers.3", "s-k64", "t-k64"]
     # (L0, loss recovered): the second is beaten by the first on both counts, the fourth ties nobody.
     assert pareto_front([(10, 0.8), (20, 0.7), (30, 0.9), (40, 0.95), (5, 0.1)]) == [4, 0, 2, 3]
