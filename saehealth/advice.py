@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from saehealth.metrics.sparsity import dead_rate_bound
 from saehealth.result import EvalResult
 from saehealth.thresholds import BORDERLINE, HEALTHY, NOT_MEASURED, UNHEALTHY, assess, load_thresholds
 
@@ -390,7 +391,7 @@ def _short_evaluation(ctx: _Context) -> Finding | None:
     source = (
         "the dead-feature threshold its training used" if threshold == recorded else "the usual dead-latent threshold"
     )
-    bound = 3 / T
+    bound = dead_rate_bound(T)
     if bound <= threshold:
         return None
     detail = (

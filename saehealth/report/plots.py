@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from saehealth.metrics.sparsity import dead_rate_bound
 from saehealth.report.text import as_numpy, per_letter_absorption, verdicts_of
 from saehealth.result import EvalResult
 
@@ -89,7 +90,8 @@ def density_figure(result: EvalResult, details: dict) -> Figure | None:
     ax.set_xlabel("log10 firing density (share of tokens on which the latent fires)")
     ax.set_ylabel("latents")
     ax.set_title(
-        f"Latent density: d_sae = {density.size:,}, T = {T:,} tokens (dead: rate < 3/T = {3 / T:.1e})", fontsize=10
+        f"Latent density: d_sae = {density.size:,}, T = {T:,} tokens (dead: rate < 3/T = {dead_rate_bound(T):.1e})",
+        fontsize=10,
     )
     return fig
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from saehealth.advice import per_letter_absorption  # noqa: F401  (re-exported for the plots)
+from saehealth.metrics.sparsity import dead_rate_bound
 from saehealth.result import EvalResult
 from saehealth.thresholds import BORDERLINE, HEALTHY, NOT_MEASURED, UNHEALTHY, assess
 
@@ -121,7 +122,7 @@ def dead_bound_sentence(result: EvalResult) -> str:
     if not T:
         return "No tokens were scored, so no latent can be called dead."
     return (
-        f"T = {T:,} tokens scored: a latent that never fired in T tokens fires below 3/T = {3 / T:.2g} "
+        f"T = {T:,} tokens scored: a latent that never fired in T tokens fires below 3/T = {dead_rate_bound(T):.2g} "
         "with 95% confidence."
     )
 
