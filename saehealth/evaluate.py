@@ -21,12 +21,12 @@ from saehealth.config import DEFAULT_MAX_TOKENS, EvalConfig
 from saehealth.data import load_dataset, sequence_batches, special_token_mask
 from saehealth.errors import ConfigError, DataError, IncompatibleSAEError
 from saehealth.metrics.clusters import SequenceTotals
-from saehealth.metrics.downstream import DownstreamAccumulator
+from saehealth.metrics.downstream import DownstreamAccumulator, downstream_totals
 from saehealth.metrics.geometry import geometry_metrics
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.models import check_hook, load_model
-from saehealth.replay import ReplayCache, SpliceSite, replay_batch, splice_site
+from saehealth.replay import ReplayCache, SpliceSite, readout, replay_batch, splice_site
 from saehealth.result import (
     ABSORPTION_KEYS,
     GEOMETRY_KEYS,
@@ -444,15 +444,16 @@ def score_batches(model, site, saes, batches, include_special_tokens: bool = Fal
     """
     saes = list(saes)
     scorers = [_Scorer(sae) for sae in saes]
-    cache = ReplayCache()
+    cache, logits = ReplayCache(), readout(model)
     sequences = tokens_run = 0
     try:
         for tokens in batches:
             tokens = tokens.to(device)
             mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
             out = replay_batch(model, site, [(s.encode, s.decode) for s in scorers], tokens, mask, cache)
-            for i, scorer in enumerate(scorers):
-                scorer.update(out.saes[i], out.logits_for(i), tokens, mask)
+            shared, own = downstream_totals(logits, out.clean, out.zero, [o.final for o in out.saes], tokens, mask)
+            for scorer, sae_out, sae_totals in zip(scorers, out.saes, own, strict=True):
+                scorer.update(sae_out, {**shared, **sae_totals}, mask)
             sequences += tokens.shape[0]
             tokens_run += tokens.numel()
             if advance is not None:
@@ -473,11 +474,12 @@ class _Scorer:
         self.totals = SequenceTotals(SEQUENCE_QUANTITIES)
         self.encode, self.decode, self.restore = _sae_functions(sae)
 
-    def update(self, out, logits: dict, tokens: torch.Tensor, mask: torch.Tensor) -> None:
-        per_sequence = {}
+    def update(self, out, downstream: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+        """Add a batch: this SAE's outputs, its downstream per-sequence totals and the mask."""
+        self.downstream.update(downstream)
+        per_sequence = dict(downstream)
         per_sequence.update(self.reconstruction.update(out.x, out.x_hat, mask))
         per_sequence.update(self.sparsity.update(out.feature_acts, mask))
-        per_sequence.update(self.downstream.update(logits, tokens, mask))
         self.totals.update(per_sequence)
 
     def result(self, sequences: int, tokens_run: int) -> PassOutput:

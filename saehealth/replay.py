@@ -3,16 +3,18 @@
 Per batch of token sequences:
 1. the prefix (blocks before the hook) runs once;
 2. the SAE encodes the activation x at the hook and decodes x̂;
-3. the rest of the model runs on stacked copies — x (clean), x̂ at unmasked positions (spliced), zeros
-   (zero ablation) — in one batched call, so the prefix is never recomputed.
+3. the rest of the model runs on x (clean), x̂ at unmasked positions (spliced) and zeros (zero ablation),
+   so the prefix is never recomputed. The continuations stop before the unembedding: the downstream
+   metrics unembed their final residuals a tile of positions at a time.
 
 Residual-stream hooks (`blocks.N.hook_resid_pre` / `hook_resid_post`) hand the residual straight to
 `start_at_layer`. There the zero-ablated continuation starts from an all-zero residual, which carries no
 token information, so its logits are the same for every sequence: they are computed once per context
 length and reused (an exact saving of a third of the continuation work, not an approximation).
 Hooks inside a block (`hook_resid_mid`, `hook_attn_out`, `hook_mlp_out`, `mlp.hook_post`, `attn.hook_z`,
-...) restart from that block with a replacement hook that sees the three copies at once. Anything else
-(e.g. `hook_embed`) runs the whole model with the replacement hook.
+...) restart from that block: clean and zero-ablated copies run stacked in one call (a hook zeroes the
+second half), each SAE's splice in its own call through a replacement hook. Anything else (e.g.
+`hook_embed`) runs the whole model with the replacement hook.
 
 Transcoders read one hook and write another: x is read at the input hook, and the decoder's output
 replaces the activation at the output hook, whose true value is the reconstruction target.
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saehealth.errors import IncompatibleSAEError
+from saehealth.metrics.downstream import Readout
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _HEAD_HOOKS = ("hook_z", "hook_q", "hook_k", "hook_v", "hook_result")
@@ -82,26 +85,44 @@ class SAEOutputs:
     x: torch.Tensor  # (batch, pos, d) the true activation at the spliced hook (the reconstruction target)
     x_hat: torch.Tensor  # (batch, pos, d) the SAE's output (at every position, masked or not)
     feature_acts: torch.Tensor  # (batch, pos, d_sae)
-    logits: torch.Tensor  # (batch, pos, vocab) with the SAE spliced in
+    final: torch.Tensor  # (batch, pos, d_model) the unembedding's input with the SAE spliced in
 
 
 @dataclass
 class BatchOutputs:
-    """What one batch yields: the shared clean and zero-ablated logits, and each SAE's outputs."""
+    """What one batch yields: the shared clean and zero-ablated final residuals, and each SAE's outputs.
 
-    clean: torch.Tensor  # (batch, pos, vocab)
-    zero: torch.Tensor  # (batch or 1, pos, vocab); 1 when the same for every sequence
+    Final residuals are what the unembedding reads (after `ln_final`); `readout(model)` turns them into
+    logits, which the downstream metrics do a tile at a time.
+    """
+
+    clean: torch.Tensor  # (batch, pos, d_model)
+    zero: torch.Tensor  # (batch or 1, pos, d_model); 1 when the same for every sequence
     saes: list[SAEOutputs]
-
-    def logits_for(self, index: int) -> dict[str, torch.Tensor]:
-        return {"clean": self.clean, "sae": self.saes[index].logits, "zero": self.zero}
 
 
 @dataclass
 class ReplayCache:
-    """State reused across batches: zero-ablated logits of residual sites, by context length."""
+    """State reused across batches: zero-ablated final residuals of residual sites, by context length."""
 
-    zero_logits: dict[int, torch.Tensor] = field(default_factory=dict)
+    zero_finals: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def readout(model) -> Readout:
+    """The model's unembedding (with its output soft cap) as a `Readout` for the downstream metrics."""
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+
+    def unembed(final: torch.Tensor) -> torch.Tensor:
+        logits = model.unembed(final)
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    return Readout(unembed, int(model.cfg.d_vocab_out))
+
+
+def _final(model, start: torch.Tensor, start_at_layer: int | None) -> torch.Tensor:
+    """Run the remaining blocks and `ln_final`: everything of the forward pass but the unembedding."""
+    residual = model(start, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers)
+    return model.ln_final(residual) if model.cfg.normalization_type is not None else residual
 
 
 @torch.no_grad()
@@ -131,19 +152,19 @@ def replay_batch(model, site: SpliceSite, saes: Sequence[tuple[Encoder, Encoder]
 
     outputs = []
     if site.kind == "residual":
-        clean = model(start, start_at_layer=resume_at)
-        zero = _shared_zero_logits(model, site, start, cache)
+        clean = _final(model, start, resume_at)
+        zero = _shared_zero_final(model, site, start, cache)
         for encode, decode in saes:
             record: dict = {}
             spliced = reconstruct(encode, decode, start, start, record)
-            outputs.append(SAEOutputs(**record, logits=model(spliced, start_at_layer=resume_at)))
+            outputs.append(SAEOutputs(**record, final=_final(model, spliced, resume_at)))
         return BatchOutputs(clean, zero, outputs)
 
     def zero_second_half(activation, hook):  # noqa: ARG001
         return torch.cat([activation[:batch], torch.zeros_like(activation[batch:])])
 
     with model.hooks(fwd_hooks=[(site.hook_name, zero_second_half)]):
-        clean, zero = model(torch.cat([start, start]), start_at_layer=resume_at).split(batch)
+        clean, zero = _final(model, torch.cat([start, start]), resume_at).split(batch)
     for encode, decode in saes:
         record = {}
 
@@ -158,19 +179,20 @@ def replay_batch(model, site: SpliceSite, saes: Sequence[tuple[Encoder, Encoder]
             (site.hook_name, splice)
         ]
         with model.hooks(fwd_hooks=hooks):
-            logits = model(start, start_at_layer=resume_at)
+            final = _final(model, start, resume_at)
         if "x" not in record:
             raise IncompatibleSAEError(f"Hook {site.hook_name!r} never fired in a forward pass: pick another hook.")
-        outputs.append(SAEOutputs(**record, logits=logits))
+        outputs.append(SAEOutputs(**record, final=final))
     return BatchOutputs(clean, zero, outputs)
 
 
-def _shared_zero_logits(model, site: SpliceSite, residual: torch.Tensor, cache: ReplayCache | None) -> torch.Tensor:
-    """Logits of the continuation from an all-zero residual: (1, pos, vocab), the same for every sequence."""
+def _shared_zero_final(model, site: SpliceSite, residual: torch.Tensor, cache: ReplayCache | None) -> torch.Tensor:
+    """Final residual of the continuation from an all-zero residual: (1, pos, d_model), the same for every
+    sequence."""
     length = residual.shape[1]
-    if cache is not None and length in cache.zero_logits:
-        return cache.zero_logits[length]
-    logits = model(torch.zeros_like(residual[:1]), start_at_layer=site.resume_at)
+    if cache is not None and length in cache.zero_finals:
+        return cache.zero_finals[length]
+    final = _final(model, torch.zeros_like(residual[:1]), site.resume_at)
     if cache is not None:
-        cache.zero_logits[length] = logits
-    return logits
+        cache.zero_finals[length] = final
+    return final

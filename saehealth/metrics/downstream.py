@@ -2,63 +2,155 @@
 
 Definitions: ../shared/METRICS.md "Downstream". Predicting positions are every position but the last of
 a sequence whose input token is unmasked; CE and KL are float64 sums over them, divided once at the end.
+
+The replay hands over final residuals (what the unembedding reads), not logits: `downstream_totals`
+unembeds them a tile of positions at a time, so no batch × vocabulary tensor ever exists. Small tiles are
+also what makes this fast on CPU: a tile stays in cache and its buffers are reused, where a batch-sized
+logits tensor (tens of MB) is mapped afresh from the OS, and page-faulted, on every allocation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from saehealth.result import DOWNSTREAM_KEYS
 
 VARIANTS = ("clean", "sae", "zero")
+SHARED_TOTALS = ("n_pred", "ce_clean", "ce_zero", "kl_zero")  # the same for every SAE at a site
+SAE_TOTALS = ("ce_sae", "kl_sae")
+
+# Elements of one tile of logits. CPU: 2M floats (8 MiB) keeps a tile near the cache and below the
+# allocator's mmap threshold; accelerators: large tiles, so that kernel launches stay few.
+TILE_ELEMENTS_CPU = 2**21
+TILE_ELEMENTS_ACCELERATOR = 2**26
+
+
+@dataclass
+class Readout:
+    """Final residuals (..., d) → logits (..., d_vocab): the model's unembedding (identity for tests)."""
+
+    unembed: Callable[[torch.Tensor], torch.Tensor]
+    d_vocab: int
+    # Zero-ablated logits and their logsumexp, by context length, for zero-ablated inputs of batch 1
+    # (token-independent: the same for every batch of that length).
+    zero_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def identity(cls, d_vocab: int) -> Readout:
+        return cls(lambda logits: logits, d_vocab)
+
+    def logits(self, final: torch.Tensor) -> torch.Tensor:
+        return self.unembed(final).float()
+
+
+def downstream_totals(readout: Readout, clean: torch.Tensor, zero: torch.Tensor, spliced: Sequence[torch.Tensor],
+                      tokens: torch.Tensor, mask: torch.Tensor) -> tuple[dict, list[dict]]:
+    """Per-sequence CE and KL totals for one batch.
+
+    clean, spliced[i]: final residuals (batch, pos, d); zero: (batch or 1, pos, d), batch 1 when the
+    zero ablation is the same for every sequence; tokens and mask (batch, pos). Returns the shared totals
+    (n_pred, ce_clean, ce_zero, kl_zero) and, per spliced SAE, (ce_sae, kl_sae): float64 (batch,) tensors.
+
+    With lse = logsumexp(logits) and p the clean distribution,
+        CE      = lse − logit[next token]
+        KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
+    so each variant costs one logsumexp and one row-wise dot product with p, and the clean side (p, its
+    entropy) is computed once for every SAE.
+    """
+    batch, length = tokens.shape
+    n_pos = length - 1
+    predicting = mask[:, :-1].to(torch.float64)
+    targets = tokens[:, 1:, None]
+    clean, zero, spliced = clean[:, :-1], zero[:, :-1], [final[:, :-1] for final in spliced]  # the last predicts nothing
+    new = lambda: torch.zeros(batch, dtype=torch.float64, device=tokens.device)  # noqa: E731
+    shared = {"n_pred": predicting.sum(1), "ce_clean": new(), "ce_zero": new(), "kl_zero": new()}
+    own = [{"ce_sae": new(), "kl_sae": new()} for _ in spliced]
+    zero_whole = _cached_zero(readout, zero) if zero.shape[0] == 1 else None
+
+    for seqs, pos in _tiles(batch, n_pos, readout.d_vocab, tokens.device):
+        weight, target = predicting[seqs, pos], targets[seqs, pos]
+        clean_logits = readout.logits(clean[seqs, pos])
+        p, lse_clean = _softmax_logsumexp(clean_logits)
+        neg_entropy = torch.linalg.vecdot(p, clean_logits) - lse_clean
+        shared["ce_clean"][seqs] += _summed(_cross_entropy(clean_logits, lse_clean, target), weight)
+        del clean_logits
+
+        if zero_whole is not None:
+            zero_logits, lse_zero = zero_whole[0][:, pos], zero_whole[1][:, pos]
+        else:
+            zero_logits = readout.logits(zero[seqs, pos])
+            lse_zero = _softmax_logsumexp(zero_logits)[1]
+        kl_zero = neg_entropy - (torch.linalg.vecdot(p, zero_logits) - lse_zero)  # broadcasts over sequences
+        shared["kl_zero"][seqs] += _summed(kl_zero, weight)
+        shared["ce_zero"][seqs] += _summed(_cross_entropy(zero_logits, lse_zero, target), weight)
+        del zero_logits
+
+        for final, totals in zip(spliced, own, strict=True):
+            logits = readout.logits(final[seqs, pos])
+            lse = _softmax_logsumexp(logits)[1]
+            totals["kl_sae"][seqs] += _summed(neg_entropy - (torch.linalg.vecdot(p, logits) - lse), weight)
+            totals["ce_sae"][seqs] += _summed(_cross_entropy(logits, lse, target), weight)
+    return shared, own
+
+
+def _cross_entropy(logits: torch.Tensor, lse: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """lse − logit[target] per position; logits of batch 1 broadcast over the target's sequences."""
+    return lse - logits.expand(target.shape[0], -1, -1).gather(-1, target).squeeze(-1)
+
+
+def _summed(per_position: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-sequence float64 sums over predicting positions."""
+    return (per_position.to(torch.float64) * weight).sum(1)
+
+
+def _tiles(batch: int, n_pos: int, d_vocab: int, device: torch.device):
+    """(sequence slice, position slice) tiles of about TILE_ELEMENTS logits, covering (batch, n_pos)."""
+    budget = TILE_ELEMENTS_CPU if torch.device(device).type == "cpu" else TILE_ELEMENTS_ACCELERATOR
+    rows = max(1, budget // d_vocab)
+    seq_step, pos_step = (max(1, rows // n_pos), n_pos) if rows >= n_pos else (1, rows)
+    for s in range(0, batch, seq_step):
+        for p in range(0, n_pos, pos_step):
+            yield slice(s, s + seq_step), slice(p, p + pos_step)
+
+
+def _softmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(logits) and logsumexp(logits) from one fused softmax.
+
+    The softmax's largest entry is exp(m − m)/S = 1/S, so lse = m + log S = m − log max_v p_v (about twice
+    as fast on CPU as torch.logsumexp, which is not fused; the rounding of 1/S is ~1e-7 relative).
+    """
+    p = torch.softmax(logits, dim=-1)
+    return p, logits.amax(dim=-1) - p.amax(dim=-1).log()
+
+
+def _cached_zero(readout: Readout, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-ablated logits (1, n_pos, vocab) and their logsumexp, computed once per context length."""
+    n_pos = zero.shape[1]
+    if n_pos not in readout.zero_cache:
+        tiles = [readout.logits(zero[:, pos]) for _, pos in _tiles(1, n_pos, readout.d_vocab, zero.device)]
+        logits = torch.cat(tiles, dim=1)
+        readout.zero_cache[n_pos] = (logits, _softmax_logsumexp(logits)[1])
+    return readout.zero_cache[n_pos]
 
 
 class DownstreamAccumulator:
-    """Streams logits of the three variants; `result()` gives CE losses, loss recovered and KL scores.
-
-    Written so that no log-softmax is materialised: with lse = logsumexp(logits) and p the clean
-    distribution,
-        CE      = lse − logit[next token]
-        KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
-    so each variant costs one logsumexp and one row-wise dot product with p over the vocabulary, and
-    only p (one batch × vocabulary tensor) is kept alive besides the logits themselves.
-    """
+    """Sums one SAE's per-sequence totals over batches; `result()` gives CE losses, loss recovered, KL."""
 
     def __init__(self):
         self.positions = 0
         self.ce = dict.fromkeys(VARIANTS, 0.0)
         self.kl = {"sae": 0.0, "zero": 0.0}
 
-    def update(self, logits: dict[str, torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Add a batch: logits per variant (batch, pos, vocab), tokens and mask (batch, pos).
-
-        A variant's logits may have batch size 1 when they are the same for every sequence (the zero
-        ablation of a residual stream); they broadcast. Returns per-sequence totals (n_pred,
-        ce_<variant>, kl_<variant>) for the standard errors.
-        """
-        predicting = mask[:, :-1].to(torch.float64)
-        clean = logits["clean"][:, :-1].float()
-        lse_clean = torch.logsumexp(clean, dim=-1)
-        p = torch.exp(clean - lse_clean[..., None])
-        neg_entropy = torch.linalg.vecdot(p, clean) - lse_clean
-        totals = {"n_pred": predicting.sum(1)}
+    def update(self, totals: dict[str, torch.Tensor]) -> None:
+        """Add a batch's per-sequence totals (`downstream_totals`'s shared totals and this SAE's own)."""
+        self.positions += int(totals["n_pred"].sum())
         for variant in VARIANTS:
-            if variant == "clean":
-                lse, variant_logits = lse_clean, clean
-            else:
-                variant_logits = logits[variant][:, :-1].float()
-                lse = torch.logsumexp(variant_logits, dim=-1)
-                kl = neg_entropy - (torch.linalg.vecdot(p, variant_logits) - lse)  # broadcasts over batch
-                kl_total = (kl.to(torch.float64) * predicting).sum(1)
-                totals[f"kl_{variant}"] = kl_total
-                self.kl[variant] += float(kl_total.sum())
-            shaped = variant_logits.expand(tokens.shape[0], -1, -1)
-            target = shaped.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-            ce_total = ((lse - target).to(torch.float64) * predicting).sum(1)  # lse broadcasts too
-            totals[f"ce_{variant}"] = ce_total
-            self.ce[variant] += float(ce_total.sum())
-        self.positions += int(predicting.sum())
-        return totals
+            self.ce[variant] += float(totals[f"ce_{variant}"].sum())
+        for variant in self.kl:
+            self.kl[variant] += float(totals[f"kl_{variant}"].sum())
 
     def result(self) -> dict[str, float | None]:
         if self.positions == 0:

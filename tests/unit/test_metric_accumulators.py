@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from saehealth.metrics import downstream
 from saehealth.metrics.clusters import SequenceTotals
-from saehealth.metrics.downstream import DownstreamAccumulator
+from saehealth.metrics.downstream import DownstreamAccumulator, Readout, downstream_totals
 from saehealth.metrics.geometry import geometry_metrics, max_decoder_cosine
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator, dead_rate_bound
@@ -59,14 +60,20 @@ def test_explained_variance_is_pooled_and_streams_across_batches():
     assert m["mse"] == pytest.approx(expected_mse, rel=1e-6)
 
 
+def _downstream(clean, sae, zero, tokens, mask):
+    """Score logits directly (an identity readout): the accumulator after one batch."""
+    shared, (own,) = downstream_totals(Readout.identity(clean.shape[-1]), clean, zero, [sae], tokens, mask)
+    acc = DownstreamAccumulator()
+    acc.update({**shared, **own})
+    return acc
+
+
 def test_downstream_identical_logits_recover_everything():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 6, 11, generator=g)
     zero = torch.randn(2, 6, 11, generator=g)
     tokens = torch.randint(0, 11, (2, 6), generator=g)
-    acc = DownstreamAccumulator()
-    acc.update({"clean": logits, "sae": logits.clone(), "zero": zero}, tokens, torch.ones(2, 6, dtype=torch.bool))
-    m = acc.result()
+    m = _downstream(logits, logits.clone(), zero, tokens, torch.ones(2, 6, dtype=torch.bool)).result()
     assert m["loss_recovered"] == pytest.approx(1.0)
     assert m["delta_ce"] == pytest.approx(0.0, abs=1e-7)
     assert m["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-7)
@@ -79,9 +86,7 @@ def test_downstream_cross_entropy_and_kl_by_hand():
     clean = torch.zeros(1, 4, vocab)
     clean[..., 2] = math.log(3)  # p(2) = 3/10, others 1/10
     uniform = torch.zeros(1, 4, vocab)
-    acc = DownstreamAccumulator()
-    acc.update({"clean": clean, "sae": uniform, "zero": uniform}, tokens, torch.ones(1, 4, dtype=torch.bool))
-    m = acc.result()
+    m = _downstream(clean, uniform, uniform, tokens, torch.ones(1, 4, dtype=torch.bool)).result()
     # predicting positions 0..2 target tokens 2, 3, 4
     expected_clean = -(math.log(0.3) + 2 * math.log(0.1)) / 3
     assert m["ce_loss_clean"] == pytest.approx(expected_clean, rel=1e-6)
@@ -95,11 +100,45 @@ def test_downstream_masks_special_positions():
     tokens = torch.tensor([[0, 5, 6]])
     clean = torch.zeros(1, 3, 8)
     clean[0, 0, 5] = 10.0  # the BOS position predicts well; it must not count
-    acc = DownstreamAccumulator()
-    mask = torch.tensor([[False, True, True]])
-    acc.update({"clean": clean, "sae": clean, "zero": clean}, tokens, mask)
+    acc = _downstream(clean, clean, clean, tokens, torch.tensor([[False, True, True]]))
     assert acc.positions == 1  # only position 1 (predicting token 2); the last position predicts nothing
     assert acc.result()["ce_loss_clean"] == pytest.approx(math.log(8), rel=1e-6)
+
+
+def test_downstream_tiles_and_shared_zero_give_the_untiled_answer(monkeypatch):
+    """Tiles of a few positions (and a zero ablation of batch 1, broadcast and cached) change nothing."""
+    g = torch.Generator().manual_seed(1)
+    clean, sae = torch.randn(5, 9, 13, generator=g) * 3, torch.randn(5, 9, 13, generator=g) * 3
+    zero_one = torch.randn(1, 9, 13, generator=g)
+    tokens = torch.randint(0, 13, (5, 9), generator=g)
+    mask = torch.rand(5, 9, generator=g) > 0.2
+    readout = Readout.identity(13)
+    whole = downstream_totals(readout, clean, zero_one.expand(5, -1, -1), [sae, clean], tokens, mask)
+    # By hand, with torch's own log-softmax, over every predicting position.
+    weight = mask[:, :-1].double()
+    targets = tokens[:, 1:, None]
+    log_p = clean[:, :-1].log_softmax(-1)
+    log_q = sae[:, :-1].log_softmax(-1)
+    ce_clean = -(log_p.gather(-1, targets).squeeze(-1).double() * weight).sum(1)
+    kl_sae = ((log_p.exp() * (log_p - log_q)).sum(-1).double() * weight).sum(1)
+    assert whole[0]["ce_clean"] == pytest.approx(ce_clean, rel=1e-5)
+    assert whole[1][0]["kl_sae"] == pytest.approx(kl_sae, rel=1e-5, abs=1e-6)
+    assert whole[1][1]["kl_sae"] == pytest.approx(torch.zeros(5), abs=1e-5)
+
+    monkeypatch.setattr(downstream, "TILE_ELEMENTS_CPU", 13 * 3)  # 3 positions a tile: one sequence split in 3
+    for _ in range(2):  # the second batch reads the cached zero logits
+        tiled = downstream_totals(readout, clean, zero_one, [sae, clean], tokens, mask)
+        for got, want in zip([tiled[0], *tiled[1]], [whole[0], *whole[1]], strict=True):
+            for name in want:
+                assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-6), name
+    assert list(readout.zero_cache) == [8]
+
+
+def test_softmax_logsumexp_matches_torch():
+    logits = torch.randn(4, 7, 50) * 20
+    p, lse = downstream._softmax_logsumexp(logits)
+    assert lse == pytest.approx(torch.logsumexp(logits, -1), abs=1e-5)
+    assert p == pytest.approx(torch.softmax(logits, -1))
 
 
 def test_sparsity_counts_dead_dense_and_l0():
