@@ -46,6 +46,7 @@ class Readout:
         return self.unembed(final).float()
 
 
+@torch.no_grad()
 def downstream_totals(readout: Readout, clean: torch.Tensor, zero: torch.Tensor, spliced: Sequence[torch.Tensor],
                       tokens: torch.Tensor, mask: torch.Tensor) -> tuple[dict, list[dict]]:
     """Per-sequence CE and KL totals for one batch.
