@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from saehealth.errors import IncompatibleSAEError
 from saehealth.metrics.downstream import Readout
@@ -109,11 +110,16 @@ class ReplayCache:
 
 
 def readout(model) -> Readout:
-    """The model's unembedding (with its output soft cap) as a `Readout` for the downstream metrics."""
+    """The model's unembedding (with its output soft cap) as a `Readout` for the downstream metrics.
+
+    The same computation as TransformerLens' `Unembed` (F.linear with W_Uᵀ, plus b_U), with W_Uᵀ made
+    contiguous once per pass: `Unembed.forward` copies it on every call, and the metrics call it per tile.
+    """
+    weight, bias = model.unembed.W_U.T.contiguous(), model.unembed.b_U
     cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
 
     def unembed(final: torch.Tensor) -> torch.Tensor:
-        logits = model.unembed(final)
+        logits = F.linear(final, weight, bias)
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
     return Readout(unembed, int(model.cfg.d_vocab_out))
