@@ -26,6 +26,7 @@ from pathlib import Path
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluate import Evaluation, _progress, score_batches
+from saehealth.replay import SpliceSite
 from saehealth.result import EvalResult, _atomic_write
 
 COMPARISON_JSON = "comparison.json"
@@ -121,7 +122,7 @@ class Comparison:
 
     @property
     def hooks(self) -> list[str]:
-        return list(dict.fromkeys(entry.result.sae.hook_name for entry in self.entries))
+        return list(dict.fromkeys(entry.result.sae.where for entry in self.entries))
 
 
 def compare(paths=(), *, config: CompareConfig | None = None, console=None, **options) -> Comparison:
@@ -353,9 +354,9 @@ class _Comparer:
         from saehealth.data import sequence_batches
 
         cfg = self.config
-        groups: dict[tuple[str, str], list[int]] = {}
+        groups: dict[SpliceSite, list[int]] = {}  # SAEs at the same site (hooks and head) share a pass
         for i, plan in plans.items():
-            groups.setdefault((plan.site.input_hook, plan.site.hook_name), []).append(i)
+            groups.setdefault(plan.site, []).append(i)
         some = next(iter(plans.values()))
         # Tokenised once and reused by every group: identical tokens by construction.
         batches = list(
@@ -363,15 +364,17 @@ class _Comparer:
         )
         results: dict[int, EvalResult] = {}
         passes: dict[str, float] = {}
-        for (input_hook, hook), members in groups.items():
+        for site, members in groups.items():
+            where = site.hook_name if not site.is_transcoder else f"{site.input_hook} → {site.hook_name}"
+            if site.head_index is not None:
+                where += f" (head {site.head_index})"
             if self.console is not None:
-                where = hook if input_hook == hook else f"{input_hook} → {hook}"
                 self.console.print(f"Scoring {len(members)} SAE{'s' if len(members) > 1 else ''} at {where}")
             t0 = time.perf_counter()
             with _progress(self.console, some.n_sequences * some.context) as advance:
                 outputs = score_batches(
                     model,
-                    plans[members[0]].site,
+                    site,
                     [plans[i].sae for i in members],
                     batches,
                     cfg.include_special_tokens,
@@ -379,14 +382,14 @@ class _Comparer:
                     advance,
                 )
             seconds = time.perf_counter() - t0
-            passes[hook] = seconds
+            passes[where] = seconds
             for i, output in zip(members, outputs, strict=True):
                 evaluation, plan = evaluations[i], plans[i]
                 evaluation.check_pass(plan, output)
                 if len(members) > 1:
                     evaluation.notes.append(
                         f"Scored by `saehealth compare` in one pass shared with {len(members) - 1} other SAE(s) at "
-                        f"{hook}: replay_s is that pass's time."
+                        f"{where}: replay_s is that pass's time."
                     )
                 results[i] = evaluation.finish(plan, output, replay_s=seconds)
         self.timing["passes_s"] = passes
@@ -458,7 +461,7 @@ def frontier_groups(comparison: Comparison, y_key: str) -> dict[str, list[tuple[
     for e in comparison.entries:
         x, y = e.result.metrics.get("l0"), e.result.metrics.get(y_key)
         if x is not None and y is not None:
-            groups.setdefault(e.result.sae.hook_name, []).append((e.name, (float(x), float(y))))
+            groups.setdefault(e.result.sae.where, []).append((e.name, (float(x), float(y))))
     return groups
 
 
@@ -482,6 +485,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                 "architecture": r.sae.architecture,
                 "hook": r.sae.hook_name,
                 "output_hook": r.sae.output_hook_name,
+                "hook_head_index": r.sae.hook_head_index,
                 "d_in": r.sae.d_in,
                 "d_sae": r.sae.d_sae,
                 "metrics": {key: r.metrics.get(key) for key in SUMMARY_KEYS},

@@ -168,7 +168,7 @@ class Evaluation:
         check_hook(model, hook)
         output_hook = loaded.output_hook_name or hook
         check_hook(model, output_hook)
-        site = splice_site(model, output_hook, input_hook=hook)
+        site = splice_site(model, output_hook, input_hook=hook, head_index=loaded.hook_head_index)
         self._check_width(model, site, loaded.sae)
         context = self.context_length(model, loaded)
         dataset_name, split = self.dataset_choice(model_name, loaded)
@@ -214,6 +214,7 @@ class Evaluation:
                 d_sae=int(sae.cfg.d_sae),
                 hook_name=hook,
                 output_hook_name=loaded.output_hook_name,
+                hook_head_index=loaded.hook_head_index,
                 model_name=loaded.model_name,
                 training=_jsonable(loaded.training),
             ),
@@ -303,7 +304,15 @@ class Evaluation:
 
         def capture(activation, hook):
             heads = hook.name.split(".")[-1] in ("hook_z", "hook_q", "hook_k", "hook_v", "hook_result")
-            widths[hook.name] = activation.flatten(-2, -1).shape[-1] if heads else activation.shape[-1]
+            if heads and site.head_index is not None:
+                if not 0 <= site.head_index < activation.shape[-2]:
+                    raise IncompatibleSAEError(
+                        f"The SAE reads head {site.head_index} but {hook.name} has {activation.shape[-2]} heads: "
+                        "check --model and hook_head_index in its cfg.json."
+                    )
+                widths[hook.name] = activation.shape[-1]
+            else:
+                widths[hook.name] = activation.flatten(-2, -1).shape[-1] if heads else activation.shape[-1]
             if hook.name == last and len(widths) == len({site.input_hook, site.hook_name}):
                 raise _StopForward
 

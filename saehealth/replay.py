@@ -47,6 +47,7 @@ class SpliceSite:
     resume_at: int | None  # start_at_layer for the continuation
     head_dims: bool  # the spliced activation is (batch, pos, n_heads, d_head): flattened for the SAE
     input_head_dims: bool
+    head_index: int | None = None  # the SAE reads and writes this one head only (SAELens `hook_head_index`)
 
     @property
     def is_transcoder(self) -> bool:
@@ -58,21 +59,32 @@ def _block_of(hook_name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
-def splice_site(model, hook_name: str, input_hook: str | None = None) -> SpliceSite:  # noqa: ARG001
-    """Classify a TransformerLens hook (and a transcoder's input hook) into a `SpliceSite`."""
+def splice_site(model, hook_name: str, input_hook: str | None = None,  # noqa: ARG001
+                head_index: int | None = None) -> SpliceSite:
+    """Classify a TransformerLens hook (and a transcoder's input hook) into a `SpliceSite`.
+
+    `head_index` (SAELens `hook_head_index`) restricts an SAE at a per-head hook (e.g. `attn.hook_z`) to one
+    head: it reads (batch, pos, d_head) and only that head is replaced.
+    """
     input_hook = input_hook or hook_name
     head_dims = hook_name.split(".")[-1] in _HEAD_HOOKS
+    if head_index is not None and (input_hook != hook_name or not head_dims):
+        raise IncompatibleSAEError(
+            f"The SAE sets hook_head_index {head_index} but {hook_name} has no heads: "
+            "use a per-head hook such as blocks.N.attn.hook_z, or remove hook_head_index from its cfg.json."
+        )
     input_head_dims = input_hook.split(".")[-1] in _HEAD_HOOKS
     out_block, in_block = _block_of(hook_name), _block_of(input_hook)
+    dims = (head_dims, input_head_dims, head_index)
     if out_block is None or in_block is None:
-        return SpliceSite(hook_name, input_hook, "generic", None, None, head_dims, input_head_dims)
+        return SpliceSite(hook_name, input_hook, "generic", None, None, *dims)
     layer, rest = out_block
     if input_hook == hook_name and rest == "hook_resid_pre":
-        return SpliceSite(hook_name, input_hook, "residual", layer, layer, head_dims, input_head_dims)
+        return SpliceSite(hook_name, input_hook, "residual", layer, layer, *dims)
     if input_hook == hook_name and rest == "hook_resid_post":
-        return SpliceSite(hook_name, input_hook, "residual", layer + 1, layer + 1, head_dims, input_head_dims)
+        return SpliceSite(hook_name, input_hook, "residual", layer + 1, layer + 1, *dims)
     start = min(layer, in_block[0])
-    return SpliceSite(hook_name, input_hook, "in_block", start, start, head_dims, input_head_dims)
+    return SpliceSite(hook_name, input_hook, "in_block", start, start, *dims)
 
 
 # encode(x) -> latents and decode(latents) -> x̂ on (batch, pos, d) tensors.
@@ -144,8 +156,8 @@ def replay_batch(model, site: SpliceSite, saes: Sequence[tuple[Encoder, Encoder]
 
     def reconstruct(encode: Encoder, decode: Encoder, source: torch.Tensor, target: torch.Tensor, record: dict):
         """The SAE's output for `source`, spliced into `target` at unmasked positions."""
-        flat_source = source.flatten(-2, -1) if site.input_head_dims else source
-        flat_target = target.flatten(-2, -1) if site.head_dims else target
+        flat_source = _sae_view(source, site.input_head_dims, site.head_index)
+        flat_target = _sae_view(target, site.head_dims, site.head_index)
         feature_acts = encode(flat_source)
         x_hat = decode(feature_acts).to(flat_target.dtype)
         if x_hat.shape != flat_target.shape:
@@ -154,7 +166,12 @@ def replay_batch(model, site: SpliceSite, saes: Sequence[tuple[Encoder, Encoder]
                 "check --hook and --model."
             )
         record.update(x=flat_target, x_hat=x_hat, feature_acts=feature_acts)
-        return torch.where(mask[..., None], x_hat, flat_target).reshape(target.shape)
+        spliced = torch.where(mask[..., None], x_hat, flat_target)
+        if site.head_index is None:
+            return spliced.reshape(target.shape)
+        whole = target.clone()  # the other heads keep their true activations
+        whole[..., site.head_index, :] = spliced
+        return whole
 
     outputs = []
     if site.kind == "residual":
@@ -190,6 +207,13 @@ def replay_batch(model, site: SpliceSite, saes: Sequence[tuple[Encoder, Encoder]
             raise IncompatibleSAEError(f"Hook {site.hook_name!r} never fired in a forward pass: pick another hook.")
         outputs.append(SAEOutputs(**record, final=final))
     return BatchOutputs(clean, zero, outputs)
+
+
+def _sae_view(activation: torch.Tensor, head_dims: bool, head_index: int | None) -> torch.Tensor:
+    """What the SAE sees of a hook's activation: one head, all heads flattened, or the activation itself."""
+    if head_index is not None:
+        return activation[..., head_index, :]
+    return activation.flatten(-2, -1) if head_dims else activation
 
 
 def _shared_zero_final(model, site: SpliceSite, residual: torch.Tensor, cache: ReplayCache | None) -> torch.Tensor:

@@ -67,6 +67,13 @@ class SAEInfo:
     training: dict = field(default_factory=dict)
     # Transcoders only: the hook whose activation the decoder output replaces (and is scored against).
     output_hook_name: str | None = None
+    # SAEs of one attention head (SAELens `hook_head_index`): the head read and replaced at hook_name.
+    hook_head_index: int | None = None
+
+    @property
+    def where(self) -> str:
+        """The hook, with its head when the SAE reads one head."""
+        return self.hook_name if self.hook_head_index is None else f"{self.hook_name} (head {self.hook_head_index})"
 
 
 @dataclass

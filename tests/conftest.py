@@ -31,7 +31,8 @@ def builtin_model():
 
 
 def write_standard_sae(
-    folder, W_enc, b_enc, W_dec, b_dec, *, hook_name, model_name=None, apply_b_dec_to_input=False, context_size=None
+    folder, W_enc, b_enc, W_dec, b_dec, *, hook_name, model_name=None, apply_b_dec_to_input=False, context_size=None,
+    hook_head_index=None,
 ):
     """Save a SAELens StandardSAE with the given weights; returns the folder."""
     from sae_lens import StandardSAE, StandardSAEConfig
@@ -44,7 +45,9 @@ def write_standard_sae(
     cfg.metadata.hook_name = hook_name
     if context_size is not None:
         cfg.metadata.context_size = context_size
-    if hook_name.endswith("hook_z"):
+    if hook_head_index is not None:
+        cfg.metadata.hook_head_index = hook_head_index  # one head: (batch, pos, d_head), nothing to reshape
+    elif hook_name.endswith("hook_z"):
         cfg.reshape_activations = "hook_z"
     sae = StandardSAE(cfg)
     sae.load_state_dict({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec})
@@ -53,7 +56,7 @@ def write_standard_sae(
     return folder
 
 
-def shifted_identity_sae(folder, d_in, *, hook_name, decoder_scale=1.0, n_dead=0, shift=1000.0):
+def shifted_identity_sae(folder, d_in, *, hook_name, decoder_scale=1.0, n_dead=0, shift=1000.0, **options):
     """An SAE that reconstructs x * decoder_scale exactly: f = relu(x + C) (always on), x̂ = s(f − C).
 
     Its d_in latents fire at every position; `n_dead` extra latents have a bias so negative that they
@@ -68,4 +71,4 @@ def shifted_identity_sae(folder, d_in, *, hook_name, decoder_scale=1.0, n_dead=0
     W_dec[:d_in] = decoder_scale * torch.eye(d_in)
     W_dec[d_in:] = torch.randn(n_dead, d_in)
     b_dec = torch.full((d_in,), -shift * decoder_scale)
-    return write_standard_sae(folder, W_enc, b_enc, W_dec, b_dec, hook_name=hook_name)
+    return write_standard_sae(folder, W_enc, b_enc, W_dec, b_dec, hook_name=hook_name, **options)

@@ -50,6 +50,12 @@ class LoadedSAE:
     def d_sae(self) -> int:
         return int(self.sae.cfg.d_sae)
 
+    @property
+    def hook_head_index(self) -> int | None:
+        """The one attention head the SAE reads and writes (SAELens `hook_head_index`), or None."""
+        value = getattr(getattr(self.sae.cfg, "metadata", None), "hook_head_index", None)
+        return None if value is None else int(value)
+
 
 @dataclass(frozen=True)
 class LoadRequest:

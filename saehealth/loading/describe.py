@@ -37,6 +37,7 @@ def describe(loaded: LoadedSAE) -> Table:
     rows += [
         ("hook", loaded.hook_name),
         *([("output hook", loaded.output_hook_name)] if loaded.output_hook_name else []),
+        *([("attention head", loaded.hook_head_index)] if loaded.hook_head_index is not None else []),
         ("model", loaded.model_name),
         ("context size", loaded.context_size),
         ("dataset", loaded.dataset_path),

@@ -111,7 +111,7 @@ def comparison_table(comparison: Comparison) -> Table:
         marks = (f" {FRONTIER_MARK}" if entry.name in front else "") + (f" {REUSED_MARK}" if entry.reused else "")
         row = [Text(entry.name + marks), r.sae.source_library, r.sae.architecture]
         if show_hook:
-            row.append(_short_hook(r.sae.hook_name))
+            row.append(_short_hook(r.sae.where))
         row.append(f"{r.sae.d_sae:,}")
         for key in SUMMARY_KEYS:
             status = verdicts.get(key, {}).get("status")
@@ -174,7 +174,7 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
         name = f"[{_cell(entry.name)}]({entry.name}/report.md)" + (f" {FRONTIER_MARK}" if entry.name in front else "")
         cells = [name, _cell(r.sae.source_library), _cell(r.sae.architecture)]
         if show_hook:
-            cells.append(f"`{r.sae.hook_name}`")
+            cells.append(f"`{r.sae.where}`")
         cells.append(f"{r.sae.d_sae:,}")
         for key in SUMMARY_KEYS:
             status = verdicts.get(key, {}).get("status")

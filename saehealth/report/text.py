@@ -134,7 +134,7 @@ def header_facts(result: EvalResult) -> list[tuple[str, str]]:
     facts = [
         ("SAE", sae.path),
         ("Library / architecture", f"{sae.source_library} / {sae.architecture}"),
-        ("Model / hook", f"{ev.model or sae.model_name} / {sae.hook_name}"),
+        ("Model / hook", f"{ev.model or sae.model_name} / {sae.where}"),
         ("Width", f"d_in {sae.d_in:,} → d_sae {sae.d_sae:,}{expansion}"),
         (
             "Evaluated on",

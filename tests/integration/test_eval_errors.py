@@ -68,6 +68,17 @@ def test_width_mismatch(tmp_path, capsys):
     _assert_one_line_error(code, err, "d_in is 64", out)
 
 
+@pytest.mark.parametrize(
+    ("hook", "head", "message"),
+    [("blocks.1.attn.hook_z", 7, "has 4 heads"), ("blocks.0.hook_resid_post", 1, "has no heads")],
+)
+def test_attention_head_the_hook_lacks(tmp_path, capsys, hook, head, message):
+    path = shifted_identity_sae(tmp_path / "sae", 32, hook_name=hook, hook_head_index=head)
+    out = tmp_path / "out"
+    code, err = _run(["--sae-path", str(path), "--out", str(out)], capsys)
+    _assert_one_line_error(code, err, message, out)
+
+
 def test_hook_the_model_lacks(tmp_path, capsys):
     path = _sae(tmp_path)
     out = tmp_path / "out"

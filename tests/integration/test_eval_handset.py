@@ -82,6 +82,37 @@ def test_downstream_matches_a_plain_transformerlens_splice(tmp_path, builtin_mod
     assert result.metrics["ce_loss_with_sae"] == pytest.approx(spliced[predicting].double().mean().item(), rel=1e-5)
 
 
+def test_one_attention_head_sae_reads_and_replaces_only_its_head(tmp_path, builtin_model):
+    """SAELens `hook_head_index`: the SAE sees (batch, pos, d_head) of one head; the other heads stay."""
+    hook, head = "blocks.1.attn.hook_z", 2
+    perfect = _evaluate(shifted_identity_sae(tmp_path / "id", 32, hook_name=hook, hook_head_index=head), tmp_path / "o1")
+    assert perfect.sae.hook_head_index == head and perfect.sae.d_in == 32
+    assert perfect.metrics["explained_variance"] == pytest.approx(1.0, abs=1e-6)
+    assert perfect.metrics["delta_ce"] == pytest.approx(0.0, abs=1e-5)
+
+    path = shifted_identity_sae(tmp_path / "half", 32, hook_name=hook, hook_head_index=head, decoder_scale=0.5)
+    half = _evaluate(path, tmp_path / "o2", batch_size=8)
+    assert half.metrics["l2_ratio"] == pytest.approx(0.5, rel=1e-5)
+    # Independent check: halve that head alone with a plain TransformerLens hook on the same tokens.
+    from saehealth.data import load_dataset, sequence_batches, special_token_mask
+
+    dataset = load_dataset(saehealth.BUILTIN_DATASET, "validation")
+    tokens = torch.cat(list(sequence_batches(dataset, builtin_model.tokenizer, 128, TOKENS // 128, 8, 42)))
+    mask = special_token_mask(tokens, builtin_model.tokenizer)
+
+    def halve_head(act, hook):  # noqa: ARG001
+        act = act.clone()
+        act[:, :, head] = torch.where(mask[..., None], 0.5 * act[:, :, head], act[:, :, head])
+        return act
+
+    with torch.no_grad():
+        spliced = builtin_model.run_with_hooks(
+            tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, halve_head)]
+        )
+    expected = spliced[mask[:, :-1]].double().mean().item()
+    assert half.metrics["ce_loss_with_sae"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_result_files_and_determinism(tmp_path):
     path = shifted_identity_sae(tmp_path / "sae", 128, hook_name="blocks.0.hook_resid_post", decoder_scale=0.8)
     first = _evaluate(path, tmp_path / "a")
