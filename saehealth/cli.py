@@ -53,29 +53,41 @@ WandbOption = Annotated[
         "--wandb", metavar="PROJECT", help="Also log metrics, verdicts, plots and the JSON to this W&B project."
     ),
 ]
+ModelOption = Annotated[str | None, typer.Option(help="Model name or folder (default: the checkpoint's).")]
+HookOption = Annotated[str | None, typer.Option(help="TransformerLens hook (default: the checkpoint's).")]
+DatasetOption = Annotated[str | None, typer.Option(help="Built-in, local path or hub dataset.")]
+SplitOption = Annotated[str | None, typer.Option(help="Dataset split (default: a held-out one).")]
+TokensOption = Annotated[int | None, typer.Option("--tokens", help="Tokens to evaluate (default: up to 200k).")]
+ContextLengthOption = Annotated[int | None, typer.Option(help="Tokens per sequence (default: the checkpoint's).")]
+BatchSizeOption = Annotated[int, typer.Option(help="Sequences per batch.")]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")]
+DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16.")]
+SeedOption = Annotated[int, typer.Option(help="Seed for data order and probes.")]
+IncludeSpecialTokensOption = Annotated[
+    bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")
+]
+SkipOption = Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")]
 
 
 @app.command("eval")
 def eval_command(
     sae_path: Annotated[str, typer.Option("--sae-path", help="SAE checkpoint folder or file.")],
-    model: Annotated[str | None, typer.Option(help="Model name or folder (default: the checkpoint's).")] = None,
-    hook: Annotated[str | None, typer.Option(help="TransformerLens hook (default: the checkpoint's).")] = None,
+    model: ModelOption = None,
+    hook: HookOption = None,
     layer: Annotated[int | None, typer.Option(help="Use the checkpoint's hook type at this layer.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Built-in, local path or hub dataset.")] = None,
-    split: Annotated[str | None, typer.Option(help="Dataset split (default: a held-out one).")] = None,
-    tokens: Annotated[int | None, typer.Option("--tokens", help="Tokens to evaluate (default: up to 200k).")] = None,
+    dataset: DatasetOption = None,
+    split: SplitOption = None,
+    tokens: TokensOption = None,
     num_samples: Annotated[int | None, typer.Option(help="Sequences to evaluate, instead of --tokens.")] = None,
-    context_length: Annotated[int | None, typer.Option(help="Tokens per sequence (default: the checkpoint's).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 16,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16.")] = "float32",
-    seed: Annotated[int, typer.Option(help="Seed for data order and probes.")] = 42,
+    context_length: ContextLengthOption = None,
+    batch_size: BatchSizeOption = 16,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
+    seed: SeedOption = 42,
     out: Annotated[Path | None, typer.Option(help="Result folder (default: reports/<checkpoint name>/).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run even if a result exists.")] = False,
-    include_special_tokens: Annotated[
-        bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")
-    ] = False,
-    skip: Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")] = None,
+    include_special_tokens: IncludeSpecialTokensOption = False,
+    skip: SkipOption = None,
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     thresholds: ThresholdsOption = None,
     quiet: QuietOption = False,
@@ -134,35 +146,41 @@ def compare_command(
         list[str] | None,
         typer.Option(help="Also compare every checkpoint matching this glob, e.g. 'checkpoints/sweep_*'."),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model name or folder (default: the one the SAEs name).")] = None,
+    model: ModelOption = None,
     hook: Annotated[str | None, typer.Option(help="TransformerLens hook for every SAE (default: each one's).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Built-in, local path or hub dataset.")] = None,
-    split: Annotated[str | None, typer.Option(help="Dataset split (default: a held-out one).")] = None,
-    tokens: Annotated[int | None, typer.Option("--tokens", help="Tokens to evaluate (default: up to 200k).")] = None,
-    context_length: Annotated[
-        int | None, typer.Option(help="Tokens per sequence (default: the one the SAEs record).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 16,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16.")] = "float32",
-    seed: Annotated[int, typer.Option(help="Seed for data order and probes.")] = 42,
+    dataset: DatasetOption = None,
+    split: SplitOption = None,
+    tokens: TokensOption = None,
+    context_length: ContextLengthOption = None,
+    batch_size: BatchSizeOption = 16,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
+    seed: SeedOption = 42,
     out: Annotated[
         Path | None,
         typer.Option(help="Comparison folder, one result folder per SAE inside (default: reports/comparison/)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run SAEs whose results exist.")] = False,
-    skip: Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")] = None,
+    include_special_tokens: IncludeSpecialTokensOption = False,
+    skip: SkipOption = None,
     thresholds: ThresholdsOption = None,
     quiet: QuietOption = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print comparison.json instead of the table.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit with code 2 when any SAE has an unhealthy headline metric.")
+    ] = False,
 ) -> None:
     """Compare SAEs from any library side by side on identical tokens: table, comparison.md, frontier plots.
 
     Every SAE is evaluated on the same model, dataset, split, context length and tokens; SAEs at the same hook
     share one pass (clean and zero-ablated runs computed once). Each SAE gets its own result folder
     <out>/<name>/ (reused unless --force), and <out>/comparison.md, comparison.json and L0-frontier plots
-    sum them up."""
-    from saehealth.compare import CompareConfig, compare
+    sum them up. With --strict the exit code is 2 when any SAE has an unhealthy headline metric."""
+    import json
+
+    from saehealth.compare import CompareConfig, compare, comparison_to_dict
     from saehealth.report.compare_report import print_comparison
+    from saehealth.thresholds import is_unhealthy
 
     config = CompareConfig(
         paths=tuple(paths or ()),
@@ -179,11 +197,17 @@ def compare_command(
         seed=seed,
         out=out,
         force=force,
+        include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
         thresholds=thresholds,
     )
-    comparison = compare(config=config, console=None if quiet else console)
-    print_comparison(comparison, console, quiet=quiet)
+    comparison = compare(config=config, console=None if quiet or json_output else console)
+    if json_output:
+        typer.echo(json.dumps(comparison_to_dict(comparison), indent=2, allow_nan=False))
+    else:
+        print_comparison(comparison, console, quiet=quiet)
+    if strict and any(is_unhealthy(entry.result.verdicts) for entry in comparison.entries):
+        raise SystemExit(2)  # see _present: typer.Exit codes are swallowed in standalone_mode=False
 
 
 @app.command("demo")

@@ -220,6 +220,22 @@ def test_saved_results_are_reused_unless_forced(compared, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+def test_json_output_and_strict_exit_code(compared, capsys):
+    from saehealth.thresholds import is_unhealthy
+
+    out, paths, _ = compared
+    argv = ["compare", *map(str, paths.values()), "--model", saehealth.BUILTIN_MODEL, *COMMON, "--out", str(out)]
+    capsys.readouterr()
+    main([*argv, "--json"])  # saved results are reused: no pass runs
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((out / "comparison.json").read_text())
+    assert {row["name"] for row in printed["saes"]} == set(paths)
+    assert any(is_unhealthy(load_result(out / name).verdicts) for name in paths)  # random SAEs are among them
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--quiet", "--strict"])
+    assert exc.value.code == 2
+
+
 def _one_line_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exc:
         main(argv)
