@@ -26,6 +26,7 @@ from pathlib import Path
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluate import Evaluation, _progress, score_batches
+from saehealth.loading.files import natural_key
 from saehealth.replay import SpliceSite
 from saehealth.result import EvalResult, _atomic_write
 
@@ -146,7 +147,7 @@ def checkpoint_paths(paths, sweeps) -> list[str]:
     """The paths, then every match of each sweep glob (natural order), without repeats."""
     found: list[str] = list(paths)
     for pattern in sweeps:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)), key=_natural_key)
+        matches = sorted(glob.glob(os.path.expanduser(pattern)), key=natural_key)
         if not matches:
             raise ConfigError(
                 f"--sweep {pattern!r} matches no file or folder: check the pattern (quote it so the shell leaves it)."
@@ -204,8 +205,9 @@ class _Comparer:
         names = unique_names([path for path, _, _ in members])
         model_name = self._shared_model([(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)])
 
+        kwargs = self._shared_model_kwargs([(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)])
         t0 = time.perf_counter()
-        model = load_model(model_name, device=cfg.device, dtype=cfg.dtype)
+        model = load_model(model_name, device=cfg.device, dtype=cfg.dtype, from_pretrained_kwargs=kwargs)
         self.timing["load_model_s"] = time.perf_counter() - t0
         template = replace(cfg.template(), model=model_name)
         context = self._shared_context(template, model, names, [loaded for _, loaded, _ in members])
@@ -309,6 +311,20 @@ class _Comparer:
                 "or pass --model NAME to evaluate them all on it."
             )
         return next(iter(by_model))
+
+    def _shared_model_kwargs(self, named: list[tuple[str, object]]) -> dict:
+        """The one way of loading the model that every SAE was trained with (its weight processing)."""
+        from saehealth.models import processing_label
+
+        by_processing: dict[str, list[str]] = {}
+        for name, loaded in named:
+            by_processing.setdefault(processing_label(loaded.model_from_pretrained_kwargs), []).append(name)
+        if len(by_processing) > 1:
+            raise ConfigError(
+                f"The SAEs were trained on differently processed models ({_grouped(by_processing)}; from their "
+                "model_from_pretrained_kwargs): compare SAEs trained on the same activations, in separate runs."
+            )
+        return named[0][1].model_from_pretrained_kwargs
 
     def _shared_context(self, template: EvalConfig, model, names: list[str], loaded: list) -> int:
         """The context length every SAE is evaluated at: --context-length, else the one the SAEs record
@@ -525,11 +541,6 @@ def _grouped(by_value: dict) -> str:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         parts.append(f"{value}: {shown}")
     return "; ".join(parts)
-
-
-def _natural_key(text: str) -> list:
-    """sweep_2 before sweep_10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def _safe(part: str) -> str:

@@ -163,7 +163,10 @@ class Evaluation:
         hook = self._hook_name(loaded)
         if model is None:
             t0 = time.perf_counter()
-            model = load_model(model_name, device=cfg.device, dtype=cfg.dtype)
+            kwargs = loaded.model_from_pretrained_kwargs
+            model = load_model(model_name, device=cfg.device, dtype=cfg.dtype, from_pretrained_kwargs=kwargs)
+            if kwargs and model_name != builtin.BUILTIN_MODEL:
+                self.notes.append(f"Model loaded with the checkpoint's model_from_pretrained_kwargs {kwargs}.")
             self.timing["load_model_s"] = time.perf_counter() - t0
         check_hook(model, hook)
         output_hook = loaded.output_hook_name or hook

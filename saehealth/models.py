@@ -3,6 +3,12 @@
 Accepted names: the built-in model (`saehealth.BUILTIN_MODEL`), a local directory (saehealth's own
 layout, or a Hugging Face checkpoint of an architecture TransformerLens supports), or a TransformerLens
 pretrained name (downloaded from the hub by TransformerLens itself).
+
+Pretrained and Hugging Face models are loaded without TransformerLens' weight processing
+(`from_pretrained_no_processing`), as SAELens loads them for training and as sparsify and dictionary_learning
+see them through Hugging Face: processing such as `center_writing_weights` shifts every residual-stream
+activation, and an SAE must be replayed on the activations it was trained on. A SAELens checkpoint's
+`model_from_pretrained_kwargs` are applied on top, as SAELens applies them.
 """
 
 from __future__ import annotations
@@ -29,22 +35,51 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32"):
-    """A `HookedTransformer` for the built-in model, a local directory or a TransformerLens name."""
+# What `from_pretrained_no_processing` sets; a checkpoint's kwargs may change any of them.
+NO_PROCESSING = {
+    "fold_ln": False,
+    "center_writing_weights": False,
+    "center_unembed": False,
+    "refactor_factored_attn_matrices": False,
+    "fold_value_biases": False,
+}
+_OURS = ("device", "dtype", "hf_model", "tokenizer", "model_name")  # saehealth's own options decide these
+
+
+def processing(from_pretrained_kwargs: dict | None) -> dict:
+    """The keyword arguments a pretrained model is loaded with: no processing, then the checkpoint's kwargs."""
+    extra = {k: v for k, v in (from_pretrained_kwargs or {}).items() if k not in _OURS}
+    return {**NO_PROCESSING, **extra}
+
+
+def processing_label(from_pretrained_kwargs: dict | None) -> str:
+    """What differs from no processing, as 'center_writing_weights=True', or 'no processing'."""
+    changed = {k: v for k, v in processing(from_pretrained_kwargs).items() if NO_PROCESSING.get(k, None) != v}
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) or "no processing"
+
+
+def load_model(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32",
+               from_pretrained_kwargs: dict | None = None):
+    """A `HookedTransformer` for the built-in model, a local directory or a TransformerLens name.
+
+    `from_pretrained_kwargs` (a SAELens checkpoint's `model_from_pretrained_kwargs`) go to TransformerLens'
+    `from_pretrained` for pretrained and Hugging Face models, on top of no weight processing.
+    """
     torch_dtype = resolve_dtype(dtype)
     if name == builtin.BUILTIN_MODEL:
         return _load_saehealth_layout(builtin.assets_dir(), device, torch_dtype)
     path = Path(name).expanduser()
+    kwargs = processing(from_pretrained_kwargs)
     if path.is_dir():
         if (path / builtin.MODEL_CONFIG_FILE).is_file():
             return _load_saehealth_layout(path, device, torch_dtype)
         if (path / "config.json").is_file():
-            return _load_hf_directory(path, device, torch_dtype)
+            return _load_hf_directory(path, device, torch_dtype, kwargs)
         raise ModelError(
             f"{path} holds no model: expected {builtin.MODEL_CONFIG_FILE} + {builtin.MODEL_WEIGHTS_FILE} "
             "(saehealth layout) or a Hugging Face config.json with weights."
         )
-    return _load_pretrained(name, device, torch_dtype)
+    return _load_pretrained(name, device, torch_dtype, kwargs)
 
 
 def _hooked_transformer():
@@ -70,7 +105,7 @@ def _load_saehealth_layout(folder: Path, device: str, dtype: torch.dtype):
     return model
 
 
-def _load_hf_directory(path: Path, device: str, dtype: torch.dtype):
+def _load_hf_directory(path: Path, device: str, dtype: torch.dtype, kwargs: dict):
     """A local Hugging Face checkpoint whose architecture TransformerLens knows by its recorded name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,7 +120,7 @@ def _load_hf_directory(path: Path, device: str, dtype: torch.dtype):
     hf_model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = _hooked_transformer().from_pretrained(
-        official, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        official, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype, **kwargs
     )
     model.eval()
     return model
@@ -100,7 +135,7 @@ def _official_name(name: str) -> str | None:
         return None
 
 
-def _load_pretrained(name: str, device: str, dtype: torch.dtype):
+def _load_pretrained(name: str, device: str, dtype: torch.dtype, kwargs: dict):
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
 
     official = _official_name(name)
@@ -110,7 +145,7 @@ def _load_pretrained(name: str, device: str, dtype: torch.dtype):
             f"directory, or a TransformerLens model name.{suggest(name, OFFICIAL_MODEL_NAMES)}"
         )
     try:
-        model = _hooked_transformer().from_pretrained(official, device=device, dtype=dtype)
+        model = _hooked_transformer().from_pretrained(official, device=device, dtype=dtype, **kwargs)
     except OSError as exc:  # hub unreachable or files missing
         raise ModelError(
             f"Could not download {official!r} from the Hugging Face hub ({type(exc).__name__}); "

@@ -6,6 +6,7 @@ Formats (auto-detected in this order; `format=` forces one, an unknown name list
 | --------------------- | ------------------- | ------------------------------------------------------------------ |
 | `sae_lens_checkpoint` | SAELens             | training checkpoint: cfg.json + sae_weights.safetensors + trainer_state.pt / activation_scaler.json |
 | `sae_lens`            | SAELens             | cfg.json + sae_weights.safetensors (v6, or pre-6.0 flat cfg.json)  |
+| `sae_lens_multi`      | SAELens             | a folder of such folders (multi-SAE runner output or checkpoint, a run's checkpoints) |
 | `sparsify`            | EleutherAI sparsify | cfg.json + sae.safetensors, or a run folder of such hookpoint folders |
 | `dictionary_learning` | dictionary_learning | ae.pt + config.json, or a folder of trainer_N/ folders             |
 | `gemma_scope`         | Gemma Scope         | params.npz                                                         |
@@ -20,6 +21,7 @@ refused, never executed.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from saehealth.errors import CheckpointError
@@ -43,6 +45,10 @@ from saehealth.loading.base import (
 )
 from saehealth.loading.detect import find_adapter, resolve
 from saehealth.loading.files import parse_dtype, require_path
+
+# SAELens warns on every SAE built from a cfg with model_from_pretrained_kwargs, advising to load the model
+# with them and no processing: saehealth does exactly that (models.load_model), so the advice is noise here.
+warnings.filterwarnings("ignore", message="\nThis SAE has non-empty model_from_pretrained_kwargs", category=UserWarning)
 
 __all__ = [
     "ADAPTERS",
@@ -84,7 +90,7 @@ def load_checkpoint(
     `format` forces an adapter instead of auto-detection. `device`/`dtype` place the SAE.
 
     A folder holding several SAEs (a sparsify run folder with one folder per hookpoint, a dictionary_learning
-    sweep with trainer_N/ folders) returns a list, one `LoadedSAE` per member, unless the choice is narrowed to
+    sweep with trainer_N/ folders, a SAELens multi-SAE run) returns a list, one `LoadedSAE` per member, unless the choice is narrowed to
     one: `select` is a glob over member names (`layers.*`, `h.*.mlp`, `trainer_[01]`) and returns a list, or
     that SAE alone when it is an exact name; `hook` picks the member whose name or mapped TransformerLens hook
     equals it. For a single SAE, `hook` overrides the hook the checkpoint names (a note records it).

@@ -51,6 +51,12 @@ class LoadedSAE:
         return int(self.sae.cfg.d_sae)
 
     @property
+    def model_from_pretrained_kwargs(self) -> dict:
+        """How the model was loaded for training (SAELens `model_from_pretrained_kwargs`); {} when not recorded."""
+        value = getattr(getattr(self.sae.cfg, "metadata", None), "model_from_pretrained_kwargs", None)
+        return dict(value) if isinstance(value, dict) else {}
+
+    @property
     def hook_head_index(self) -> int | None:
         """The one attention head the SAE reads and writes (SAELens `hook_head_index`), or None."""
         value = getattr(getattr(self.sae.cfg, "metadata", None), "hook_head_index", None)

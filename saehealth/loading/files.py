@@ -47,6 +47,11 @@ def require_path(path: str | Path) -> Path:
     return path
 
 
+def natural_key(text: str) -> list:
+    """Sort key that puts trainer_2 before trainer_10 and layers.2 before layers.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def read_json(path: Path, required: Iterable[str] = ()) -> dict[str, Any]:
     """A JSON object from `path`; CheckpointError when it is unreadable, not an object or lacks `required` keys."""
     try:

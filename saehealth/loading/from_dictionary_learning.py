@@ -32,7 +32,15 @@ from saehealth.errors import CheckpointError, IncompatibleSAEError
 from saehealth.loading.base import Adapter, LoadedSAE, LoadRequest, register_adapter
 from saehealth.loading.convert import build_sae
 from saehealth.loading.detect import select_members
-from saehealth.loading.files import load_torch_file, orient, peek_torch_file, read_json, require_tensors, vector
+from saehealth.loading.files import (
+    load_torch_file,
+    natural_key,
+    orient,
+    peek_torch_file,
+    read_json,
+    require_tensors,
+    vector,
+)
 from saehealth.loading.hooks import map_dictionary_learning
 
 AE = "ae.pt"
@@ -75,7 +83,7 @@ def _looks_like_state(obj: Any) -> bool:
 
 def _members(path: Path) -> list[str]:
     found = [child.name for child in path.iterdir() if child.is_dir() and (child / AE).is_file()]
-    return sorted(found, key=lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)])
+    return sorted(found, key=natural_key)
 
 
 def _find_config(ae_file: Path) -> Path | None:

@@ -6,6 +6,9 @@
   training-only architecture such as `batchtopk` in `cfg.json`). The training SAE is loaded, the activation
   scaler's normalisation factor (and whitening) is folded into the weights exactly as SAELens does at the end
   of training, and it is converted into the inference SAE SAELens would have saved.
+- `sae_lens_multi`: a folder of such folders: what SAELens' multi-SAE runner writes (one folder per SAE beside
+  `runner_cfg.json`, also in each of its training checkpoints), or a run's checkpoints folder (one folder per
+  checkpoint). Each member loads as above; `select=` / `hook=` pick members.
 - `sae_lens_pretrained`: `release=` and `sae_id=` through SAELens' `SAE.from_pretrained`; it needs the
   Hugging Face hub, so offline it fails with a `CheckpointError` saying so.
 """
@@ -18,7 +21,8 @@ from typing import Any
 from saehealth.errors import CheckpointError
 from saehealth.loading.base import Adapter, LoadedSAE, LoadRequest, register_adapter
 from saehealth.loading.convert import build_sae
-from saehealth.loading.files import check_finite, check_safetensors, read_json
+from saehealth.loading.detect import select_members
+from saehealth.loading.files import check_finite, check_safetensors, natural_key, read_json
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -237,6 +241,49 @@ class SaeLensFolderAdapter(Adapter):
                 "the SAE is applied to raw activations, as SAELens does"
             )
         return _loaded(sae, self.name, path, cfg, runner, notes)
+
+
+def _member_folders(path: Path) -> list[str]:
+    """Names of the SAELens SAE folders directly inside `path`, naturally sorted (none when `path` is one)."""
+    if not path.is_dir() or (path / CFG).exists():
+        return []
+    return sorted((child.name for child in path.iterdir() if _has_folder_files(child)), key=natural_key)
+
+
+def _member_hook(folder: Path) -> str | None:
+    cfg = read_json(folder / CFG)
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    return metadata.get("hook_name") or cfg.get("hook_name")  # v6, else a pre-6.0 flat cfg.json
+
+
+@register_adapter
+class SaeLensMultiAdapter(Adapter):
+    """A folder of SAELens SAE folders: a multi-SAE run's output or checkpoint, or a run's checkpoints."""
+
+    name = "sae_lens_multi"
+    priority = 25
+    source_library = "sae_lens"
+    expected = f"a folder of SAELens folders ({CFG} + {WEIGHTS} in each)"
+
+    def detect(self, path: Path) -> bool:
+        return bool(_member_folders(path))
+
+    def load(self, path: Path, request: LoadRequest) -> LoadedSAE | list[LoadedSAE]:
+        members = _member_folders(path)
+        if not members:
+            raise CheckpointError(f"{path} holds no SAELens SAE folder: each needs {CFG} and {WEIGHTS}.")
+        hooks = {member: _member_hook(path / member) for member in members}
+        chosen, single = select_members(members, hooks, request, path)
+        runner = _read_runner_cfg(path)  # the multi-SAE runner's, shared by its members
+        loaded = []
+        for member in chosen:
+            folder = path / member
+            adapter = SaeLensCheckpointAdapter() if _looks_like_training_checkpoint(folder) else SaeLensFolderAdapter()
+            item = adapter.load(folder, request)
+            if runner and not (folder / RUNNER_CFG).is_file():
+                item.training = {**_scalar_items(runner, TRAINING_KEYS), **item.training}
+            loaded.append(item)
+        return loaded[0] if single else loaded
 
 
 @register_adapter

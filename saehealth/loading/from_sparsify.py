@@ -23,6 +23,7 @@ from saehealth.loading.convert import build_sae
 from saehealth.loading.detect import select_members
 from saehealth.loading.files import (
     load_torch_file,
+    natural_key,
     orient,
     read_json,
     read_safetensors,
@@ -59,11 +60,7 @@ def _members(path: Path) -> list[str]:
             found += [
                 f"{child.name}/{g.name}" for g in child.iterdir() if _SEED.fullmatch(g.name) and _is_hookpoint_folder(g)
             ]
-    try:
-        from natsort import natsorted as sort
-    except ImportError:  # pragma: no cover - natsort ships with sparsify, not with saehealth
-        sort = sorted
-    return list(sort(found))
+    return sorted(found, key=natural_key)
 
 
 def _hookpoint_of(member: str) -> str:

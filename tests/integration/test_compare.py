@@ -256,6 +256,12 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     long = _random_standard_sae(tmp_path / "long", context_size=64)
     err = _one_line_error(capsys, ["compare", str(short), str(long), *COMMON, "--out", str(tmp_path / "o")])
     assert "different context lengths" in err and "--context-length" in err
+    centred = _random_standard_sae(tmp_path / "centred")
+    cfg = json.loads((centred / "cfg.json").read_text())
+    cfg["metadata"]["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
+    (centred / "cfg.json").write_text(json.dumps(cfg))
+    err = _one_line_error(capsys, ["compare", str(ours), str(centred), *COMMON, "--out", str(tmp_path / "o")])
+    assert "differently processed models" in err and "center_writing_weights=True" in err
 
 
 def test_names_globs_and_frontier(tmp_path):

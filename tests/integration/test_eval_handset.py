@@ -113,6 +113,26 @@ def test_one_attention_head_sae_reads_and_replaces_only_its_head(tmp_path, built
     assert half.metrics["ce_loss_with_sae"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_the_model_is_loaded_as_the_checkpoint_records(tmp_path, builtin_model, monkeypatch):
+    """A SAELens checkpoint's model_from_pretrained_kwargs reach the model loader (which applies them)."""
+    path = shifted_identity_sae(tmp_path / "sae", 128, hook_name="blocks.0.hook_resid_post")
+    cfg = json.loads((path / "cfg.json").read_text())
+    cfg["metadata"].update(model_name="gpt2", model_from_pretrained_kwargs={"center_writing_weights": True})
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    seen = []
+
+    def fake_load_model(name, **options):  # stands in for gpt2: nothing is downloaded
+        seen.append((name, options))
+        return builtin_model
+
+    monkeypatch.setattr("saehealth.evaluate.load_model", fake_load_model)
+    result = _evaluate(path, tmp_path / "out", dataset=saehealth.BUILTIN_DATASET, split="validation")
+    assert seen == [
+        ("gpt2", {"device": "cpu", "dtype": "float32", "from_pretrained_kwargs": {"center_writing_weights": True}})
+    ]
+    assert any("model_from_pretrained_kwargs" in note for note in result.notes)
+
+
 def test_result_files_and_determinism(tmp_path):
     path = shifted_identity_sae(tmp_path / "sae", 128, hook_name="blocks.0.hook_resid_post", decoder_scale=0.8)
     first = _evaluate(path, tmp_path / "a")
