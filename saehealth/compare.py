@@ -203,9 +203,8 @@ class _Comparer:
         cfg = self.config
         members = self._load_all(checkpoint_paths(cfg.paths, cfg.sweep))
         names = unique_names([path for path, _, _ in members])
-        model_name = self._shared_model([(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)])
-
-        kwargs = self._shared_model_kwargs([(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)])
+        named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
+        model_name, kwargs = self._shared_model(named), self._shared_model_kwargs(named)
         t0 = time.perf_counter()
         model = load_model(model_name, device=cfg.device, dtype=cfg.dtype, from_pretrained_kwargs=kwargs)
         self.timing["load_model_s"] = time.perf_counter() - t0

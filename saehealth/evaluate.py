@@ -457,14 +457,14 @@ def score_batches(model, site, saes, batches, include_special_tokens: bool = Fal
     """
     saes = list(saes)
     scorers = [_Scorer(sae) for sae in saes]
-    cache, logits = ReplayCache(), readout(model)
+    cache, unembedding = ReplayCache(), readout(model)
     sequences = tokens_run = 0
     try:
         for tokens in batches:
             tokens = tokens.to(device)
             mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
             out = replay_batch(model, site, [(s.encode, s.decode) for s in scorers], tokens, mask, cache)
-            shared, own = downstream_totals(logits, out.clean, out.zero, [o.final for o in out.saes], tokens, mask)
+            shared, own = downstream_totals(unembedding, out.clean, out.zero, [o.final for o in out.saes], tokens, mask)
             for scorer, sae_out, sae_totals in zip(scorers, out.saes, own, strict=True):
                 scorer.update(sae_out, {**shared, **sae_totals}, mask)
             sequences += tokens.shape[0]

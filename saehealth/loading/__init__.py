@@ -90,8 +90,8 @@ def load_checkpoint(
     `format` forces an adapter instead of auto-detection. `device`/`dtype` place the SAE.
 
     A folder holding several SAEs (a sparsify run folder with one folder per hookpoint, a dictionary_learning
-    sweep with trainer_N/ folders, a SAELens multi-SAE run) returns a list, one `LoadedSAE` per member, unless the choice is narrowed to
-    one: `select` is a glob over member names (`layers.*`, `h.*.mlp`, `trainer_[01]`) and returns a list, or
+    sweep with trainer_N/ folders, a SAELens multi-SAE run) returns a list, one `LoadedSAE` per member,
+    unless the choice is narrowed to one: `select` is a glob over member names (`layers.*`, `h.*.mlp`, `trainer_[01]`) and returns a list, or
     that SAE alone when it is an exact name; `hook` picks the member whose name or mapped TransformerLens hook
     equals it. For a single SAE, `hook` overrides the hook the checkpoint names (a note records it).
     """

@@ -19,8 +19,6 @@ import torch
 from saehealth.result import DOWNSTREAM_KEYS
 
 VARIANTS = ("clean", "sae", "zero")
-SHARED_TOTALS = ("n_pred", "ce_clean", "ce_zero", "kl_zero")  # the same for every SAE at a site
-SAE_TOTALS = ("ce_sae", "kl_sae")
 
 # Elements of one tile of logits. CPU: 2M floats (8 MiB) keeps a tile near the cache and below the
 # allocator's mmap threshold; accelerators: large tiles, so that kernel launches stay few.
