@@ -448,8 +448,9 @@ class Evaluation:
 
 
 @torch.no_grad()
-def score_batches(model, site, saes, batches, include_special_tokens: bool = False, device: str = "cpu",
-                  advance=None) -> list[PassOutput]:
+def score_batches(
+    model, site, saes, batches, include_special_tokens: bool = False, device: str = "cpu", advance=None
+) -> list[PassOutput]:
     """The one pass over token batches for one or more SAEs at the same site.
 
     Each batch is replayed once (shared prefix, clean and zero-ablated continuations) and every SAE's

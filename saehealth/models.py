@@ -58,8 +58,9 @@ def processing_label(from_pretrained_kwargs: dict | None) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) or "no processing"
 
 
-def load_model(name: str, device: str = "cpu", dtype: str | torch.dtype = "float32",
-               from_pretrained_kwargs: dict | None = None):
+def load_model(
+    name: str, device: str = "cpu", dtype: str | torch.dtype = "float32", from_pretrained_kwargs: dict | None = None
+):
     """A `HookedTransformer` for the built-in model, a local directory or a TransformerLens name.
 
     `from_pretrained_kwargs` (a SAELens checkpoint's `model_from_pretrained_kwargs`) go to TransformerLens'

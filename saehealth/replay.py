@@ -59,8 +59,12 @@ def _block_of(hook_name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
-def splice_site(model, hook_name: str, input_hook: str | None = None,  # noqa: ARG001
-                head_index: int | None = None) -> SpliceSite:
+def splice_site(
+    model,
+    hook_name: str,
+    input_hook: str | None = None,  # noqa: ARG001
+    head_index: int | None = None,
+) -> SpliceSite:
     """Classify a TransformerLens hook (and a transcoder's input hook) into a `SpliceSite`.
 
     `head_index` (SAELens `hook_head_index`) restricts an SAE at a per-head hook (e.g. `attn.hook_z`) to one
@@ -144,8 +148,14 @@ def _final(model, start: torch.Tensor, start_at_layer: int | None) -> torch.Tens
 
 
 @torch.no_grad()
-def replay_batch(model, site: SpliceSite, saes: Sequence[tuple[Encoder, Encoder]], tokens: torch.Tensor,
-                 mask: torch.Tensor, cache: ReplayCache | None = None) -> BatchOutputs:
+def replay_batch(
+    model,
+    site: SpliceSite,
+    saes: Sequence[tuple[Encoder, Encoder]],
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    cache: ReplayCache | None = None,
+) -> BatchOutputs:
     """Run one batch: the shared prefix once, clean and zero-ablated continuations once, then one
     spliced continuation per SAE (all SAEs at this site share everything but their own splice)."""
     batch = tokens.shape[0]
@@ -198,9 +208,11 @@ def replay_batch(model, site: SpliceSite, saes: Sequence[tuple[Encoder, Encoder]
             source = record.pop("input") if site.is_transcoder else activation
             return reconstruct(encode, decode, source, activation, record)
 
-        hooks = [(site.input_hook, capture_input), (site.hook_name, splice)] if site.is_transcoder else [
-            (site.hook_name, splice)
-        ]
+        hooks = (
+            [(site.input_hook, capture_input), (site.hook_name, splice)]
+            if site.is_transcoder
+            else [(site.hook_name, splice)]
+        )
         with model.hooks(fwd_hooks=hooks):
             final = _final(model, start, resume_at)
         if "x" not in record:

@@ -31,7 +31,16 @@ def builtin_model():
 
 
 def write_standard_sae(
-    folder, W_enc, b_enc, W_dec, b_dec, *, hook_name, model_name=None, apply_b_dec_to_input=False, context_size=None,
+    folder,
+    W_enc,
+    b_enc,
+    W_dec,
+    b_dec,
+    *,
+    hook_name,
+    model_name=None,
+    apply_b_dec_to_input=False,
+    context_size=None,
     hook_head_index=None,
 ):
     """Save a SAELens StandardSAE with the given weights; returns the folder."""

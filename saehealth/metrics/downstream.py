@@ -45,8 +45,14 @@ class Readout:
 
 
 @torch.no_grad()
-def downstream_totals(readout: Readout, clean: torch.Tensor, zero: torch.Tensor, spliced: Sequence[torch.Tensor],
-                      tokens: torch.Tensor, mask: torch.Tensor) -> tuple[dict, list[dict]]:
+def downstream_totals(
+    readout: Readout,
+    clean: torch.Tensor,
+    zero: torch.Tensor,
+    spliced: Sequence[torch.Tensor],
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[dict, list[dict]]:
     """Per-sequence CE and KL totals for one batch.
 
     clean, spliced[i]: final residuals (batch, pos, d); zero: (batch or 1, pos, d), batch 1 when the
@@ -63,7 +69,11 @@ def downstream_totals(readout: Readout, clean: torch.Tensor, zero: torch.Tensor,
     n_pos = length - 1
     predicting = mask[:, :-1].to(torch.float64)
     targets = tokens[:, 1:, None]
-    clean, zero, spliced = clean[:, :-1], zero[:, :-1], [final[:, :-1] for final in spliced]  # the last predicts nothing
+    clean, zero, spliced = (
+        clean[:, :-1],
+        zero[:, :-1],
+        [final[:, :-1] for final in spliced],
+    )  # the last predicts nothing
     new = lambda: torch.zeros(batch, dtype=torch.float64, device=tokens.device)  # noqa: E731
     shared = {"n_pred": predicting.sum(1), "ce_clean": new(), "ce_zero": new(), "kl_zero": new()}
     own = [{"ce_sae": new(), "kl_sae": new()} for _ in spliced]

@@ -85,7 +85,9 @@ def test_downstream_matches_a_plain_transformerlens_splice(tmp_path, builtin_mod
 def test_one_attention_head_sae_reads_and_replaces_only_its_head(tmp_path, builtin_model):
     """SAELens `hook_head_index`: the SAE sees (batch, pos, d_head) of one head; the other heads stay."""
     hook, head = "blocks.1.attn.hook_z", 2
-    perfect = _evaluate(shifted_identity_sae(tmp_path / "id", 32, hook_name=hook, hook_head_index=head), tmp_path / "o1")
+    perfect = _evaluate(
+        shifted_identity_sae(tmp_path / "id", 32, hook_name=hook, hook_head_index=head), tmp_path / "o1"
+    )
     assert perfect.sae.hook_head_index == head and perfect.sae.d_in == 32
     assert perfect.metrics["explained_variance"] == pytest.approx(1.0, abs=1e-6)
     assert perfect.metrics["delta_ce"] == pytest.approx(0.0, abs=1e-5)

@@ -50,7 +50,10 @@ def test_readout_applies_the_output_soft_cap(builtin_model, monkeypatch):
     with torch.no_grad():
         expected = builtin_model(tokens)
         out = replay_batch(
-            builtin_model, splice_site(builtin_model, "blocks.0.hook_resid_post"), [_identity()], tokens,
+            builtin_model,
+            splice_site(builtin_model, "blocks.0.hook_resid_post"),
+            [_identity()],
+            tokens,
             torch.ones_like(tokens, dtype=torch.bool),
         )
         assert expected.abs().max() < 2.0
