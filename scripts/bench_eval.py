@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: saehealth's one pass vs SAELens `run_evals` on the same tokens, in one process.
 
-    python scripts/bench_eval.py [--sae PATH] [--tokens 50000] [--batch-size 16] [--device cpu] [--repeats 3]
+    python scripts/bench_eval.py [--sae PATH | --hook HOOK] [--tokens 50000] [--batch-size 16] [--device cpu] [--repeats 3]
     python scripts/bench_eval.py --memory      # peak memory of the saehealth pass at 50k vs 1M tokens
 
 Both evaluate the same SAE on identical token batches with every metric on (SAELens:
@@ -38,13 +38,14 @@ from saehealth.replay import splice_site  # noqa: E402
 HOOK = "blocks.0.hook_resid_post"  # the middle of the built-in model's residual stream
 
 
-def demo_size_sae(folder: Path) -> Path:
-    """A randomly initialised TopK SAE of the demo's size (d_in 128, d_sae 1024, k 64): speed only."""
+def demo_size_sae(folder: Path, hook: str = HOOK) -> Path:
+    """A randomly initialised TopK SAE of the demo's size (d_in 128, d_sae 1024, k 64) at a d_model-wide hook:
+    speed only."""
     from sae_lens import TopKSAE, TopKSAEConfig
 
     cfg = TopKSAEConfig(d_in=128, d_sae=1024, k=64)
     cfg.metadata.model_name = saehealth.BUILTIN_MODEL
-    cfg.metadata.hook_name = HOOK
+    cfg.metadata.hook_name = hook
     TopKSAE(cfg).save_model(folder)
     return folder
 
@@ -63,7 +64,7 @@ def timed(fn) -> float:
 
 def speed(args) -> dict:
     model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=args.device)
-    sae_path = Path(args.sae) if args.sae else demo_size_sae(Path(tempfile.mkdtemp()) / "sae")
+    sae_path = Path(args.sae) if args.sae else demo_size_sae(Path(tempfile.mkdtemp()) / "sae", args.hook)
     sae = load_sae(sae_path, device=args.device)
     site = splice_site(model, sae.cfg.metadata.hook_name)
     batches = [b.to(args.device) for b in token_batches(model, args.tokens, args.batch_size)]
@@ -90,6 +91,7 @@ def speed(args) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "device": args.device,
+        "hook": sae.cfg.metadata.hook_name,
         "tokens": n_tokens,
         "batch_size": args.batch_size,
         "saehealth_tokens_per_s": n_tokens / med["saehealth"],
@@ -144,6 +146,7 @@ def memory(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sae", help="SAE checkpoint (default: a random demo-size TopK SAE)")
+    parser.add_argument("--hook", default=HOOK, help=f"hook of the random SAE (default {HOOK}; d_model wide)")
     parser.add_argument("--tokens", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
