@@ -169,6 +169,10 @@ def compare_command(
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit with code 2 when any SAE has an unhealthy headline metric.")
     ] = False,
+    wandb_project: Annotated[
+        str | None,
+        typer.Option("--wandb", metavar="PROJECT", help="Also log each SAE as a W&B run, grouped by comparison."),
+    ] = None,
 ) -> None:
     """Compare SAEs from any library side by side on identical tokens: table, comparison.md, frontier plots.
 
@@ -202,12 +206,32 @@ def compare_command(
         thresholds=thresholds,
     )
     comparison = compare(config=config, console=None if quiet or json_output else console)
+    logged = _log_comparison(comparison, wandb_project) if wandb_project else {}
     if json_output:
-        typer.echo(json.dumps(comparison_to_dict(comparison), indent=2, allow_nan=False))
+        summary = comparison_to_dict(comparison)
+        if logged:
+            summary["wandb"] = logged
+        typer.echo(json.dumps(summary, indent=2, allow_nan=False))
     else:
         print_comparison(comparison, console, quiet=quiet)
+        for name, location in logged.items():
+            console.print(f"W&B {name}: {location}", highlight=False)
     if strict and any(is_unhealthy(entry.result.verdicts) for entry in comparison.entries):
         raise SystemExit(2)  # see _present: typer.Exit codes are swallowed in standalone_mode=False
+
+
+def _log_comparison(comparison, project: str) -> dict[str, str]:
+    """One W&B run per compared SAE, grouped under the comparison folder's name; {name: location}."""
+    from saehealth.result import load_details
+    from saehealth.wandb_log import log_to_wandb
+
+    group = f"saehealth-compare-{comparison.out.resolve().name}"
+    return {
+        entry.name: log_to_wandb(
+            entry.result, load_details(entry.folder), entry.folder, project=project, name=entry.name, group=group
+        )
+        for entry in comparison.entries
+    }
 
 
 @app.command("demo")

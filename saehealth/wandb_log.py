@@ -29,17 +29,22 @@ def log_to_wandb(
     report_dir: Path | None,
     project: str,
     entity: str | None = None,
+    name: str | None = None,
+    group: str | None = None,
 ) -> str:
-    """Create a W&B run for `result`; return its URL, or its local folder when offline."""
+    """Create a W&B run for `result`; return its URL, or its local folder when offline.
+
+    `name` defaults to the checkpoint's folder name; `group` gathers the runs of one comparison."""
     import wandb
 
     verdicts = verdicts_of(result)
-    name = Path(result.sae.path).name or "sae"
+    name = name or Path(result.sae.path).name or "sae"
     try:
         run = wandb.init(
             project=project,
             entity=entity,
             name=f"saehealth-{name}",
+            group=group,
             job_type="saehealth-eval",
             config={"sae": _jsonable(result.sae.__dict__), "eval": _jsonable(result.eval.__dict__)},
             tags=[tag for tag in ("saehealth", result.sae.architecture) if tag][:2],

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,6 +235,20 @@ def test_json_output_and_strict_exit_code(compared, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--quiet", "--strict"])
     assert exc.value.code == 2
+
+
+def test_each_sae_becomes_a_wandb_run(compared, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out, paths, _ = compared
+    two = [str(paths["sweep_1"]), str(paths["sweep_10"])]
+    capsys.readouterr()
+    main(["compare", *two, "--model", saehealth.BUILTIN_MODEL, *COMMON, "--out", str(out), "--json", "--wandb", "p"])
+    logged = json.loads(capsys.readouterr().out)["wandb"]
+    assert sorted(logged) == ["sweep_1", "sweep_10"]
+    for location in logged.values():
+        assert list(Path(location).glob("run-*.wandb")) and Path(location).is_relative_to(tmp_path / "wb")
 
 
 def _one_line_error(capsys, argv) -> str:
