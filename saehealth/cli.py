@@ -58,6 +58,7 @@ HookOption = Annotated[str | None, typer.Option(help="TransformerLens hook (defa
 DatasetOption = Annotated[str | None, typer.Option(help="Built-in, local path or hub dataset.")]
 SplitOption = Annotated[str | None, typer.Option(help="Dataset split (default: a held-out one).")]
 TokensOption = Annotated[int | None, typer.Option("--tokens", help="Tokens to evaluate (default: up to 200k).")]
+NumSamplesOption = Annotated[int | None, typer.Option(help="Sequences to evaluate, instead of --tokens.")]
 ContextLengthOption = Annotated[int | None, typer.Option(help="Tokens per sequence (default: the checkpoint's).")]
 BatchSizeOption = Annotated[int, typer.Option(help="Sequences per batch.")]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")]
@@ -78,7 +79,7 @@ def eval_command(
     dataset: DatasetOption = None,
     split: SplitOption = None,
     tokens: TokensOption = None,
-    num_samples: Annotated[int | None, typer.Option(help="Sequences to evaluate, instead of --tokens.")] = None,
+    num_samples: NumSamplesOption = None,
     context_length: ContextLengthOption = None,
     batch_size: BatchSizeOption = 16,
     device: DeviceOption = "cpu",
@@ -151,6 +152,7 @@ def compare_command(
     dataset: DatasetOption = None,
     split: SplitOption = None,
     tokens: TokensOption = None,
+    num_samples: NumSamplesOption = None,
     context_length: ContextLengthOption = None,
     batch_size: BatchSizeOption = 16,
     device: DeviceOption = "cpu",
@@ -194,6 +196,7 @@ def compare_command(
         dataset=dataset,
         split=split,
         n_tokens=tokens,
+        num_samples=num_samples,
         context_length=context_length,
         batch_size=batch_size,
         device=device,

@@ -50,6 +50,7 @@ class CompareConfig:
     dataset: str | None = None
     split: str | None = None
     n_tokens: int | None = None
+    num_samples: int | None = None  # alternative to n_tokens: number of sequences
     context_length: int | None = None
     batch_size: int = 16
     device: str = "cpu"
@@ -81,6 +82,7 @@ class CompareConfig:
             dataset=self.dataset,
             split=self.split,
             n_tokens=self.n_tokens,
+            num_samples=self.num_samples,
             context_length=self.context_length,
             batch_size=self.batch_size,
             device=self.device,

@@ -251,6 +251,14 @@ def test_each_sae_becomes_a_wandb_run(compared, capsys, monkeypatch, tmp_path):
         assert list(Path(location).glob("run-*.wandb")) and Path(location).is_relative_to(tmp_path / "wb")
 
 
+def test_num_samples_sets_the_sequences_of_every_sae(tmp_path):
+    a, b = _random_standard_sae(tmp_path / "a", seed=3), _random_standard_sae(tmp_path / "b", seed=4)
+    main(["compare", str(a), str(b), "--num-samples", "6", "--skip", "absorption", "--out", str(tmp_path / "o")])
+    for name in ("a", "b"):
+        result = load_result(tmp_path / "o" / name)
+        assert (result.eval.n_sequences, result.eval.n_tokens) == (6, 6 * 128)
+
+
 def _one_line_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exc:
         main(argv)
