@@ -11,10 +11,14 @@ Residual-stream hooks (`blocks.N.hook_resid_pre` / `hook_resid_post`) hand the r
 `start_at_layer`. There the zero-ablated continuation starts from an all-zero residual, which carries no
 token information, so its logits are the same for every sequence: they are computed once per context
 length and reused (an exact saving of a third of the continuation work, not an approximation).
-Hooks inside a block (`hook_resid_mid`, `hook_attn_out`, `hook_mlp_out`, `mlp.hook_post`, `attn.hook_z`,
-...) restart from that block: clean and zero-ablated copies run stacked in one call (a hook zeroes the
-second half), each SAE's splice in its own call through a replacement hook. Anything else (e.g.
-`hook_embed`) runs the whole model with the replacement hook.
+`blocks.N.hook_mlp_out` is what the MLP adds to the residual stream (resid_post = resid_mid + mlp_out,
+or resid_pre + attn_out + mlp_out with parallel attention, and TransformerLens hooks it after any
+post-MLP norm), so the prefix runs through block N once, capturing x, and the continuations start at
+block N + 1 from resid_post (clean), resid_post + (x̂ − x) (spliced) and resid_post − x (zero ablation).
+Other hooks inside a block (`hook_resid_mid`, `hook_attn_out`, `mlp.hook_post`, `attn.hook_z`, ...)
+restart from that block: clean, zero-ablated (a hook returns zeros) and each SAE's splice (a replacement
+hook) each in a call of its own (stacking them into one call was slower on CPU: larger fresh allocations).
+Anything else (e.g. `hook_embed`) runs the whole model with the replacement hook.
 
 Transcoders read one hook and write another: x is read at the input hook, and the decoder's output
 replaces the activation at the output hook, whose true value is the reconstruction target.
@@ -42,7 +46,7 @@ class SpliceSite:
 
     hook_name: str  # where the reconstruction is spliced in (the output hook for transcoders)
     input_hook: str  # where the SAE reads its input (== hook_name for SAEs)
-    kind: str  # "residual" | "in_block" | "generic"
+    kind: str  # "residual" | "mlp_out" | "in_block" | "generic"
     prefix_stop: int | None  # stop_at_layer for the shared prefix (None: no shared prefix)
     resume_at: int | None  # start_at_layer for the continuation
     head_dims: bool  # the spliced activation is (batch, pos, n_heads, d_head): flattened for the SAE
@@ -87,6 +91,8 @@ def splice_site(
         return SpliceSite(hook_name, input_hook, "residual", layer, layer, *dims)
     if input_hook == hook_name and rest == "hook_resid_post":
         return SpliceSite(hook_name, input_hook, "residual", layer + 1, layer + 1, *dims)
+    if rest == "hook_mlp_out" and in_block[0] <= layer:
+        return SpliceSite(hook_name, input_hook, "mlp_out", layer + 1, layer + 1, *dims)
     start = min(layer, in_block[0])
     return SpliceSite(hook_name, input_hook, "in_block", start, start, *dims)
 
@@ -158,9 +164,16 @@ def replay_batch(
 ) -> BatchOutputs:
     """Run one batch: the shared prefix once, clean and zero-ablated continuations once, then one
     spliced continuation per SAE (all SAEs at this site share everything but their own splice)."""
-    batch = tokens.shape[0]
+    captured: dict[str, torch.Tensor] = {}
     if site.kind == "generic":
         start, resume_at = tokens, None
+    elif site.kind == "mlp_out":  # the prefix runs through the hook's block and records the SAE's hooks
+
+        def capture(activation, hook):
+            captured[hook.name] = activation
+
+        with model.hooks(fwd_hooks=[(name, capture) for name in {site.input_hook, site.hook_name}]):
+            start, resume_at = model(tokens, stop_at_layer=site.prefix_stop), site.resume_at
     else:
         start, resume_at = model(tokens, stop_at_layer=site.prefix_stop), site.resume_at
 
@@ -193,11 +206,21 @@ def replay_batch(
             outputs.append(SAEOutputs(**record, final=_final(model, spliced, resume_at)))
         return BatchOutputs(clean, zero, outputs)
 
-    def zero_second_half(activation, hook):  # noqa: ARG001
-        return torch.cat([activation[:batch], torch.zeros_like(activation[batch:])])
+    if site.kind == "mlp_out":
+        x = captured[site.hook_name]
+        clean, zero = _final(model, start, resume_at), _final(model, start - x, resume_at)
+        for encode, decode in saes:
+            record = {}
+            change = reconstruct(encode, decode, captured[site.input_hook], x, record) - x  # 0 where masked
+            outputs.append(SAEOutputs(**record, final=_final(model, start + change, resume_at)))
+        return BatchOutputs(clean, zero, outputs)
 
-    with model.hooks(fwd_hooks=[(site.hook_name, zero_second_half)]):
-        clean, zero = _final(model, torch.cat([start, start]), resume_at).split(batch)
+    def zero_ablate(activation, hook):  # noqa: ARG001
+        return torch.zeros_like(activation)
+
+    clean = _final(model, start, resume_at)
+    with model.hooks(fwd_hooks=[(site.hook_name, zero_ablate)]):
+        zero = _final(model, start, resume_at)
     for encode, decode in saes:
         record = {}
 

@@ -44,6 +44,30 @@ def test_zero_ablation_of_a_residual_is_shared_and_matches_the_hooked_model(buil
         assert again.zero is out.zero
 
 
+@pytest.mark.parametrize(
+    ("hook", "kind"),
+    [
+        ("blocks.0.hook_mlp_out", "mlp_out"),
+        ("blocks.1.hook_mlp_out", "mlp_out"),
+        ("blocks.0.hook_attn_out", "in_block"),
+    ],
+)
+def test_zero_ablation_inside_a_block_matches_the_hooked_model(builtin_model, hook, kind):
+    """mlp_out is replayed additively on resid_post (resid_post - x for the zero ablation); other in-block hooks
+    restart their block. Either way the result is the model run with that hook zeroed."""
+    tokens = _tokens(builtin_model)
+    site = splice_site(builtin_model, hook)
+    assert site.kind == kind
+    with torch.no_grad():
+        expected = builtin_model.run_with_hooks(tokens, fwd_hooks=[(hook, lambda act, hook: torch.zeros_like(act))])
+        half = builtin_model.run_with_hooks(tokens, fwd_hooks=[(hook, lambda act, hook: 0.5 * act)])
+        halve = (lambda x: x), (lambda x: 0.5 * x)
+        out = replay_batch(builtin_model, site, [halve], tokens, torch.ones_like(tokens, dtype=torch.bool))
+        logits = readout(builtin_model).logits
+        assert logits(out.zero) == pytest.approx(expected, abs=1e-4)
+        assert logits(out.saes[0].final) == pytest.approx(half, abs=1e-4)
+
+
 def test_readout_applies_the_output_soft_cap(builtin_model, monkeypatch):
     tokens = _tokens(builtin_model)
     monkeypatch.setattr(builtin_model.cfg, "output_logits_soft_cap", 2.0)
