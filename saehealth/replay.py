@@ -207,6 +207,9 @@ def replay_batch(
         return BatchOutputs(clean, zero, outputs)
 
     if site.kind == "mlp_out":
+        silent = sorted({site.input_hook, site.hook_name} - captured.keys())
+        if silent:
+            raise IncompatibleSAEError(f"Hook {silent[0]!r} never fired in a forward pass: pick another hook.")
         x = captured[site.hook_name]
         clean, zero = _final(model, start, resume_at), _final(model, start - x, resume_at)
         for encode, decode in saes:
