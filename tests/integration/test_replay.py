@@ -82,3 +82,13 @@ def test_readout_applies_the_output_soft_cap(builtin_model, monkeypatch):
         )
         assert expected.abs().max() < 2.0
         assert readout(builtin_model).logits(out.clean) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_transcoder_hook_that_never_fires_is_named(builtin_model):
+    """hook_mlp_in exists but fires only with use_hook_mlp_in; the error names it instead of a KeyError."""
+    from saehealth.errors import IncompatibleSAEError
+
+    site = splice_site(builtin_model, "blocks.0.hook_mlp_out", input_hook="blocks.0.hook_mlp_in")
+    tokens = _tokens(builtin_model)
+    with pytest.raises(IncompatibleSAEError, match="hook_mlp_in' never fired"):
+        replay_batch(builtin_model, site, [_identity()], tokens, torch.ones_like(tokens, dtype=torch.bool))
