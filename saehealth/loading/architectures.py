@@ -53,14 +53,31 @@ def _activation(kind: str, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return TopK(k)
 
 
-class _SkipInput:
-    """Remembers the raw input of the last `encode` so `decode` can add the linear skip term."""
+class _SparsifyCoder:
+    """What sparsify's SAE and transcoder share, placed before the SAELens base class: the topk/groupmax
+    activation, and the optional linear skip connection, whose term needs the raw input of the last `encode`
+    (remembered there, consumed by `decode`)."""
 
+    cfg: Any
     W_skip: nn.Parameter
-    _skip_input: torch.Tensor | None
+    _skip_input: torch.Tensor | None = None
 
-    def _remember_input(self, x: torch.Tensor) -> None:
-        self._skip_input = x
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()  # type: ignore[misc]
+        if self.cfg.skip_connection:
+            d_out = getattr(self.cfg, "d_out", self.cfg.d_in)  # transcoders write another space
+            self.W_skip = nn.Parameter(torch.zeros(d_out, self.cfg.d_in, dtype=self.dtype, device=self.device))
+
+    @override
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return _activation(self.cfg.activation, self.cfg.k)
+
+    @override
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.skip_connection:
+            self._skip_input = x.to(self.dtype)
+        return super().encode(x)  # type: ignore[misc]
 
     def _skip_term(self, feature_acts: torch.Tensor) -> torch.Tensor:
         x = self._skip_input
@@ -86,30 +103,10 @@ class SparsifySAEConfig(TopKSAEConfig):
         return "sparsify"
 
 
-class SparsifySAE(TopKSAE, _SkipInput):
+class SparsifySAE(_SparsifyCoder, TopKSAE):
     """sparsify's SAE: relu(W_enc (x - b_dec) + b_enc) -> topk/groupmax -> W_dec + b_dec (+ W_skip x)."""
 
     cfg: SparsifySAEConfig  # type: ignore[assignment]
-
-    def __init__(self, cfg: SparsifySAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)
-        self._skip_input = None
-
-    @override
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
-        if self.cfg.skip_connection:
-            self.W_skip = nn.Parameter(torch.zeros(self.cfg.d_in, self.cfg.d_in, dtype=self.dtype, device=self.device))
-
-    @override
-    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return _activation(self.cfg.activation, self.cfg.k)
-
-    @override
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.skip_connection:
-            self._remember_input(x.to(self.dtype))
-        return super().encode(x)
 
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
@@ -156,30 +153,10 @@ class SparsifyTranscoderConfig(TranscoderConfig):
         }
 
 
-class SparsifyTranscoder(Transcoder, _SkipInput):
+class SparsifyTranscoder(_SparsifyCoder, Transcoder):
     """sparsify's transcoder: relu(W_enc x + b_enc) -> topk/groupmax -> W_dec + b_dec (+ W_skip x); no b_dec on input."""
 
     cfg: SparsifyTranscoderConfig  # type: ignore[assignment]
-
-    def __init__(self, cfg: SparsifyTranscoderConfig):
-        super().__init__(cfg)
-        self._skip_input = None
-
-    @override
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
-        if self.cfg.skip_connection:
-            self.W_skip = nn.Parameter(torch.zeros(self.cfg.d_out, self.cfg.d_in, dtype=self.dtype, device=self.device))
-
-    @override
-    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return _activation(self.cfg.activation, self.cfg.k)
-
-    @override
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.skip_connection:
-            self._remember_input(x.to(self.dtype))
-        return super().encode(x)
 
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
