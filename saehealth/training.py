@@ -856,6 +856,7 @@ def _token_progress_bar() -> Iterator[None]:
     a bar that sits still. We swap in a tokens bar and a per-step update (loss values every 25 steps);
     if a later SAELens moves these names, its own bar is left as it is.
     """
+    import torch
     from sae_lens.training import sae_trainer
 
     trainer_class = getattr(sae_trainer, "SAETrainer", None)
@@ -875,9 +876,9 @@ def _token_progress_bar() -> Iterator[None]:
         # The last batch may overshoot training_tokens; stop the bar at its total rather than past it.
         pbar.update(min(self.cfg.train_batch_size_samples, max(0, (pbar.total or 0) - pbar.n)))
         if self.n_training_steps % update_interval == 0:
+            values = {name: value() if callable(value) else value for name, value in step_output.losses.items()}
             losses = ", ".join(
-                f"{name}={float(value() if callable(value) else value):.4g}"
-                for name, value in step_output.losses.items()
+                f"{name}={float(v.detach() if isinstance(v, torch.Tensor) else v):.4g}" for name, v in values.items()
             )
             pbar.set_postfix_str(losses, refresh=False)
 
