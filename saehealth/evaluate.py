@@ -20,6 +20,7 @@ from saehealth import builtin
 from saehealth.config import DEFAULT_MAX_TOKENS, EvalConfig
 from saehealth.data import load_dataset, sequence_batches, special_token_mask
 from saehealth.errors import ConfigError, DataError, IncompatibleSAEError
+from saehealth.fingerprint import weights_fingerprint
 from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import DownstreamAccumulator, downstream_totals
 from saehealth.metrics.geometry import geometry_metrics
@@ -123,6 +124,7 @@ class Evaluation:
         self.notes: list[str] = []
         self.not_measured: dict[str, str] = {}
         self.started_at = datetime.now(timezone.utc)
+        self._weights: str | None = None  # the SAE's weights fingerprint, computed once
 
     def run(self) -> EvalResult:
         cached = self.load()
@@ -266,9 +268,19 @@ class Evaluation:
             "format",
             "absorption_min_letters",
         )
-        return {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in keys}
+        request = {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in keys}
+        if self._weights is None:
+            self._weights = weights_fingerprint(self.loaded.sae)
+        request["sae_weights"] = self._weights  # a retrained checkpoint at the same path is another SAE
+        return request
 
     def _reusable_result(self, out: Path) -> EvalResult | None:
+        """The saved result in `out` when it was computed from these settings and these weights, else None.
+
+        A result computed with the same settings from other weights (the checkpoint was retrained, or the
+        result predates weight fingerprints) describes another SAE: it is computed again and replaced. One
+        computed with other settings is refused.
+        """
         from saehealth.result import RESULT_FILE
 
         path = out / RESULT_FILE
@@ -276,14 +288,22 @@ class Evaluation:
             return None
         import json
 
-        saved_request = json.loads(path.read_text()).get("request")
-        if saved_request != self._request():
-            raise ConfigError(
-                f"{path} holds a result computed with other settings: pass --force to replace it, or --out DIR."
-            )
-        if self.console is not None:
-            self.console.print(f"[dim]Reusing {path} (pass --force to re-run).[/]")
-        return load_result(path)
+        saved_request, request = json.loads(path.read_text()).get("request") or {}, self._request()
+        if saved_request == request:
+            if self.console is not None:
+                self.console.print(f"[dim]Reusing {path} (pass --force to re-run).[/]")
+            return load_result(path)
+
+        def settings(r: dict) -> dict:
+            return {k: v for k, v in r.items() if k != "sae_weights"}
+
+        if settings(saved_request) == settings(request):
+            if self.console is not None:
+                self.console.print(f"[dim]{path} was computed from other weights: evaluating these.[/]")
+            return None
+        raise ConfigError(
+            f"{path} holds a result computed with other settings: pass --force to replace it, or --out DIR."
+        )
 
     def _hook_name(self, loaded) -> str:
         cfg = self.config

@@ -55,6 +55,7 @@ import torch
 
 from saehealth import spelling
 from saehealth.errors import IncompatibleSAEError
+from saehealth.fingerprint import weights_fingerprint
 
 LETTERS = spelling.LETTERS
 N_LETTERS = len(LETTERS)
@@ -648,20 +649,8 @@ def _icl_examples_that_fit(tokenizer, n_ctx: int, wanted: int) -> int:
 
 
 def model_fingerprint(model) -> str:
-    """A hash of the model's weights that is cheap even for billions of parameters.
-
-    Per parameter: name, shape, dtype, the float64 sum and up to 4096 evenly strided raw values, so any
-    retraining or fine-tuning changes it; plus the tokenizer's vocabulary.
-    """
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
-            flat = tensor.detach().reshape(-1)
-            stride = max(1, flat.numel() // 4096)
-            sample = flat[::stride][:4096].float().cpu().numpy()
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-            digest.update(repr(float(torch.sum(flat, dtype=torch.float64))).encode())
-            digest.update(sample.tobytes())
+    """The model's weights fingerprint (`saehealth.fingerprint`) plus its tokenizer's vocabulary."""
+    digest = hashlib.sha256(weights_fingerprint(model).encode())
     vocab = sorted(model.tokenizer.get_vocab().items())
     digest.update(json.dumps(vocab).encode())
     return digest.hexdigest()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import saehealth
+from saehealth.errors import ConfigError
 from saehealth.evaluate import evaluate
 from saehealth.result import DETAILS_FILE, load_details
 from tests.conftest import shifted_identity_sae
@@ -158,6 +159,25 @@ def test_existing_result_is_reused_unless_forced(tmp_path):
     assert again.provenance.started_at == first.provenance.started_at  # loaded, not recomputed
     forced = _evaluate(path, out, force=True)
     assert forced.metrics == first.metrics
+
+
+def test_a_retrained_checkpoint_is_evaluated_again_and_other_settings_are_refused(tmp_path):
+    hook = "blocks.0.hook_resid_post"
+    path, out = tmp_path / "sae", tmp_path / "out"
+    first = _evaluate(shifted_identity_sae(path, 128, hook_name=hook), out)
+    assert first.metrics["l2_ratio"] == pytest.approx(1.0, rel=1e-5)
+    shifted_identity_sae(path, 128, hook_name=hook, decoder_scale=0.5)  # new weights, same path and settings
+    second = _evaluate(path, out)
+    assert second.metrics["l2_ratio"] == pytest.approx(0.5, rel=1e-5)
+    assert json.loads((out / "result.json").read_text())["metrics"]["l2_ratio"] == pytest.approx(0.5, rel=1e-5)
+    # A result saved before results recorded the weights is recomputed too, not trusted.
+    saved = json.loads((out / "result.json").read_text())
+    del saved["request"]["sae_weights"]
+    (out / "result.json").write_text(json.dumps(saved))
+    assert "sae_weights" in _evaluate(path, out).request
+    assert "sae_weights" in json.loads((out / "result.json").read_text())["request"]  # written again
+    with pytest.raises(ConfigError, match="other settings"):
+        _evaluate(path, out, seed=7)
 
 
 def test_more_tokens_than_the_dataset_holds_evaluates_all_and_says_so(tmp_path):
