@@ -250,17 +250,19 @@ def demo_command(
 ) -> None:
     """The whole job on the built-in model, offline: train the demo SAE (if missing), evaluate it, report.
 
-    Trains with the packaged demo config through SAELens (about two minutes on 2 CPU cores), then runs
+    Trains with the packaged demo config through SAELens (under a minute on 2 CPU cores), then runs
     `saehealth eval` on it and writes result.json and report.md with plots to --out."""
     from saehealth import training
     from saehealth.config import EvalConfig
     from saehealth.evaluate import evaluate
 
-    if not (checkpoint / "cfg.json").is_file():
+    trained_now = not (checkpoint / "cfg.json").is_file()
+    if trained_now:
         console.print(f"[bold]Training the demo SAE[/] into {checkpoint} (SAELens, built-in model) ...")
-        trained = training.train("demo", {"output_path": str(checkpoint)})
-        checkpoint = Path(trained)
-    config = EvalConfig(sae_path=str(checkpoint), out=out, force=force, device=device)
+        training.train("demo", {"output_path": str(checkpoint)})
+    # A freshly trained SAE is always evaluated, so the demo runs the whole job even where a saved report
+    # of identical weights exists (training is deterministic on one machine, so a fresh clone has one).
+    config = EvalConfig(sae_path=str(checkpoint), out=out, force=force or trained_now, device=device)
     result = evaluate(config=config, console=None if quiet else console)
     _present(result, out, quiet=quiet, json_output=False, strict=strict, wandb_project=None)
 
