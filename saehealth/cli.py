@@ -188,9 +188,10 @@ def compare_command(
     from saehealth.report.compare_report import print_comparison
     from saehealth.thresholds import is_unhealthy
 
-    config = CompareConfig(
-        paths=tuple(paths or ()),
-        sweep=tuple(sweep or ()),
+    config = CompareConfig.of(
+        paths or (),
+        sweep=sweep or (),
+        out=out,
         model=model,
         hook=hook,
         dataset=dataset,
@@ -202,7 +203,6 @@ def compare_command(
         device=device,
         dtype=dtype,
         seed=seed,
-        out=out,
         force=force,
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),

@@ -41,58 +41,29 @@ _MEMBER_NAME = re.compile(r"^(trainer_\d+|layers?[._]\d+.*|h\.\d+.*|blocks?[._]\
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """What `saehealth compare` evaluates and how; None means: resolve it from the SAEs, as eval does."""
+    """What `saehealth compare` evaluates (paths, sweep globs) and where it writes; `evaluation` holds the
+    options every SAE is evaluated with, validated by EvalConfig (its sae_path and out are set per SAE)."""
 
     paths: tuple[str, ...] = ()
     sweep: tuple[str, ...] = ()  # globs; every match is added after the paths
-    model: str | None = None
-    hook: str | None = None
-    dataset: str | None = None
-    split: str | None = None
-    n_tokens: int | None = None
-    num_samples: int | None = None  # alternative to n_tokens: number of sequences
-    context_length: int | None = None
-    batch_size: int = 16
-    device: str = "cpu"
-    dtype: str = "float32"
-    seed: int = 42
     out: Path | None = None
-    force: bool = False
-    include_special_tokens: bool = False
-    skip: tuple[str, ...] = ()
-    thresholds: str | None = None
+    evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(sae_path=""))
 
     def __post_init__(self) -> None:
         if not self.paths and not self.sweep:
             raise ConfigError(
                 "Nothing to compare: give checkpoint paths, or --sweep 'GLOB' (e.g. 'checkpoints/sweep_*')."
             )
-        self.template()  # validates the shared options with EvalConfig's checks
+
+    @classmethod
+    def of(cls, paths=(), sweep=(), out: Path | None = None, **options) -> CompareConfig:
+        """From checkpoint paths and any EvalConfig option as a keyword (n_tokens=, device=, skip=, ...)."""
+        paths = [paths] if isinstance(paths, (str, Path)) else paths
+        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options))
 
     @property
     def out_folder(self) -> Path:
         return Path(self.out) if self.out is not None else DEFAULT_OUT
-
-    def template(self) -> EvalConfig:
-        """The evaluation options every SAE shares (sae_path and out are set per SAE)."""
-        return EvalConfig(
-            sae_path="",
-            model=self.model,
-            hook=self.hook,
-            dataset=self.dataset,
-            split=self.split,
-            n_tokens=self.n_tokens,
-            num_samples=self.num_samples,
-            context_length=self.context_length,
-            batch_size=self.batch_size,
-            device=self.device,
-            dtype=self.dtype,
-            seed=self.seed,
-            force=self.force,
-            include_special_tokens=self.include_special_tokens,
-            skip=tuple(self.skip),
-            thresholds=self.thresholds,
-        )
 
 
 @dataclass
@@ -131,15 +102,13 @@ class Comparison:
 def compare(paths=(), *, config: CompareConfig | None = None, console=None, **options) -> Comparison:
     """Evaluate several SAE checkpoints on identical tokens and write the comparison; returns it.
 
-    Either pass a `CompareConfig`, or the paths and any `CompareConfig` field as keyword arguments:
-    `saehealth.compare.compare(["a", "b"], sweep=("checkpoints/sweep_*",), n_tokens=20_000)`.
+    Either pass a `CompareConfig`, or the paths, `sweep`, `out` and any `EvalConfig` option as keyword
+    arguments: `saehealth.compare.compare(["a", "b"], sweep=("checkpoints/sweep_*",), n_tokens=20_000)`.
     Writes `<out>/<name>/` per SAE (result.json, details, report.md) and `<out>/comparison.{json,md}` with
     frontier plots.
     """
     if config is None:
-        config = CompareConfig(
-            paths=tuple(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)), **options
-        )
+        config = CompareConfig.of(paths, **options)
     elif options or paths:
         raise ConfigError("Pass either a config or paths and keyword options to compare(), not both.")
     return _Comparer(config, console).run()
@@ -202,15 +171,15 @@ class _Comparer:
         from saehealth.models import load_model
 
         started = time.perf_counter()
-        cfg = self.config
+        cfg, options = self.config, self.config.evaluation
         members = self._load_all(checkpoint_paths(cfg.paths, cfg.sweep))
         names = unique_names([path for path, _, _ in members])
         named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
         model_name, kwargs = self._shared_model(named), self._shared_model_kwargs(named)
         t0 = time.perf_counter()
-        model = load_model(model_name, device=cfg.device, dtype=cfg.dtype, from_pretrained_kwargs=kwargs)
+        model = load_model(model_name, device=options.device, dtype=options.dtype, from_pretrained_kwargs=kwargs)
         self.timing["load_model_s"] = time.perf_counter() - t0
-        template = replace(cfg.template(), model=model_name)
+        template = replace(options, model=model_name)
         context = self._shared_context(template, model, names, [loaded for _, loaded, _ in members])
         dataset_name, split, dataset_notes = self._shared_dataset(template, model_name, names, members)
         self.notes += dataset_notes
@@ -240,11 +209,11 @@ class _Comparer:
 
         entries = []
         for name, evaluation, result, was_reused in zip(names, evaluations, results, reused, strict=True):
-            if was_reused and cfg.thresholds is not None:
+            if was_reused and options.thresholds is not None:
                 from saehealth.thresholds import assess, load_thresholds
 
                 result.verdicts = assess(
-                    result.metrics, result.not_measured, load_thresholds(cfg.thresholds), d_sae=result.sae.d_sae
+                    result.metrics, result.not_measured, load_thresholds(options.thresholds), d_sae=result.sae.d_sae
                 )
             entries.append(ComparedSAE(name, evaluation.config.sae_path, result, cfg.out_folder / name, was_reused))
 
@@ -259,9 +228,9 @@ class _Comparer:
             "n_sequences": first.n_sequences,
             "seed": first.seed,
             "mask_special_tokens": first.mask_special_tokens,
-            "requested_tokens": cfg.n_tokens,
-            "thresholds": cfg.thresholds or "default",
-            "skip": list(cfg.skip),
+            "requested_tokens": options.n_tokens,
+            "thresholds": options.thresholds or "default",
+            "skip": list(options.skip),
         }
         comparison = Comparison(entries, settings, cfg.out_folder, self.notes, self.timing)
         if not comparison.identical_tokens:
@@ -277,13 +246,13 @@ class _Comparer:
         """(sae_path, LoadedSAE, load seconds) per SAE; a folder of several SAEs gives one entry per member."""
         from saehealth.loading import load_checkpoint
 
-        cfg = self.config
+        options = self.config.evaluation
         members: list[tuple[str, object, float]] = []
         seen: set[Path] = set()
         t_all = time.perf_counter()
         for path in paths:
             t0 = time.perf_counter()
-            loaded = load_checkpoint(path, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype)
+            loaded = load_checkpoint(path, hook=options.hook, device=options.device, dtype=options.dtype)
             seconds = time.perf_counter() - t0
             items = loaded if isinstance(loaded, list) else [loaded]
             for item in items:
@@ -298,8 +267,8 @@ class _Comparer:
         return members
 
     def _shared_model(self, named: list[tuple[str, object]]) -> str:
-        if self.config.model:
-            return self.config.model
+        if self.config.evaluation.model:
+            return self.config.evaluation.model
         by_model: dict[str, list[str]] = {}
         for name, loaded in named:
             if loaded.model_name:
@@ -370,14 +339,16 @@ class _Comparer:
         """One `score_batches` pass per splice site over the same token batches; finish every result."""
         from saehealth.data import sequence_batches
 
-        cfg = self.config
+        options = self.config.evaluation
         groups: dict[SpliceSite, list[int]] = {}  # SAEs at the same site (hooks and head) share a pass
         for i, plan in plans.items():
             groups.setdefault(plan.site, []).append(i)
         some = next(iter(plans.values()))
         # Tokenised once and reused by every group: identical tokens by construction.
         batches = list(
-            sequence_batches(some.dataset, model.tokenizer, some.context, some.n_sequences, cfg.batch_size, cfg.seed)
+            sequence_batches(
+                some.dataset, model.tokenizer, some.context, some.n_sequences, options.batch_size, options.seed
+            )
         )
         results: dict[int, EvalResult] = {}
         passes: dict[str, float] = {}
@@ -394,8 +365,8 @@ class _Comparer:
                     site,
                     [plans[i].sae for i in members],
                     batches,
-                    cfg.include_special_tokens,
-                    cfg.device,
+                    options.include_special_tokens,
+                    options.device,
                     advance,
                 )
             seconds = time.perf_counter() - t0
