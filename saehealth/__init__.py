@@ -4,6 +4,9 @@ Public API (heavy imports happen on first use, so `saehealth --help` stays fast)
 - `BUILTIN_MODEL`, `BUILTIN_DATASET`: names of the embedded tiny model and corpus.
 - `load_model(name, device=..., dtype=...)`: a TransformerLens `HookedTransformer`.
 - `load_dataset(name, split=...)`: a `datasets.Dataset` with a text or tokens column.
+- `load_sae(path, ...)`: a `sae_lens.SAE`, whatever library wrote the checkpoint.
+- `evaluate(sae_path, **options)`: the typed `EvalResult` of one SAE (options as `saehealth eval`'s).
+- `saehealth.compare.compare(paths, **options)`: several SAEs side by side on identical tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ _LAZY = {
     "load_model": "saehealth.models",
     "load_dataset": "saehealth.data",
     "load_sae": "saehealth.loading",
+    "evaluate": "saehealth.evaluation",
 }
 
 __all__ = ["BUILTIN_DATASET", "BUILTIN_MODEL", "__version__", *_LAZY]

@@ -102,7 +102,7 @@ def eval_command(
     Writes result.json, its per-latent companion and report.md with plots to the result folder, prints
     the health report, and with --strict exits 2 when a headline metric is unhealthy."""
     from saehealth.config import EvalConfig
-    from saehealth.evaluate import evaluate, result_folder
+    from saehealth.evaluation import evaluate, result_folder
 
     config = EvalConfig(
         sae_path=sae_path,
@@ -254,7 +254,7 @@ def demo_command(
     `saehealth eval` on it and writes result.json and report.md with plots to --out."""
     from saehealth import training
     from saehealth.config import EvalConfig
-    from saehealth.evaluate import evaluate
+    from saehealth.evaluation import evaluate
 
     trained_now = not (checkpoint / "cfg.json").is_file()
     if trained_now:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
-from saehealth.evaluate import Evaluation, _progress, score_batches
+from saehealth.evaluation import Evaluation, _progress, score_batches
 from saehealth.loading.files import natural_key
 from saehealth.replay import SpliceSite
 from saehealth.result import EvalResult, _atomic_write

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import saehealth  # noqa: E402
 from saehealth.compare import compare  # noqa: E402
 from saehealth.data import load_dataset, sequence_batches  # noqa: E402
-from saehealth.evaluate import evaluate, score_batches  # noqa: E402
+from saehealth.evaluation import evaluate, score_batches  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
 from saehealth.report import write_markdown_report  # noqa: E402

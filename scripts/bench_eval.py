@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import saehealth  # noqa: E402
 from saehealth.crosscheck import saelens_run_evals  # noqa: E402
 from saehealth.data import load_dataset, sequence_batches  # noqa: E402
-from saehealth.evaluate import score_batches  # noqa: E402
+from saehealth.evaluation import score_batches  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
 

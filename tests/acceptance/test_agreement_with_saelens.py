@@ -12,7 +12,7 @@ import torch
 import saehealth
 from saehealth.crosscheck import comparable, saelens_run_evals
 from saehealth.data import load_dataset, sequence_batches
-from saehealth.evaluate import score_batches
+from saehealth.evaluation import score_batches
 from saehealth.replay import splice_site
 
 N_SEQUENCES = 24

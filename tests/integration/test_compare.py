@@ -17,7 +17,7 @@ import saehealth
 from saehealth import compare as compare_module
 from saehealth.cli import main
 from saehealth.compare import checkpoint_paths, compare, pareto_front, unique_names
-from saehealth.evaluate import evaluate
+from saehealth.evaluation import evaluate
 from saehealth.result import METRIC_KEYS, load_result
 from tests.conftest import shifted_identity_sae, write_standard_sae
 

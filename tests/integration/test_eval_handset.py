@@ -9,7 +9,7 @@ import torch
 
 import saehealth
 from saehealth.errors import ConfigError
-from saehealth.evaluate import evaluate
+from saehealth.evaluation import evaluate
 from saehealth.result import DETAILS_FILE, load_details
 from tests.conftest import shifted_identity_sae
 
@@ -128,7 +128,7 @@ def test_the_model_is_loaded_as_the_checkpoint_records(tmp_path, builtin_model, 
         seen.append((name, options))
         return builtin_model
 
-    monkeypatch.setattr("saehealth.evaluate.load_model", fake_load_model)
+    monkeypatch.setattr("saehealth.evaluation.load_model", fake_load_model)
     result = _evaluate(path, tmp_path / "out", dataset=saehealth.BUILTIN_DATASET, split="validation")
     assert seen == [
         ("gpt2", {"device": "cpu", "dtype": "float32", "from_pretrained_kwargs": {"center_writing_weights": True}})
