@@ -27,7 +27,7 @@ from saehealth.metrics.geometry import geometry_metrics
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.models import check_hook, load_model
-from saehealth.replay import ReplayCache, SpliceSite, readout, replay_batch, splice_site
+from saehealth.replay import ReplayCache, SpliceSite, readout, replay_batch, sae_view, splice_site
 from saehealth.result import (
     ABSORPTION_KEYS,
     GEOMETRY_KEYS,
@@ -326,16 +326,13 @@ class Evaluation:
         last = site.hook_name
 
         def capture(activation, hook):
-            heads = hook.name.split(".")[-1] in ("hook_z", "hook_q", "hook_k", "hook_v", "hook_result")
-            if heads and site.head_index is not None:
-                if not 0 <= site.head_index < activation.shape[-2]:
-                    raise IncompatibleSAEError(
-                        f"The SAE reads head {site.head_index} but {hook.name} has {activation.shape[-2]} heads: "
-                        "check --model and hook_head_index in its cfg.json."
-                    )
-                widths[hook.name] = activation.shape[-1]
-            else:
-                widths[hook.name] = activation.flatten(-2, -1).shape[-1] if heads else activation.shape[-1]
+            heads = site.input_head_dims if hook.name == site.input_hook else site.head_dims
+            if site.head_index is not None and not 0 <= site.head_index < activation.shape[-2]:
+                raise IncompatibleSAEError(
+                    f"The SAE reads head {site.head_index} but {hook.name} has {activation.shape[-2]} heads: "
+                    "check --model and hook_head_index in its cfg.json."
+                )
+            widths[hook.name] = sae_view(activation, heads, site.head_index).shape[-1]  # what the SAE sees
             if hook.name == last and len(widths) == len({site.input_hook, site.hook_name}):
                 raise _StopForward
 

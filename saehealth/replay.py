@@ -64,9 +64,9 @@ def _block_of(hook_name: str) -> tuple[int, str] | None:
 
 
 def splice_site(
-    model,
+    model,  # noqa: ARG001
     hook_name: str,
-    input_hook: str | None = None,  # noqa: ARG001
+    input_hook: str | None = None,
     head_index: int | None = None,
 ) -> SpliceSite:
     """Classify a TransformerLens hook (and a transcoder's input hook) into a `SpliceSite`.
@@ -179,8 +179,8 @@ def replay_batch(
 
     def reconstruct(encode: Encoder, decode: Encoder, source: torch.Tensor, target: torch.Tensor, record: dict):
         """The SAE's output for `source`, spliced into `target` at unmasked positions."""
-        flat_source = _sae_view(source, site.input_head_dims, site.head_index)
-        flat_target = _sae_view(target, site.head_dims, site.head_index)
+        flat_source = sae_view(source, site.input_head_dims, site.head_index)
+        flat_target = sae_view(target, site.head_dims, site.head_index)
         feature_acts = encode(flat_source)
         x_hat = decode(feature_acts).to(flat_target.dtype)
         if x_hat.shape != flat_target.shape:
@@ -247,7 +247,7 @@ def replay_batch(
     return BatchOutputs(clean, zero, outputs)
 
 
-def _sae_view(activation: torch.Tensor, head_dims: bool, head_index: int | None) -> torch.Tensor:
+def sae_view(activation: torch.Tensor, head_dims: bool, head_index: int | None) -> torch.Tensor:
     """What the SAE sees of a hook's activation: one head, all heads flattened, or the activation itself."""
     if head_index is not None:
         return activation[..., head_index, :]

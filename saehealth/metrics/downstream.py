@@ -69,11 +69,8 @@ def downstream_totals(
     n_pos = length - 1
     predicting = mask[:, :-1].to(torch.float64)
     targets = tokens[:, 1:, None]
-    clean, zero, spliced = (
-        clean[:, :-1],
-        zero[:, :-1],
-        [final[:, :-1] for final in spliced],
-    )  # the last predicts nothing
+    # The last position predicts nothing.
+    clean, zero, spliced = clean[:, :-1], zero[:, :-1], [final[:, :-1] for final in spliced]
     new = lambda: torch.zeros(batch, dtype=torch.float64, device=tokens.device)  # noqa: E731
     shared = {"n_pred": predicting.sum(1), "ce_clean": new(), "ce_zero": new(), "kl_zero": new()}
     own = [{"ce_sae": new(), "kl_sae": new()} for _ in spliced]
@@ -92,15 +89,14 @@ def downstream_totals(
         else:
             zero_logits = readout.logits(zero[seqs, pos])
             lse_zero = _softmax_logsumexp(zero_logits)[1]
-        kl_zero = neg_entropy - (torch.linalg.vecdot(p, zero_logits) - lse_zero)  # broadcasts over sequences
-        shared["kl_zero"][seqs] += _summed(kl_zero, weight)
+        shared["kl_zero"][seqs] += _summed(_kl(neg_entropy, p, zero_logits, lse_zero), weight)
         shared["ce_zero"][seqs] += _summed(_cross_entropy(zero_logits, lse_zero, target), weight)
         del zero_logits
 
         for final, totals in zip(spliced, own, strict=True):
             logits = readout.logits(final[seqs, pos])
             lse = _softmax_logsumexp(logits)[1]
-            totals["kl_sae"][seqs] += _summed(neg_entropy - (torch.linalg.vecdot(p, logits) - lse), weight)
+            totals["kl_sae"][seqs] += _summed(_kl(neg_entropy, p, logits, lse), weight)
             totals["ce_sae"][seqs] += _summed(_cross_entropy(logits, lse, target), weight)
     return shared, own
 
@@ -108,6 +104,12 @@ def downstream_totals(
 def _cross_entropy(logits: torch.Tensor, lse: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """lse − logit[target] per position; logits of batch 1 broadcast over the target's sequences."""
     return lse - logits.expand(target.shape[0], -1, -1).gather(-1, target).squeeze(-1)
+
+
+def _kl(neg_entropy: torch.Tensor, p: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """KL(P‖Q) per position from the clean side (Σ p·clean − lse_clean, p) and Q's logits and logsumexp;
+    logits of batch 1 broadcast over the sequences."""
+    return neg_entropy - (torch.linalg.vecdot(p, logits) - lse)
 
 
 def _summed(per_position: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
