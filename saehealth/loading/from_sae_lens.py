@@ -21,7 +21,7 @@ from typing import Any
 from saehealth.errors import CheckpointError
 from saehealth.loading.base import Adapter, LoadedSAE, LoadRequest, register_adapter
 from saehealth.loading.convert import build_sae
-from saehealth.loading.detect import select_members
+from saehealth.loading.detect import find_adapter, select_members
 from saehealth.loading.files import check_finite, check_safetensors, natural_key, read_json
 
 CFG = "cfg.json"
@@ -278,8 +278,7 @@ class SaeLensMultiAdapter(Adapter):
         loaded = []
         for member in chosen:
             folder = path / member
-            adapter = SaeLensCheckpointAdapter() if _looks_like_training_checkpoint(folder) else SaeLensFolderAdapter()
-            item = adapter.load(folder, request)
+            item = find_adapter(folder).load(folder, request)  # a training checkpoint or a saved SAE
             if runner and not (folder / RUNNER_CFG).is_file():
                 item.training = {**_scalar_items(runner, TRAINING_KEYS), **item.training}
             loaded.append(item)
