@@ -61,13 +61,19 @@ TokensOption = Annotated[int | None, typer.Option("--tokens", help="Tokens to ev
 NumSamplesOption = Annotated[int | None, typer.Option(help="Sequences to evaluate, instead of --tokens.")]
 ContextLengthOption = Annotated[int | None, typer.Option(help="Tokens per sequence (default: the checkpoint's).")]
 BatchSizeOption = Annotated[int, typer.Option(help="Sequences per batch.")]
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps.")
+]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16.")]
 SeedOption = Annotated[int, typer.Option(help="Seed for data order and probes.")]
 IncludeSpecialTokensOption = Annotated[
     bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")
 ]
 SkipOption = Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")]
+SelectOption = Annotated[
+    str | None,
+    typer.Option(help="Glob over the SAEs of a run folder (hookpoint or member names), e.g. 'layers.*'."),
+]
 
 
 @app.command("eval")
@@ -82,7 +88,7 @@ def eval_command(
     num_samples: NumSamplesOption = None,
     context_length: ContextLengthOption = None,
     batch_size: BatchSizeOption = 16,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
     dtype: DtypeOption = "float32",
     seed: SeedOption = 42,
     out: Annotated[Path | None, typer.Option(help="Result folder (default: reports/<checkpoint name>/).")] = None,
@@ -90,6 +96,7 @@ def eval_command(
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
+    select: SelectOption = None,
     thresholds: ThresholdsOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
@@ -97,12 +104,16 @@ def eval_command(
     wandb_project: WandbOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print timings and notes.")] = False,
 ) -> None:
-    """Evaluate one SAE on real model activations: reconstruction, downstream loss, sparsity, absorption.
+    """Evaluate an SAE on real model activations: reconstruction, downstream loss, sparsity, absorption.
 
     Writes result.json, its per-latent companion and report.md with plots to the result folder, prints
-    the health report, and with --strict exits 2 when a headline metric is unhealthy."""
+    the health report, and with --strict exits 2 when a headline metric is unhealthy. A run folder holding
+    SAEs at several hooks (sparsify, SAELens multi-SAE, dictionary_learning trainers) is evaluated whole in one
+    pass: one result folder per SAE and run_report.md / run.json beside them."""
+    from saehealth.compare import evaluate_path
+    from saehealth.comparison import Comparison
     from saehealth.config import EvalConfig
-    from saehealth.evaluation import evaluate, result_folder
+    from saehealth.evaluation import result_folder
 
     config = EvalConfig(
         sae_path=sae_path,
@@ -126,9 +137,14 @@ def eval_command(
         thresholds=thresholds,
         verbose=verbose,
     )
-    result = evaluate(config=config, console=None if quiet or json_output else console)
+    outcome = evaluate_path(config, select, console=_console_for(quiet or json_output))
+    if outcome is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    if isinstance(outcome, Comparison):
+        _present_comparison(outcome, quiet=quiet, json_output=json_output, strict=strict, wandb_project=wandb_project)
+        return
     _present(
-        result,
+        outcome,
         result_folder(config),
         quiet=quiet,
         json_output=json_output,
@@ -155,13 +171,14 @@ def compare_command(
     num_samples: NumSamplesOption = None,
     context_length: ContextLengthOption = None,
     batch_size: BatchSizeOption = 16,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
     dtype: DtypeOption = "float32",
     seed: SeedOption = 42,
     out: Annotated[
         Path | None,
         typer.Option(help="Comparison folder, one result folder per SAE inside (default: reports/comparison/)."),
     ] = None,
+    select: SelectOption = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run SAEs whose results exist.")] = False,
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
@@ -182,16 +199,13 @@ def compare_command(
     share one pass (clean and zero-ablated runs computed once). Each SAE gets its own result folder
     <out>/<name>/ (reused unless --force), and <out>/comparison.md, comparison.json and L0-frontier plots
     sum them up. With --strict the exit code is 2 when any SAE has an unhealthy headline metric."""
-    import json
-
-    from saehealth.compare import CompareConfig, compare, comparison_to_dict
-    from saehealth.report.compare_report import print_comparison
-    from saehealth.thresholds import is_unhealthy
+    from saehealth.compare import CompareConfig, compare
 
     config = CompareConfig.of(
         paths or (),
         sweep=sweep or (),
         out=out,
+        select=select,
         model=model,
         hook=hook,
         dataset=dataset,
@@ -208,7 +222,28 @@ def compare_command(
         skip=tuple(skip or ()),
         thresholds=thresholds,
     )
-    comparison = compare(config=config, console=None if quiet or json_output else console)
+    comparison = compare(config=config, console=_console_for(quiet or json_output))
+    if comparison is not None:  # None on torchrun ranks other than 0: rank 0 reports
+        _present_comparison(
+            comparison, quiet=quiet, json_output=json_output, strict=strict, wandb_project=wandb_project
+        )
+
+
+def _console_for(silent: bool):
+    """The console progress and notes go to: none when asked to be quiet, or on torchrun ranks other than 0."""
+    from saehealth.distributed import ranks
+
+    return None if silent or not ranks().first else console
+
+
+def _present_comparison(comparison, *, quiet: bool, json_output: bool, strict: bool, wandb_project: str | None):
+    """Print the side-by-side table (or its JSON), log to W&B, apply --strict."""
+    import json
+
+    from saehealth.comparison import comparison_to_dict
+    from saehealth.report.compare_report import print_comparison
+    from saehealth.thresholds import is_unhealthy
+
     logged = _log_comparison(comparison, wandb_project) if wandb_project else {}
     if json_output:
         summary = comparison_to_dict(comparison)
@@ -244,7 +279,7 @@ def demo_command(
         "checkpoints/demo"
     ),
     force: Annotated[bool, typer.Option("--force", help="Re-run the evaluation even if a result exists.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    device: DeviceOption = "auto",
     quiet: QuietOption = False,
     strict: StrictOption = False,
 ) -> None:
@@ -419,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     except SaeHealthError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if _first_rank():  # under torchrun every rank stops with the error; rank 0 says it once
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except click.exceptions.ClickException as exc:
         exc.show()
@@ -429,8 +465,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    finally:
+        _leave_process_group()
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _first_rank() -> bool:
+    from saehealth.distributed import ranks
+
+    return ranks().first
+
+
+def _leave_process_group() -> None:
+    """torchrun ranks leave their process group before exiting (torch warns otherwise)."""
+    if "torch" in sys.modules:
+        from saehealth.distributed import finish
+
+        finish()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,15 @@
-"""`saehealth compare`: several SAEs, from any library, side by side on identical tokens.
+"""`saehealth compare`, and `saehealth eval` of a run folder: several SAEs of one model on identical tokens.
 
-Settings are resolved once for all SAEs: the model (from --model or the SAEs, which must agree), the context
-length (the SAEs must agree unless --context-length is given), the dataset and split (from the options or the
-first SAE that records one), the token count and seed. Each SAE then runs through the single-SAE evaluation
-steps (`evaluate.Evaluation`: resolve, finish) with those settings written into its config, so its result is
-what `saehealth eval` gives for it with the same options. The pass is shared: SAEs reading the same hook are
-scored in one `score_batches` call, whose prefix, clean and zero-ablated continuations run once per batch;
-SAEs at other hooks form their own groups over the same token batches.
+Settings are resolved once for all SAEs (`shared_settings.py`): the model (from --model or the SAEs, which must
+agree), the context length (the SAEs must agree unless --context-length is given), the dataset and split, the
+token count and seed. Each SAE then goes through the single-SAE steps (`evaluation.Evaluation`: reuse, plan,
+finish) with those settings written into its config, so its result is what `saehealth eval` gives for it with the
+same options. The pass is shared by all of them, whatever their hooks: one clean forward per batch, one zero
+ablation per site, each SAE spliced in at its own hook (`scoring.score_batches`).
 
-Each SAE keeps its own result folder, `<out>/<name>/` (result.json, details, report.md), reused unless
---force as in eval. The comparison itself is `<out>/comparison.json` and `<out>/comparison.md` with frontier
-plots (report/compare_report.py).
+Each SAE keeps its own result folder, `<out>/<name>/` (result.json, details, report.md), reused unless --force as
+in eval. The comparison itself is `<out>/comparison.{json,md}` with frontier plots, or for a run folder
+`<out>/run.json` and `<out>/run_report.md` with metrics plotted against layer (report/compare_report.py).
 """
 
 from __future__ import annotations
@@ -23,15 +22,16 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from saehealth import distributed
+from saehealth.comparison import SUMMARY_JSON, VIEWS, ComparedSAE, Comparison, by_layer, comparison_to_dict
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
-from saehealth.evaluation import Evaluation, _progress, score_batches
+from saehealth.evaluation import Evaluation, result_folder, share_of_tokens, token_batches
 from saehealth.loading.files import natural_key
-from saehealth.replay import SpliceSite
 from saehealth.result import EvalResult, _atomic_write
+from saehealth.scoring import progress, score_batches
+from saehealth.shared_settings import shared_context, shared_dataset, shared_model, shared_model_kwargs
 
-COMPARISON_JSON = "comparison.json"
-COMPARISON_SCHEMA_VERSION = 1
 DEFAULT_OUT = Path("reports") / "comparison"
 # Checkpoint file names that say nothing about the SAE: such an SAE is named after its folder.
 _GENERIC_STEMS = {"ae", "params", "sae", "sae_weights", "best_sae", "final_sae", "final", "model", "checkpoint"}
@@ -41,77 +41,74 @@ _MEMBER_NAME = re.compile(r"^(trainer_\d+|layers?[._]\d+.*|h\.\d+.*|blocks?[._]\
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """What `saehealth compare` evaluates (paths, sweep globs) and where it writes; `evaluation` holds the
-    options every SAE is evaluated with, validated by EvalConfig (its sae_path and out are set per SAE)."""
+    """What `saehealth compare` evaluates (paths, sweep globs, `select` over the members of run folders), where
+    it writes and how it is shown (`view`); `evaluation` holds the options every SAE is evaluated with, validated
+    by EvalConfig (its sae_path and out are set per SAE)."""
 
     paths: tuple[str, ...] = ()
     sweep: tuple[str, ...] = ()  # globs; every match is added after the paths
     out: Path | None = None
     evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(sae_path=""))
+    select: str | None = None
+    view: str = "comparison"
 
     def __post_init__(self) -> None:
         if not self.paths and not self.sweep:
             raise ConfigError(
                 "Nothing to compare: give checkpoint paths, or --sweep 'GLOB' (e.g. 'checkpoints/sweep_*')."
             )
+        if self.view not in VIEWS:
+            raise ConfigError(f"Unknown view {self.view!r}: choose from {', '.join(VIEWS)}.")
 
     @classmethod
-    def of(cls, paths=(), sweep=(), out: Path | None = None, **options) -> CompareConfig:
+    def of(cls, paths=(), sweep=(), out: Path | None = None, select: str | None = None, **options) -> CompareConfig:
         """From checkpoint paths and any EvalConfig option as a keyword (n_tokens=, device=, skip=, ...)."""
         paths = [paths] if isinstance(paths, (str, Path)) else paths
-        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options))
+        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options), select)
 
     @property
     def out_folder(self) -> Path:
         return Path(self.out) if self.out is not None else DEFAULT_OUT
 
 
-@dataclass
-class ComparedSAE:
-    """One SAE of a comparison: its name (= its result folder's name), checkpoint and result."""
-
-    name: str
-    path: str
-    result: EvalResult
-    folder: Path
-    reused: bool = False
-
-
-@dataclass
-class Comparison:
-    """The outcome of `compare`: one entry per SAE, in the order given, and the shared settings."""
-
-    entries: list[ComparedSAE]
-    settings: dict
-    out: Path
-    notes: list[str] = field(default_factory=list)
-    timing: dict[str, float] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)  # comparison.md, comparison.json, plots
-
-    @property
-    def identical_tokens(self) -> bool:
-        """True when every result was computed on the same tokens (always, unless an old result was reused)."""
-        keys = {_token_key(entry.result) for entry in self.entries}
-        return len(keys) == 1
-
-    @property
-    def hooks(self) -> list[str]:
-        return list(dict.fromkeys(entry.result.sae.where for entry in self.entries))
-
-
-def compare(paths=(), *, config: CompareConfig | None = None, console=None, **options) -> Comparison:
+def compare(paths=(), *, config: CompareConfig | None = None, console=None, **options) -> Comparison | None:
     """Evaluate several SAE checkpoints on identical tokens and write the comparison; returns it.
 
-    Either pass a `CompareConfig`, or the paths, `sweep`, `out` and any `EvalConfig` option as keyword
+    Either pass a `CompareConfig`, or the paths, `sweep`, `out`, `select` and any `EvalConfig` option as keyword
     arguments: `saehealth.compare.compare(["a", "b"], sweep=("checkpoints/sweep_*",), n_tokens=20_000)`.
     Writes `<out>/<name>/` per SAE (result.json, details, report.md) and `<out>/comparison.{json,md}` with
-    frontier plots.
+    frontier plots. Under torchrun, ranks other than 0 return None.
     """
     if config is None:
         config = CompareConfig.of(paths, **options)
     elif options or paths:
         raise ConfigError("Pass either a config or paths and keyword options to compare(), not both.")
     return _Comparer(config, console).run()
+
+
+def evaluate_path(config: EvalConfig, select: str | None = None, console=None) -> EvalResult | Comparison | None:
+    """`saehealth eval`: one SAE, or every SAE of a run folder (sparsify hookpoints, a SAELens multi-SAE run,
+    dictionary_learning trainers, a folder of SAELens SAEs) in one pass with a run report; `select` is a glob over
+    the folder's members. Under torchrun, ranks other than 0 return None."""
+    from saehealth.loading import load_checkpoint
+
+    distributed.setup(config.device)
+    with distributed.step():
+        t0 = time.perf_counter()
+        loaded = load_checkpoint(
+            config.sae_path, format=config.format, hook=config.hook, device=config.device, dtype=config.dtype,
+            select=select,
+        )  # fmt: skip
+        seconds = time.perf_counter() - t0
+    if isinstance(loaded, list):
+        run = CompareConfig((config.sae_path,), (), result_folder(config), config, select, "run")
+        members = [(item.path or config.sae_path, item, seconds / len(loaded)) for item in loaded]
+        return _Comparer(run, console, members).run()
+    if select is not None and loaded.path:  # one member picked out of a run folder: evaluated as itself
+        config = replace(config, sae_path=loaded.path)
+    evaluation = Evaluation(config, console, loaded=loaded)
+    evaluation.timing["load_sae_s"] = seconds
+    return evaluation.run()
 
 
 def checkpoint_paths(paths, sweeps) -> list[str]:
@@ -157,82 +154,82 @@ def unique_names(paths: list[str]) -> list[str]:
     return names
 
 
-class _Comparer:
-    """One comparison run: load every SAE, resolve the shared settings, shared passes per hook, write."""
+def member_names(paths: list[str]) -> list[str]:
+    """Names of the members of one run folder: each member's own folder name where those are distinct."""
+    names = [_safe(Path(path).name) for path in paths]
+    return names if len(set(names)) == len(names) else unique_names(paths)
 
-    def __init__(self, config: CompareConfig, console=None):
+
+class _Comparer:
+    """One comparison run: load every SAE, resolve the shared settings, one shared pass, finish, write."""
+
+    def __init__(self, config: CompareConfig, console=None, members: list | None = None):
         self.config = config
         self.console = console
+        self.members = members  # (sae_path, LoadedSAE, load seconds) already loaded by the caller
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
 
-    def run(self) -> Comparison:
+    def run(self) -> Comparison | None:
         from saehealth.data import load_dataset
         from saehealth.models import load_model
 
         started = time.perf_counter()
         cfg, options = self.config, self.config.evaluation
-        members = self._load_all(checkpoint_paths(cfg.paths, cfg.sweep))
-        names = unique_names([path for path, _, _ in members])
-        named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
-        model_name, kwargs = self._shared_model(named), self._shared_model_kwargs(named)
-        t0 = time.perf_counter()
-        model = load_model(model_name, device=options.device, dtype=options.dtype, from_pretrained_kwargs=kwargs)
-        self.timing["load_model_s"] = time.perf_counter() - t0
-        template = replace(options, model=model_name)
-        context = self._shared_context(template, model, names, [loaded for _, loaded, _ in members])
-        dataset_name, split, dataset_notes = self._shared_dataset(template, model_name, names, members)
-        self.notes += dataset_notes
-        shared = replace(template, context_length=context, dataset=dataset_name, split=split)
-
-        evaluations: list[Evaluation] = []
-        for name, (path, loaded, seconds) in zip(names, members, strict=True):
-            evaluation = Evaluation(replace(shared, sae_path=path, out=cfg.out_folder / name), loaded=loaded)
-            evaluation.timing["load_sae_s"] = seconds
-            evaluation.notes += dataset_notes
-            if loaded.model_name is None:
-                evaluation.notes.append(f"The checkpoint does not record its model: evaluated on {model_name}.")
-            evaluations.append(evaluation)
-        results: list[EvalResult | None] = [evaluation.load() for evaluation in evaluations]
-        reused = [result is not None for result in results]
+        distributed.setup(options.device)
+        with distributed.step():
+            members = self.members if self.members is not None else self._load_all(cfg)
+            paths = [path for path, _, _ in members]
+            names = member_names(paths) if cfg.view == "run" else unique_names(paths)
+            named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
+            model_name = shared_model(options, named)
+            t0 = time.perf_counter()
+            model = load_model(
+                model_name,
+                device=options.device,
+                dtype=options.dtype,
+                from_pretrained_kwargs=shared_model_kwargs(named),
+            )
+            self.timing["load_model_s"] = time.perf_counter() - t0
+            template = replace(options, model=model_name)
+            context = shared_context(template, model, named)
+            dataset_name, split, dataset_notes = shared_dataset(template, model_name, named)
+            self.notes += dataset_notes
+            shared = replace(template, context_length=context, dataset=dataset_name, split=split)
+            evaluations = [
+                self._evaluation(shared, name, path, loaded, seconds, dataset_notes)
+                for name, (path, loaded, seconds) in zip(names, members, strict=True)
+            ]
+            results: list[EvalResult | None] = [evaluation.load() for evaluation in evaluations]
+        pending = distributed.broadcast([i for i, result in enumerate(results) if result is None])
+        reused = [i not in pending for i in range(len(results))]
         if any(reused) and self.console is not None:
             names_reused = ", ".join(n for n, r in zip(names, reused, strict=True) if r)
             self.console.print(f"[dim]Reusing saved results of {names_reused} (pass --force to re-run).[/]")
-
-        pending = [i for i, result in enumerate(results) if result is None]
         if pending:
-            dataset = load_dataset(dataset_name, split)
-            plans = {i: evaluations[i].resolve(model=model, dataset=dataset) for i in pending}
-            results_new = self._score_groups(model, evaluations, plans)
-            for i, result in results_new.items():
+            with distributed.step():
+                dataset = load_dataset(dataset_name, split)
+                plans = {i: evaluations[i].plan(model=model, dataset=dataset) for i in pending}
+            scored = self._score_all(evaluations, plans)
+            if scored is None:  # another rank than 0: its share is merged there
+                return None
+            for i, result in scored.items():
                 results[i] = result
+        elif not distributed.ranks().first:
+            return None
 
         entries = []
         for name, evaluation, result, was_reused in zip(names, evaluations, results, reused, strict=True):
             if was_reused and options.thresholds is not None:
-                from saehealth.thresholds import assess, load_thresholds
+                from saehealth.finishing import assess
 
-                result.verdicts = assess(
-                    result.metrics, result.not_measured, load_thresholds(options.thresholds), d_sae=result.sae.d_sae
-                )
+                assess(result, options.thresholds)
             entries.append(ComparedSAE(name, evaluation.config.sae_path, result, cfg.out_folder / name, was_reused))
-
-        first = entries[0].result.eval
-        settings = {
-            "model": first.model,
-            "dataset": first.dataset,
-            "split": first.split,
-            "context_length": first.context_length,
-            "n_tokens": first.n_tokens,
-            "tokens_scored": first.tokens_scored,
-            "n_sequences": first.n_sequences,
-            "seed": first.seed,
-            "mask_special_tokens": first.mask_special_tokens,
-            "requested_tokens": options.n_tokens,
-            "thresholds": options.thresholds or "default",
-            "skip": list(options.skip),
-        }
-        comparison = Comparison(entries, settings, cfg.out_folder, self.notes, self.timing)
+        if cfg.view == "run":
+            entries = by_layer(entries)
+        comparison = Comparison(
+            entries, _settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
+        )
         if not comparison.identical_tokens:
             comparison.notes.append(
                 "Not every result was computed on the same tokens (a saved result from another run was reused): "
@@ -241,18 +238,27 @@ class _Comparer:
         self._write(comparison, started)
         return comparison
 
-    # ------------------------------------------------------------------ loading and shared settings
-    def _load_all(self, paths: list[str]) -> list[tuple[str, object, float]]:
+    def _evaluation(self, shared: EvalConfig, name: str, path: str, loaded, seconds: float, notes) -> Evaluation:
+        evaluation = Evaluation(replace(shared, sae_path=path, out=self.config.out_folder / name), loaded=loaded)
+        evaluation.timing["load_sae_s"] = seconds
+        evaluation.notes += notes
+        if loaded.model_name is None:
+            evaluation.notes.append(f"The checkpoint does not record its model: evaluated on {shared.model}.")
+        return evaluation
+
+    def _load_all(self, cfg: CompareConfig) -> list[tuple[str, object, float]]:
         """(sae_path, LoadedSAE, load seconds) per SAE; a folder of several SAEs gives one entry per member."""
         from saehealth.loading import load_checkpoint
 
-        options = self.config.evaluation
+        options = cfg.evaluation
         members: list[tuple[str, object, float]] = []
         seen: set[Path] = set()
         t_all = time.perf_counter()
-        for path in paths:
+        for path in checkpoint_paths(cfg.paths, cfg.sweep):
             t0 = time.perf_counter()
-            loaded = load_checkpoint(path, hook=options.hook, device=options.device, dtype=options.dtype)
+            loaded = load_checkpoint(
+                path, hook=options.hook, device=options.device, dtype=options.dtype, select=cfg.select
+            )
             seconds = time.perf_counter() - t0
             items = loaded if isinstance(loaded, list) else [loaded]
             for item in items:
@@ -266,126 +272,45 @@ class _Comparer:
         self.timing["load_saes_s"] = time.perf_counter() - t_all
         return members
 
-    def _shared_model(self, named: list[tuple[str, object]]) -> str:
-        if self.config.evaluation.model:
-            return self.config.evaluation.model
-        by_model: dict[str, list[str]] = {}
-        for name, loaded in named:
-            if loaded.model_name:
-                by_model.setdefault(loaded.model_name, []).append(name)
-        if not by_model:
-            raise ConfigError("None of the SAEs says which model it was trained on: pass --model NAME.")
-        if len(by_model) > 1:
-            raise ConfigError(
-                f"The SAEs were trained on different models ({_grouped(by_model)}): compare SAEs of one model, "
-                "or pass --model NAME to evaluate them all on it."
-            )
-        return next(iter(by_model))
-
-    def _shared_model_kwargs(self, named: list[tuple[str, object]]) -> dict:
-        """The one way of loading the model that every SAE was trained with (its weight processing)."""
-        from saehealth.models import processing_label
-
-        by_processing: dict[str, list[str]] = {}
-        for name, loaded in named:
-            by_processing.setdefault(processing_label(loaded.model_from_pretrained_kwargs), []).append(name)
-        if len(by_processing) > 1:
-            raise ConfigError(
-                f"The SAEs were trained on differently processed models ({_grouped(by_processing)}; from their "
-                "model_from_pretrained_kwargs): compare SAEs trained on the same activations, in separate runs."
-            )
-        return named[0][1].model_from_pretrained_kwargs
-
-    def _shared_context(self, template: EvalConfig, model, names: list[str], loaded: list) -> int:
-        """The context length every SAE is evaluated at: --context-length, else the one the SAEs record
-        (after capping at the model's context, as eval does); SAEs that record none go along with the rest."""
-        probe = Evaluation(template)
-        if template.context_length is not None:
-            return probe.context_length(model, loaded[0])
-        by_context: dict[int, list[str]] = {}
-        for name, item in zip(names, loaded, strict=True):
-            if item.context_size:
-                by_context.setdefault(probe.context_length(model, item), []).append(name)
-        if len(by_context) > 1:
-            raise ConfigError(
-                f"The SAEs were trained on different context lengths ({_grouped(by_context)}): "
-                "pass --context-length N to evaluate them all on N-token sequences."
-            )
-        return next(iter(by_context)) if by_context else probe.context_length(model, loaded[0])
-
-    def _shared_dataset(self, template: EvalConfig, model_name: str, names, members) -> tuple[str, str, list[str]]:
-        """(dataset, split, notes) from the options, else the first SAE that records a dataset."""
-        first_error = None
-        for name, (_, loaded, _) in zip(names, members, strict=True):
-            probe = Evaluation(template)
-            try:
-                dataset, split = probe.dataset_choice(model_name, loaded)
-            except ConfigError as exc:
-                first_error = first_error or exc
-                continue
-            notes = list(probe.notes)
-            if template.dataset is None and dataset == loaded.dataset_path:
-                others = sorted({m[1].dataset_path for m in members if m[1].dataset_path not in (None, dataset)})
-                if others:
-                    notes.append(
-                        f"The SAEs record different training datasets ({', '.join([dataset, *others])}): all are "
-                        f"evaluated on {dataset}, the one {name} records; pass --dataset to choose another."
-                    )
-            return dataset, split, notes
-        raise ConfigError("None of the SAEs records its training dataset: pass --dataset NAME.") from first_error
-
-    # ------------------------------------------------------------------ the shared passes
-    def _score_groups(self, model, evaluations: list[Evaluation], plans: dict) -> dict[int, EvalResult]:
-        """One `score_batches` pass per splice site over the same token batches; finish every result."""
-        from saehealth.data import sequence_batches
-
+    def _score_all(self, evaluations: list[Evaluation], plans: dict) -> dict[int, EvalResult] | None:
+        """One pass over the shared token batches for every pending SAE, whatever its hook; finish every result."""
         options = self.config.evaluation
-        groups: dict[SpliceSite, list[int]] = {}  # SAEs at the same site (hooks and head) share a pass
-        for i, plan in plans.items():
-            groups.setdefault(plan.site, []).append(i)
-        some = next(iter(plans.values()))
-        # Tokenised once and reused by every group: identical tokens by construction.
-        batches = list(
-            sequence_batches(
-                some.dataset, model.tokenizer, some.context, some.n_sequences, options.batch_size, options.seed
+        pending = list(plans)
+        some = plans[pending[0]]
+        n_sites = len({plans[i].site for i in pending})
+        if self.console is not None:
+            self.console.print(
+                f"Scoring {len(pending)} SAE{'s' if len(pending) > 1 else ''} at {n_sites} "
+                f"hook{'s' if n_sites > 1 else ''} in one pass"
             )
-        )
+        t0 = time.perf_counter()
+        with progress(self.console, share_of_tokens(some)) as advance:
+            outputs = score_batches(
+                some.model,
+                [(plans[i].site, plans[i].sae) for i in pending],
+                token_batches(some, options),
+                options.include_special_tokens,
+                options.device,
+                advance,
+            )
+        seconds = time.perf_counter() - t0
+        self.timing["pass_s"] = seconds
+        if outputs is None:
+            return None
         results: dict[int, EvalResult] = {}
-        passes: dict[str, float] = {}
-        for site, members in groups.items():
-            where = site.hook_name if not site.is_transcoder else f"{site.input_hook} → {site.hook_name}"
-            if site.head_index is not None:
-                where += f" (head {site.head_index})"
-            if self.console is not None:
-                self.console.print(f"Scoring {len(members)} SAE{'s' if len(members) > 1 else ''} at {where}")
-            t0 = time.perf_counter()
-            with _progress(self.console, some.n_sequences * some.context) as advance:
-                outputs = score_batches(
-                    model,
-                    site,
-                    [plans[i].sae for i in members],
-                    batches,
-                    options.include_special_tokens,
-                    options.device,
-                    advance,
+        for i, output in zip(pending, outputs, strict=True):
+            evaluation, plan = evaluations[i], plans[i]
+            evaluation.check_pass(plan, output)
+            if len(pending) > 1:
+                evaluation.notes.append(
+                    f"Scored in one pass shared with {len(pending) - 1} other SAE(s) of {plan.model_name}: "
+                    "replay_s is that pass's time."
                 )
-            seconds = time.perf_counter() - t0
-            passes[where] = seconds
-            for i, output in zip(members, outputs, strict=True):
-                evaluation, plan = evaluations[i], plans[i]
-                evaluation.check_pass(plan, output)
-                if len(members) > 1:
-                    evaluation.notes.append(
-                        f"Scored by `saehealth compare` in one pass shared with {len(members) - 1} other SAE(s) at "
-                        f"{where}: replay_s is that pass's time."
-                    )
-                results[i] = evaluation.finish(plan, output, replay_s=seconds)
-        self.timing["passes_s"] = passes
+            results[i] = evaluation.finish(plan, output, replay_s=seconds)
         return results
 
-    # ------------------------------------------------------------------ output
     def _write(self, comparison: Comparison, started: float) -> None:
-        """Per-SAE report.md, then comparison.md with frontier plots and comparison.json."""
+        """Per-SAE report.md, then the side-by-side report with its plots and the JSON summary."""
         from saehealth.report import write_markdown_report
         from saehealth.report.compare_report import write_comparison_report
         from saehealth.result import load_details
@@ -394,7 +319,7 @@ class _Comparer:
         for entry in comparison.entries:
             write_markdown_report(entry.result, load_details(entry.folder), entry.folder)
         comparison.files.update(write_comparison_report(comparison, comparison.out))
-        path = comparison.out / COMPARISON_JSON
+        path = comparison.out / SUMMARY_JSON[comparison.view]
         comparison.files["json"] = path
         self.timing["reports_s"] = time.perf_counter() - t0
         self.timing["total_s"] = time.perf_counter() - started
@@ -402,122 +327,23 @@ class _Comparer:
         _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-# ---------------------------------------------------------------------------------------------- summary
-# The columns of every comparison view (table, markdown, JSON), in order.
-SUMMARY_KEYS = (
-    "l0",
-    "loss_recovered",
-    "delta_ce",
-    "kl_div_score",
-    "explained_variance",
-    "dead_fraction",
-    "absorption_fraction",
-)
-
-
-def healthy_count(result: EvalResult) -> tuple[int, int]:
-    """(healthy, total) over the headline verdicts."""
-    from saehealth.report.text import verdicts_of
-    from saehealth.thresholds import HEALTHY
-
-    headline = [v for v in verdicts_of(result).values() if v.get("headline")]
-    return sum(v["status"] == HEALTHY for v in headline), len(headline)
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both counts (lower x and higher y), sorted by x."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any((ox <= x and oy >= y) and (ox < x or oy > y) for j, (ox, oy) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
-def frontier_names(comparison: Comparison, y_key: str = "loss_recovered") -> list[str]:
-    """Names of the SAEs on the L0 vs `y_key` frontier of their hook (SAEs at different hooks are not rivals),
-    among those with both metrics measured; by hook, then by L0."""
-    names = []
-    for group in frontier_groups(comparison, y_key).values():
-        names += [group[i][0] for i in pareto_front([point for _, point in group])]
-    return names
-
-
-def frontier_groups(comparison: Comparison, y_key: str) -> dict[str, list[tuple[str, tuple[float, float]]]]:
-    """hook -> [(name, (L0, y))] over the SAEs with both metrics measured, in comparison order."""
-    groups: dict[str, list[tuple[str, tuple[float, float]]]] = {}
-    for e in comparison.entries:
-        x, y = e.result.metrics.get("l0"), e.result.metrics.get(y_key)
-        if x is not None and y is not None:
-            groups.setdefault(e.result.sae.where, []).append((e.name, (float(x), float(y))))
-    return groups
-
-
-def comparison_to_dict(comparison: Comparison) -> dict:
-    """The JSON summary: shared settings, one row per SAE (headline metrics, statuses, where its result is)."""
-    from saehealth.report.text import verdicts_of
-
-    on_front = set(frontier_names(comparison))
-    saes = []
-    for entry in comparison.entries:
-        r = entry.result
-        verdicts = verdicts_of(r)
-        healthy, total = healthy_count(r)
-        saes.append(
-            {
-                "name": entry.name,
-                "path": entry.path,
-                "result": os.path.relpath(entry.folder / "result.json", comparison.out),
-                "report": os.path.relpath(entry.folder / "report.md", comparison.out),
-                "library": r.sae.source_library,
-                "architecture": r.sae.architecture,
-                "hook": r.sae.hook_name,
-                "output_hook": r.sae.output_hook_name,
-                "hook_head_index": r.sae.hook_head_index,
-                "d_in": r.sae.d_in,
-                "d_sae": r.sae.d_sae,
-                "metrics": {key: r.metrics.get(key) for key in SUMMARY_KEYS},
-                "uncertainty": {key: r.uncertainty[key] for key in SUMMARY_KEYS if key in r.uncertainty},
-                "status": {key: verdicts[key]["status"] for key in SUMMARY_KEYS if key in verdicts},
-                "healthy": healthy,
-                "headline_metrics": total,
-                "summary": f"{healthy}/{total} healthy",
-                "on_frontier": entry.name in on_front,
-                "reused": entry.reused,
-            }
-        )
+def _settings(entries: list[ComparedSAE], options: EvalConfig) -> dict:
+    first = entries[0].result.eval
     return {
-        "schema_version": COMPARISON_SCHEMA_VERSION,
-        "settings": comparison.settings,
-        "identical_tokens": comparison.identical_tokens,
-        "hooks": comparison.hooks,
-        "saes": saes,
-        "frontier_l0_loss_recovered": frontier_names(comparison, "loss_recovered"),
-        "frontier_l0_explained_variance": frontier_names(comparison, "explained_variance"),
-        "files": {key: os.path.relpath(path, comparison.out) for key, path in comparison.files.items()},
-        "notes": comparison.notes,
-        "timing": _rounded(comparison.timing),
+        "model": first.model,
+        "dataset": first.dataset,
+        "split": first.split,
+        "context_length": first.context_length,
+        "n_tokens": first.n_tokens,
+        "tokens_scored": first.tokens_scored,
+        "n_sequences": first.n_sequences,
+        "seed": first.seed,
+        "mask_special_tokens": first.mask_special_tokens,
+        "requested_tokens": options.n_tokens,
+        "thresholds": options.thresholds or "default",
+        "skip": list(options.skip),
     }
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def _token_key(result: EvalResult) -> tuple:
-    e = result.eval
-    return (e.model, e.dataset, e.split, e.n_tokens, e.tokens_scored, e.context_length, e.seed, e.mask_special_tokens)
-
-
-def _grouped(by_value: dict) -> str:
-    """'X: a, b; Y: c' with at most three names per value."""
-    parts = []
-    for value, names in by_value.items():
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        parts.append(f"{value}: {shown}")
-    return "; ".join(parts)
 
 
 def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("_") or "sae"
-
-
-def _rounded(timing: dict) -> dict:
-    return {k: _rounded(v) if isinstance(v, dict) else round(v, 4) for k, v in timing.items()}

@@ -25,7 +25,7 @@ class EvalConfig:
     num_samples: int | None = None  # alternative to n_tokens: number of sequences
     context_length: int | None = None
     batch_size: int = 16
-    device: str = "cpu"
+    device: str = "auto"  # resolved on construction: cuda if available, else mps, else cpu
     dtype: str = "float32"
     seed: int = 42
     out: Path | None = None
@@ -57,7 +57,28 @@ class EvalConfig:
                 )
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
-        _check_device(self.device)
+        # Frozen, so set through object: from here on the config names the device this process really uses.
+        object.__setattr__(self, "device", resolve_device(self.device))
+
+
+def resolve_device(device: str) -> str:
+    """The device to run on: `auto` is cuda if available, else mps, else cpu; under torchrun, `cuda` (or auto
+    on a GPU machine) is this rank's `cuda:LOCAL_RANK`. Unavailable or unknown devices are refused."""
+    import torch
+
+    from saehealth import distributed
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    _check_device(device)
+    if device == "cuda" and distributed.active():
+        device = f"cuda:{distributed.ranks().local_rank}"
+    return device
 
 
 def _check_device(device: str) -> None:

@@ -104,13 +104,22 @@ def _check_columns(dataset, name: str) -> None:
         )
 
 
-def sequence_batches(dataset, tokenizer, context_length: int, n_sequences: int, batch_size: int, seed: int):
+def sequence_batches(
+    dataset,
+    tokenizer,
+    context_length: int,
+    n_sequences: int,
+    batch_size: int,
+    seed: int,
+    shard: tuple[int, int] = (0, 1),
+):
     """Yield (batch, context_length) LongTensors of evaluation sequences, `n_sequences` at most.
 
     Text rows are shuffled with `seed`, tokenized one at a time, joined into one stream with BOS between
     documents, and cut into sequences that each start with BOS (as SAELens' activation store does).
     Pre-tokenized rows are cut into `context_length` pieces as they are. Streaming keeps memory
-    independent of how many tokens are evaluated.
+    independent of how many tokens are evaluated. `shard=(rank, world_size)` keeps the sequences whose index
+    i (in that order) has i mod world_size == rank: a torchrun rank's share, the same tokens as one process.
     """
     import torch
 
@@ -118,7 +127,6 @@ def sequence_batches(dataset, tokenizer, context_length: int, n_sequences: int, 
     text_col, tok_col = text_column(rows), token_column(rows)
     bos = tokenizer.bos_token_id
     batch: list[list[int]] = []
-    produced = 0
 
     def sequences():
         if tok_col is not None:
@@ -135,11 +143,13 @@ def sequence_batches(dataset, tokenizer, context_length: int, n_sequences: int, 
                 yield ([bos] if bos is not None else []) + buffer[:body]
                 buffer = buffer[body:]
 
-    for seq in sequences():
-        if produced >= n_sequences:
+    rank, world_size = shard
+    for index, seq in enumerate(sequences()):
+        if index >= n_sequences:
             break
+        if index % world_size != rank:
+            continue
         batch.append(seq)
-        produced += 1
         if len(batch) == batch_size:
             yield torch.tensor(batch, dtype=torch.long)
             batch = []

@@ -102,6 +102,7 @@ class Provenance:
     dtype: str
     started_at: str
     duration_s: float
+    world_size: int = 1  # torchrun processes that shared the pass
 
 
 @dataclass

@@ -50,6 +50,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from saehealth import builtin
+from saehealth.config import resolve_device
 from saehealth.errors import ConfigError, DataError, IncompatibleSAEError, ModelError, suggest
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -74,7 +75,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "lr": 2.0e-3,
     "lr_warm_up_steps": 20,
     "lr_scheduler_name": "constant",
-    "device": "cpu",
+    "device": "auto",
     "seed": 42,
     "sae": {"architecture": "topk", "d_sae": 1024, "k": 64, "normalize_activations": "none"},
     "logger": {"log_to_wandb": False},
@@ -424,6 +425,7 @@ def _defaults() -> dict[str, Any]:
         "architecture": "standard",
         "expansion_factor": DEFAULT_EXPANSION_FACTOR,
         "log_to_wandb": False,
+        "device": "auto",
     }
 
 
@@ -560,10 +562,12 @@ def build_runner_config(plan: TrainingPlan, d_in: int | None, output_path: str |
             sae["d_sae"] = max(1, round((plan.expansion_factor or DEFAULT_EXPANSION_FACTOR) * d_in))
         if plan.architecture == "matryoshka_batchtopk":
             sae["matryoshka_widths"] = _matryoshka_widths(sae.get("matryoshka_widths"), sae["d_sae"])
-    # The SAE follows the runner's device and dtype unless its own are set.
-    sae.setdefault("device", plan.runner.get("device", "cpu"))
-    sae.setdefault("dtype", plan.runner.get("dtype", "float32"))
     runner = dict(plan.runner)
+    if runner.get("device", "auto") == "auto":  # SAELens takes a real device: cuda, else mps, else cpu
+        runner["device"] = resolve_device("auto")
+    # The SAE follows the runner's device and dtype unless its own are set.
+    sae.setdefault("device", runner["device"])
+    sae.setdefault("dtype", runner.get("dtype", "float32"))
     if _is_local_model(runner.get("model_name", "")) and "model_from_pretrained_kwargs" not in runner:
         # SAELens' default kwargs are for its hub loader; saehealth's loader takes none, so record none
         # (SAE.load_from_disk warns about non-empty ones).

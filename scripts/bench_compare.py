@@ -40,11 +40,12 @@ import torch  # noqa: E402
 import saehealth  # noqa: E402
 from saehealth.compare import compare  # noqa: E402
 from saehealth.data import load_dataset, sequence_batches  # noqa: E402
-from saehealth.evaluation import evaluate, score_batches  # noqa: E402
+from saehealth.evaluation import evaluate  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
 from saehealth.report import write_markdown_report  # noqa: E402
 from saehealth.result import load_details  # noqa: E402
+from saehealth.scoring import score_batches  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"
 KS = (16, 32, 64, 128)
@@ -112,16 +113,16 @@ def main() -> None:
 
     model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=args.device)
     saes = [load_sae(p, device=args.device) for p in paths]
-    site = splice_site(model, HOOK)
+    site = splice_site(HOOK)
     dataset = load_dataset(saehealth.BUILTIN_DATASET, "validation")
     batches = list(sequence_batches(dataset, model.tokenizer, 128, -(-args.tokens // 128), args.batch_size, 42))
 
     def pass_together():
-        score_batches(model, site, saes, batches, device=args.device)
+        score_batches(model, [(site, sae) for sae in saes], batches, device=args.device)
 
     def pass_separately():
         for sae in saes:
-            score_batches(model, site, [sae], batches, device=args.device)
+            score_batches(model, [(site, sae)], batches, device=args.device)
 
     runs = {
         "compare": together,

@@ -31,9 +31,9 @@ import torch  # noqa: E402
 import saehealth  # noqa: E402
 from saehealth.crosscheck import saelens_run_evals  # noqa: E402
 from saehealth.data import load_dataset, sequence_batches  # noqa: E402
-from saehealth.evaluation import score_batches  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
+from saehealth.scoring import score_batches  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"  # the middle of the built-in model's residual stream
 
@@ -66,12 +66,12 @@ def speed(args) -> dict:
     model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=args.device)
     sae_path = Path(args.sae) if args.sae else demo_size_sae(Path(tempfile.mkdtemp()) / "sae", args.hook)
     sae = load_sae(sae_path, device=args.device)
-    site = splice_site(model, sae.cfg.metadata.hook_name)
+    site = splice_site(sae.cfg.metadata.hook_name)
     batches = [b.to(args.device) for b in token_batches(model, args.tokens, args.batch_size)]
     n_tokens = sum(b.numel() for b in batches)
 
     def ours():
-        score_batches(model, site, [sae], batches, device=args.device)
+        score_batches(model, [(site, sae)], batches, device=args.device)
 
     def theirs():
         saelens_run_evals(model, sae, batches)
@@ -106,7 +106,7 @@ def memory_child(n_tokens: int, device: str) -> None:
     """Run the saehealth pass over `n_tokens` streamed tokens and print the process's peak RSS (MiB)."""
     model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=device)
     sae = load_sae(demo_size_sae(Path(tempfile.mkdtemp()) / "sae"), device=device)
-    site = splice_site(model, HOOK)
+    site = splice_site(HOOK)
     dataset = load_dataset(saehealth.BUILTIN_DATASET, "train")
 
     def stream():  # the training split, cycled, so 1M tokens are available
@@ -118,7 +118,7 @@ def memory_child(n_tokens: int, device: str) -> None:
                 produced += batch.numel()
                 yield batch
 
-    score_batches(model, site, [sae], stream(), device=device)
+    score_batches(model, [(site, sae)], stream(), device=device)
     peak = {"tokens": n_tokens, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if device.startswith("cuda"):
         peak["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20

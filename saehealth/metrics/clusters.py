@@ -40,6 +40,14 @@ class SequenceTotals:
         self.sums += v.sum(0)
         self.products += v.T @ v
 
+    def merge(self, other: SequenceTotals) -> None:
+        """Add another instance's sequences (another rank's share of the data)."""
+        if other.names != self.names:
+            raise ValueError(f"cannot merge totals of {other.names} into {self.names}")
+        self.n_sequences += other.n_sequences
+        self.sums += other.sums
+        self.products += other.products
+
     def total(self, name: str) -> float:
         return float(self.sums[self.index[name]])
 

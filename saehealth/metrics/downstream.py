@@ -11,7 +11,7 @@ logits tensor (tens of MB) is mapped afresh from the OS, and page-faulted, on ev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,9 +32,9 @@ class Readout:
 
     unembed: Callable[[torch.Tensor], torch.Tensor]
     d_vocab: int
-    # Zero-ablated logits and their logsumexp, by context length, for zero-ablated inputs of batch 1
+    # Zero-ablated logits and their logsumexp, by (site key, context length), for zero-ablated inputs of batch 1
     # (token-independent: the same for every batch of that length).
-    zero_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    zero_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def identity(cls, d_vocab: int) -> Readout:
@@ -44,61 +44,75 @@ class Readout:
         return self.unembed(final).float()
 
 
+@dataclass
+class SiteFinals:
+    """One splice site's final residuals for a batch: its zero ablation and each of its SAEs' splices."""
+
+    zero: torch.Tensor  # (batch or 1, pos, d); batch 1 when the zero ablation is the same for every sequence
+    zero_key: Hashable | None  # set when that batch-1 zero is the same for every batch: its logits are cached
+    spliced: Sequence[torch.Tensor]  # (batch, pos, d) per SAE
+
+
 @torch.no_grad()
 def downstream_totals(
     readout: Readout,
     clean: torch.Tensor,
-    zero: torch.Tensor,
-    spliced: Sequence[torch.Tensor],
+    sites: Sequence[SiteFinals],
     tokens: torch.Tensor,
     mask: torch.Tensor,
-) -> tuple[dict, list[dict]]:
-    """Per-sequence CE and KL totals for one batch.
+) -> tuple[dict, list[dict], list[list[dict]]]:
+    """Per-sequence CE and KL totals for one batch, for every SAE of every site.
 
-    clean, spliced[i]: final residuals (batch, pos, d); zero: (batch or 1, pos, d), batch 1 when the
-    zero ablation is the same for every sequence; tokens and mask (batch, pos). Returns the shared totals
-    (n_pred, ce_clean, ce_zero, kl_zero) and, per spliced SAE, (ce_sae, kl_sae): float64 (batch,) tensors.
+    clean: final residuals (batch, pos, d); tokens and mask (batch, pos). Returns float64 (batch,) tensors: the
+    clean totals (n_pred, ce_clean), per site its zero ablation's (ce_zero, kl_zero), and per site and SAE its
+    own (ce_sae, kl_sae).
 
     With lse = logsumexp(logits) and p the clean distribution,
         CE      = lse − logit[next token]
         KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
     so each variant costs one logsumexp and one row-wise dot product with p, and the clean side (p, its
-    entropy) is computed once for every SAE.
+    entropy) is computed once per tile for every SAE at every site.
     """
     batch, length = tokens.shape
     n_pos = length - 1
     predicting = mask[:, :-1].to(torch.float64)
     targets = tokens[:, 1:, None]
-    # The last position predicts nothing.
-    clean, zero, spliced = clean[:, :-1], zero[:, :-1], [final[:, :-1] for final in spliced]
     new = lambda: torch.zeros(batch, dtype=torch.float64, device=tokens.device)  # noqa: E731
-    shared = {"n_pred": predicting.sum(1), "ce_clean": new(), "ce_zero": new(), "kl_zero": new()}
-    own = [{"ce_sae": new(), "kl_sae": new()} for _ in spliced]
-    zero_whole = _cached_zero(readout, zero) if zero.shape[0] == 1 else None
+    clean_totals = {"n_pred": predicting.sum(1), "ce_clean": new()}
+    site_totals = [{"ce_zero": new(), "kl_zero": new()} for _ in sites]
+    sae_totals = [[{"ce_sae": new(), "kl_sae": new()} for _ in site.spliced] for site in sites]
+    # The last position predicts nothing.
+    clean = clean[:, :-1]
+    zeros = [site.zero[:, :-1] for site in sites]
+    spliced = [[final[:, :-1] for final in site.spliced] for site in sites]
+    whole_zeros = [
+        _cached_zero(readout, zero, site.zero_key) if site.zero_key is not None and zero.shape[0] == 1 else None
+        for site, zero in zip(sites, zeros, strict=True)
+    ]
 
     for seqs, pos in _tiles(batch, n_pos, readout.d_vocab, tokens.device):
         weight, target = predicting[seqs, pos], targets[seqs, pos]
         clean_logits = readout.logits(clean[seqs, pos])
         p, lse_clean = _softmax_logsumexp(clean_logits)
         neg_entropy = torch.linalg.vecdot(p, clean_logits) - lse_clean
-        shared["ce_clean"][seqs] += _summed(_cross_entropy(clean_logits, lse_clean, target), weight)
+        clean_totals["ce_clean"][seqs] += _summed(_cross_entropy(clean_logits, lse_clean, target), weight)
         del clean_logits
 
-        if zero_whole is not None:
-            zero_logits, lse_zero = zero_whole[0][:, pos], zero_whole[1][:, pos]
-        else:
-            zero_logits = readout.logits(zero[seqs, pos])
-            lse_zero = _softmax_logsumexp(zero_logits)[1]
-        shared["kl_zero"][seqs] += _summed(_kl(neg_entropy, p, zero_logits, lse_zero), weight)
-        shared["ce_zero"][seqs] += _summed(_cross_entropy(zero_logits, lse_zero, target), weight)
-        del zero_logits
-
-        for final, totals in zip(spliced, own, strict=True):
-            logits = readout.logits(final[seqs, pos])
-            lse = _softmax_logsumexp(logits)[1]
-            totals["kl_sae"][seqs] += _summed(_kl(neg_entropy, p, logits, lse), weight)
-            totals["ce_sae"][seqs] += _summed(_cross_entropy(logits, lse, target), weight)
-    return shared, own
+        for zero, whole, totals, finals, own in zip(zeros, whole_zeros, site_totals, spliced, sae_totals, strict=True):
+            if whole is not None:
+                zero_logits, lse_zero = whole[0][:, pos], whole[1][:, pos]
+            else:
+                zero_logits = readout.logits(zero[seqs if zero.shape[0] > 1 else slice(None), pos])
+                lse_zero = _softmax_logsumexp(zero_logits)[1]
+            totals["kl_zero"][seqs] += _summed(_kl(neg_entropy, p, zero_logits, lse_zero), weight)
+            totals["ce_zero"][seqs] += _summed(_cross_entropy(zero_logits, lse_zero, target), weight)
+            del zero_logits
+            for final, sae in zip(finals, own, strict=True):
+                logits = readout.logits(final[seqs, pos])
+                lse = _softmax_logsumexp(logits)[1]
+                sae["kl_sae"][seqs] += _summed(_kl(neg_entropy, p, logits, lse), weight)
+                sae["ce_sae"][seqs] += _summed(_cross_entropy(logits, lse, target), weight)
+    return clean_totals, site_totals, sae_totals
 
 
 def _cross_entropy(logits: torch.Tensor, lse: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -137,14 +151,14 @@ def _softmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return p, logits.amax(dim=-1) - p.amax(dim=-1).log()
 
 
-def _cached_zero(readout: Readout, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-ablated logits (1, n_pos, vocab) and their logsumexp, computed once per context length."""
+def _cached_zero(readout: Readout, zero: torch.Tensor, key: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-ablated logits (1, n_pos, vocab) and their logsumexp, computed once per site and context length."""
     n_pos = zero.shape[1]
-    if n_pos not in readout.zero_cache:
+    if (key, n_pos) not in readout.zero_cache:
         tiles = [readout.logits(zero[:, pos]) for _, pos in _tiles(1, n_pos, readout.d_vocab, zero.device)]
         logits = torch.cat(tiles, dim=1)
-        readout.zero_cache[n_pos] = (logits, _softmax_logsumexp(logits)[1])
-    return readout.zero_cache[n_pos]
+        readout.zero_cache[key, n_pos] = (logits, _softmax_logsumexp(logits)[1])
+    return readout.zero_cache[key, n_pos]
 
 
 class DownstreamAccumulator:
@@ -162,6 +176,14 @@ class DownstreamAccumulator:
             self.ce[variant] += float(totals[f"ce_{variant}"].sum())
         for variant in self.kl:
             self.kl[variant] += float(totals[f"kl_{variant}"].sum())
+
+    def merge(self, other: DownstreamAccumulator) -> None:
+        """Add another accumulator's sums (another rank's share of the data)."""
+        self.positions += other.positions
+        for variant in VARIANTS:
+            self.ce[variant] += other.ce[variant]
+        for variant in self.kl:
+            self.kl[variant] += other.kl[variant]
 
     def result(self) -> dict[str, float | None]:
         if self.positions == 0:

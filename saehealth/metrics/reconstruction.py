@@ -59,6 +59,23 @@ class ReconstructionAccumulator:
         self.sum_dot += float((dot * m).sum())
         return {"sse": sq_error.sum(1), "sst": sq_shifted.sum(1)}
 
+    def merge(self, other: ReconstructionAccumulator) -> None:
+        """Add another accumulator's sums (another rank's share of the data), moving them to this reference mean:
+        with d = μ_other − μ_self, Σ(x − μ_self) = Σ(x − μ_other) + T·d and
+        Σ‖x − μ_self‖² = Σ‖x − μ_other‖² + 2 d·Σ(x − μ_other) + T‖d‖²."""
+        if other.tokens == 0:
+            return
+        if self.reference is None:
+            self.reference = other.reference.clone()
+        shift = other.reference.to(torch.float64).cpu() - self.reference.to(torch.float64).cpu()
+        self.sum_sq_shifted += (
+            other.sum_sq_shifted + 2 * float(shift @ other.sum_shifted) + other.tokens * float(shift @ shift)
+        )
+        self.sum_shifted += other.sum_shifted + other.tokens * shift
+        self.tokens += other.tokens
+        for name in ("sum_sq_error", "sum_cos", "sum_l2_ratio", "sum_sq_recon_norm", "sum_dot"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def total_variance(self) -> float:
         """Σ_t ‖x_t − μ‖² over all unmasked positions, μ their mean."""
         if self.tokens == 0:

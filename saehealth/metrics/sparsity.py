@@ -27,17 +27,26 @@ class SparsityAccumulator:
         self.firing_counts = torch.zeros(d_sae, dtype=torch.int64)
         self.l0_histogram = torch.zeros(d_sae + 1, dtype=torch.int64)
 
-    def update(self, feature_acts: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Add a batch: feature_acts (batch, pos, d_sae), mask (batch, pos). Returns per-sequence totals."""
+    def update(self, feature_acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Add latent activations (..., d_sae) at positions (...) with their mask (...): any chunk of tokens.
+        Returns each position's L0 (zero where masked), for per-sequence totals."""
         fired = (feature_acts != 0) & mask[..., None]
-        l0 = fired.sum(-1)  # (batch, pos), zero at masked positions
+        l0 = fired.sum(-1)
         l1 = feature_acts.abs().sum(-1, dtype=torch.float32).to(torch.float64) * mask
         self.tokens += int(mask.sum())
         self.sum_l0 += float(l0.sum())
         self.sum_l1 += float(l1.sum())
-        self.firing_counts += fired.sum((0, 1)).cpu()
+        self.firing_counts += fired.reshape(-1, self.d_sae).sum(0).cpu()
         self.l0_histogram += torch.bincount(l0[mask].cpu(), minlength=self.d_sae + 1)
-        return {"n_tokens": mask.sum(1), "l0": l0.sum(1)}
+        return l0
+
+    def merge(self, other: SparsityAccumulator) -> None:
+        """Add another accumulator's counts (another chunk of the data, or another rank's share)."""
+        self.tokens += other.tokens
+        self.sum_l0 += other.sum_l0
+        self.sum_l1 += other.sum_l1
+        self.firing_counts += other.firing_counts
+        self.l0_histogram += other.l0_histogram
 
     def density(self) -> torch.Tensor:
         """Per-latent firing rate c_i / T (float64)."""

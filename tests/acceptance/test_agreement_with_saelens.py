@@ -12,8 +12,8 @@ import torch
 import saehealth
 from saehealth.crosscheck import comparable, saelens_run_evals
 from saehealth.data import load_dataset, sequence_batches
-from saehealth.evaluation import score_batches
 from saehealth.replay import splice_site
+from saehealth.scoring import score_batches
 
 N_SEQUENCES = 24
 BATCH = 8
@@ -58,7 +58,7 @@ def test_same_numbers_as_saelens_run_evals(builtin_model, architecture, hook, d_
     dataset = load_dataset(saehealth.BUILTIN_DATASET, "validation")
     batches = list(sequence_batches(dataset, builtin_model.tokenizer, 128, N_SEQUENCES, BATCH, 0))
 
-    ours = score_batches(builtin_model, splice_site(builtin_model, hook), [sae], batches)[0].metrics
+    ours = score_batches(builtin_model, [(splice_site(hook), sae)], batches)[0].metrics
     theirs = saelens_run_evals(builtin_model, sae, batches)
 
     assert 0.05 < ours["loss_recovered"] < 0.999  # a non-trivial SAE, or the comparison says little

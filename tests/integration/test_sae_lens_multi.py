@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import saehealth
@@ -9,6 +11,7 @@ from saehealth.cli import main
 from saehealth.compare import compare
 from saehealth.data import load_dataset
 from saehealth.loading import detect_format, load_checkpoint, load_sae
+from saehealth.result import load_result
 
 HOOKS = {"k16": "blocks.0.hook_resid_post", "k32": "blocks.1.hook_resid_post"}
 
@@ -63,11 +66,15 @@ def test_a_training_checkpoint_of_the_run_loads_as_training_checkpoints(multi_ru
     assert [m.sae.cfg.k for m in members] == [16, 32]
 
 
-def test_eval_asks_for_one_member_and_compare_takes_them_all(multi_run, tmp_path, capsys):
+def test_eval_takes_the_whole_run_or_a_selected_member_and_compare_takes_them_all(multi_run, tmp_path):
     out, _ = multi_run
-    with pytest.raises(SystemExit) as exc:
-        main(["eval", "--sae-path", str(out), "--out", str(tmp_path / "one")])
-    assert exc.value.code == 1 and "holds 2 SAEs" in capsys.readouterr().err
+    common = ["--tokens", "1024", "--skip", "absorption", "--skip", "geometry"]
+    main(["eval", "--sae-path", str(out), "--out", str(tmp_path / "run"), *common])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [(row["name"], row["hook"]) for row in run["saes"]] == list(zip(HOOKS, HOOKS.values(), strict=True))
+    assert (tmp_path / "run" / "run_report.md").is_file()
+    main(["eval", "--sae-path", str(out), "--select", "k32", "--out", str(tmp_path / "one"), *common])
+    assert load_result(tmp_path / "one").sae.hook_name == HOOKS["k32"]
     comparison = compare([str(out)], n_tokens=1024, skip=("absorption", "geometry"), out=tmp_path / "cmp")
     assert [e.name for e in comparison.entries] == ["k16", "k32"]
     assert [e.result.sae.hook_name for e in comparison.entries] == list(HOOKS.values())

@@ -8,7 +8,7 @@ import torch
 
 from saehealth.metrics import downstream
 from saehealth.metrics.clusters import SequenceTotals
-from saehealth.metrics.downstream import DownstreamAccumulator, Readout, downstream_totals
+from saehealth.metrics.downstream import DownstreamAccumulator, Readout, SiteFinals, downstream_totals
 from saehealth.metrics.geometry import geometry_metrics, max_decoder_cosine
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator, dead_rate_bound
@@ -62,9 +62,10 @@ def test_explained_variance_is_pooled_and_streams_across_batches():
 
 def _downstream(clean, sae, zero, tokens, mask):
     """Score logits directly (an identity readout): the accumulator after one batch."""
-    shared, (own,) = downstream_totals(Readout.identity(clean.shape[-1]), clean, zero, [sae], tokens, mask)
+    site = SiteFinals(zero, None, [sae])
+    shared, (at_site,), ((own,),) = downstream_totals(Readout.identity(clean.shape[-1]), clean, [site], tokens, mask)
     acc = DownstreamAccumulator()
-    acc.update({**shared, **own})
+    acc.update({**shared, **at_site, **own})
     return acc
 
 
@@ -113,7 +114,9 @@ def test_downstream_tiles_and_shared_zero_give_the_untiled_answer(monkeypatch):
     tokens = torch.randint(0, 13, (5, 9), generator=g)
     mask = torch.rand(5, 9, generator=g) > 0.2
     readout = Readout.identity(13)
-    whole = downstream_totals(readout, clean, zero_one.expand(5, -1, -1), [sae, clean], tokens, mask)
+    whole = downstream_totals(
+        readout, clean, [SiteFinals(zero_one.expand(5, -1, -1), None, [sae, clean])], tokens, mask
+    )
     # By hand, with torch's own log-softmax, over every predicting position.
     weight = mask[:, :-1].double()
     targets = tokens[:, 1:, None]
@@ -122,16 +125,16 @@ def test_downstream_tiles_and_shared_zero_give_the_untiled_answer(monkeypatch):
     ce_clean = -(log_p.gather(-1, targets).squeeze(-1).double() * weight).sum(1)
     kl_sae = ((log_p.exp() * (log_p - log_q)).sum(-1).double() * weight).sum(1)
     assert whole[0]["ce_clean"] == pytest.approx(ce_clean, rel=1e-5)
-    assert whole[1][0]["kl_sae"] == pytest.approx(kl_sae, rel=1e-5, abs=1e-6)
-    assert whole[1][1]["kl_sae"] == pytest.approx(torch.zeros(5), abs=1e-5)
+    assert whole[2][0][0]["kl_sae"] == pytest.approx(kl_sae, rel=1e-5, abs=1e-6)
+    assert whole[2][0][1]["kl_sae"] == pytest.approx(torch.zeros(5), abs=1e-5)
 
     monkeypatch.setattr(downstream, "TILE_ELEMENTS_CPU", 13 * 3)  # 3 positions a tile: one sequence split in 3
     for _ in range(2):  # the second batch reads the cached zero logits
-        tiled = downstream_totals(readout, clean, zero_one, [sae, clean], tokens, mask)
-        for got, want in zip([tiled[0], *tiled[1]], [whole[0], *whole[1]], strict=True):
+        tiled = downstream_totals(readout, clean, [SiteFinals(zero_one, "site", [sae, clean])], tokens, mask)
+        for got, want in zip([tiled[0], *tiled[1], *tiled[2][0]], [whole[0], *whole[1], *whole[2][0]], strict=True):
             for name in want:
                 assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-6), name
-    assert list(readout.zero_cache) == [8]
+    assert list(readout.zero_cache) == [("site", 8)]
 
 
 def test_softmax_logsumexp_matches_torch():

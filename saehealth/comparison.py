@@ -1,0 +1,198 @@
+"""Several results side by side: what `saehealth compare` and an eval of a run folder return, and its summary.
+
+A `Comparison` holds one entry per SAE (its name, checkpoint and result) and the settings they share. Its `view`
+says how it is shown: `comparison` (SAEs of a sweep or of several libraries: the L0 frontier matters) or `run`
+(one SAE per hook of a model, from a run folder: ordered by layer, metrics plotted against layer). The reports
+of either live in `report/compare_report.py`; the JSON summary is `comparison_to_dict`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saehealth.result import EvalResult
+
+COMPARISON_SCHEMA_VERSION = 1
+VIEWS = ("comparison", "run")
+# The JSON summary of each view (its markdown report is named in report/compare_report.py).
+SUMMARY_JSON = {"comparison": "comparison.json", "run": "run.json"}
+# The columns of every comparison view (table, markdown, JSON), in order.
+SUMMARY_KEYS = (
+    "l0",
+    "loss_recovered",
+    "delta_ce",
+    "kl_div_score",
+    "explained_variance",
+    "dead_fraction",
+    "absorption_fraction",
+)
+# A run report's table adds these (dense latents matter when every layer is read at once).
+RUN_EXTRA_KEYS = ("dense_fraction",)
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+@dataclass
+class ComparedSAE:
+    """One SAE of a comparison: its name (= its result folder's name), checkpoint and result."""
+
+    name: str
+    path: str
+    result: EvalResult
+    folder: Path
+    reused: bool = False
+
+
+@dataclass
+class Comparison:
+    """The outcome of `compare` (or of an eval of a run folder): one entry per SAE and the shared settings."""
+
+    entries: list[ComparedSAE]
+    settings: dict
+    out: Path
+    notes: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # the markdown report, the JSON summary, plots
+    view: str = "comparison"
+
+    @property
+    def identical_tokens(self) -> bool:
+        """True when every result was computed on the same tokens (always, unless an old result was reused)."""
+        keys = {_token_key(entry.result) for entry in self.entries}
+        return len(keys) == 1
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(dict.fromkeys(entry.result.sae.where for entry in self.entries))
+
+    @property
+    def summary_keys(self) -> tuple[str, ...]:
+        return SUMMARY_KEYS + RUN_EXTRA_KEYS if self.view == "run" else SUMMARY_KEYS
+
+
+def layer_and_kind(result: EvalResult) -> tuple[int | None, str]:
+    """(layer, hook type) of the hook an SAE is spliced at: (6, 'hook_resid_post'); (None, name) outside blocks.
+    Transcoders are placed at their output hook, with the input named in the type."""
+    hook = result.sae.output_hook_name or result.sae.hook_name
+    match = _BLOCK.match(hook)
+    layer, kind = (int(match.group(1)), match.group(2)) if match else (None, hook)
+    if result.sae.output_hook_name and result.sae.output_hook_name != result.sae.hook_name:
+        source = _BLOCK.match(result.sae.hook_name)
+        kind = f"{source.group(2) if source else result.sae.hook_name} → {kind}"
+    if result.sae.hook_head_index is not None:
+        kind += f" (head {result.sae.hook_head_index})"
+    return layer, kind
+
+
+def by_layer(entries: list[ComparedSAE]) -> list[ComparedSAE]:
+    """Entries ordered by layer (hooks outside the blocks first), then hook type, then name."""
+    return sorted(entries, key=lambda e: (_layer_key(layer_and_kind(e.result)[0]), layer_and_kind(e.result)[1]))
+
+
+def _layer_key(layer: int | None) -> int:
+    return -1 if layer is None else layer
+
+
+def healthy_count(result: EvalResult) -> tuple[int, int]:
+    """(healthy, total) over the headline verdicts."""
+    from saehealth.report.text import verdicts_of
+    from saehealth.thresholds import HEALTHY
+
+    headline = [v for v in verdicts_of(result).values() if v.get("headline")]
+    return sum(v["status"] == HEALTHY for v in headline), len(headline)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both counts (lower x and higher y), sorted by x."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((ox <= x and oy >= y) and (ox < x or oy > y) for j, (ox, oy) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def frontier_names(comparison: Comparison, y_key: str = "loss_recovered") -> list[str]:
+    """Names of the SAEs on the L0 vs `y_key` frontier of their hook (SAEs at different hooks are not rivals),
+    among those with both metrics measured; by hook, then by L0."""
+    names = []
+    for group in frontier_groups(comparison, y_key).values():
+        names += [group[i][0] for i in pareto_front([point for _, point in group])]
+    return names
+
+
+def frontier_groups(comparison: Comparison, y_key: str) -> dict[str, list[tuple[str, tuple[float, float]]]]:
+    """hook -> [(name, (L0, y))] over the SAEs with both metrics measured, in comparison order."""
+    groups: dict[str, list[tuple[str, tuple[float, float]]]] = {}
+    for e in comparison.entries:
+        x, y = e.result.metrics.get("l0"), e.result.metrics.get(y_key)
+        if x is not None and y is not None:
+            groups.setdefault(e.result.sae.where, []).append((e.name, (float(x), float(y))))
+    return groups
+
+
+def comparison_to_dict(comparison: Comparison) -> dict:
+    """The JSON summary: shared settings, one row per SAE (headline metrics, statuses, where its result is)."""
+    from saehealth.report.text import verdicts_of
+
+    on_front = set(frontier_names(comparison)) if comparison.view == "comparison" else set()
+    keys = comparison.summary_keys
+    saes = []
+    for entry in comparison.entries:
+        r = entry.result
+        verdicts = verdicts_of(r)
+        healthy, total = healthy_count(r)
+        layer, kind = layer_and_kind(r)
+        saes.append(
+            {
+                "name": entry.name,
+                "path": entry.path,
+                "result": os.path.relpath(entry.folder / "result.json", comparison.out),
+                "report": os.path.relpath(entry.folder / "report.md", comparison.out),
+                "library": r.sae.source_library,
+                "architecture": r.sae.architecture,
+                "hook": r.sae.hook_name,
+                "output_hook": r.sae.output_hook_name,
+                "hook_head_index": r.sae.hook_head_index,
+                "layer": layer,
+                "hook_type": kind,
+                "d_in": r.sae.d_in,
+                "d_sae": r.sae.d_sae,
+                "metrics": {key: r.metrics.get(key) for key in keys},
+                "uncertainty": {key: r.uncertainty[key] for key in keys if key in r.uncertainty},
+                "status": {key: verdicts[key]["status"] for key in keys if key in verdicts},
+                "healthy": healthy,
+                "headline_metrics": total,
+                "summary": f"{healthy}/{total} healthy",
+                "on_frontier": entry.name in on_front,
+                "reused": entry.reused,
+            }
+        )
+    summary = {
+        "schema_version": COMPARISON_SCHEMA_VERSION,
+        "view": comparison.view,
+        "settings": comparison.settings,
+        "identical_tokens": comparison.identical_tokens,
+        "hooks": comparison.hooks,
+        "saes": saes,
+    }
+    if comparison.view == "comparison":
+        summary["frontier_l0_loss_recovered"] = frontier_names(comparison, "loss_recovered")
+        summary["frontier_l0_explained_variance"] = frontier_names(comparison, "explained_variance")
+    summary.update(
+        files={key: os.path.relpath(path, comparison.out) for key, path in comparison.files.items()},
+        notes=comparison.notes,
+        timing=_rounded(comparison.timing),
+    )
+    return summary
+
+
+def _token_key(result: EvalResult) -> tuple:
+    e = result.eval
+    return (e.model, e.dataset, e.split, e.n_tokens, e.tokens_scored, e.context_length, e.seed, e.mask_special_tokens)
+
+
+def _rounded(timing: dict) -> dict:
+    return {k: _rounded(v) if isinstance(v, dict) else round(v, 4) for k, v in timing.items()}

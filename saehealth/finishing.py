@@ -1,0 +1,194 @@
+"""After the pass: one SAE's geometry and absorption, its typed result, and its verdicts.
+
+Everything here is per SAE and needs no more tokens: the pass's accumulated numbers (`scoring.PassOutput`) are
+joined by decoder geometry (from the weights) and absorption (which prompts the model itself, its model-level
+half cached on disk), then assessed against the thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from saehealth.config import EvalConfig
+from saehealth.metrics.geometry import geometry_metrics
+from saehealth.planning import Plan
+from saehealth.result import (
+    ABSORPTION_KEYS,
+    GEOMETRY_KEYS,
+    METRIC_KEYS,
+    EvalResult,
+    EvalSettings,
+    Provenance,
+    SAEInfo,
+)
+from saehealth.scoring import PassOutput
+
+
+def finish_result(
+    config: EvalConfig,
+    plan: Plan,
+    output: PassOutput,
+    *,
+    timing: dict[str, float],
+    notes: list[str],
+    not_measured: dict[str, str],
+    started_at: datetime,
+    request: dict,
+) -> tuple[EvalResult, dict]:
+    """The assessed `EvalResult` of one SAE and its per-latent details (`timing`, `not_measured` are updated)."""
+    loaded, sae = plan.loaded, plan.sae
+    metrics, details = output.metrics, output.details
+
+    t0 = time.perf_counter()
+    if "geometry" in config.skip:
+        for key in GEOMETRY_KEYS:
+            not_measured[key] = "skipped with --skip geometry"
+    else:
+        geometry, max_cos = geometry_metrics(sae.W_dec)
+        metrics.update(geometry)
+        details["max_decoder_cosine"] = max_cos
+    timing["geometry_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metrics.update(_absorption(config, plan, details, not_measured))
+    timing["absorption_s"] = time.perf_counter() - t0
+
+    for key in METRIC_KEYS:
+        metrics.setdefault(key, None)
+        if metrics[key] is None and key not in not_measured:
+            not_measured[key] = "could not be computed on this data (see notes)"
+    result = EvalResult(
+        sae=SAEInfo(
+            path=str(config.sae_path),
+            source_library=loaded.source_library,
+            architecture=loaded.architecture,
+            d_in=int(sae.cfg.d_in),
+            d_sae=int(sae.cfg.d_sae),
+            hook_name=plan.hook,
+            output_hook_name=loaded.output_hook_name,
+            hook_head_index=loaded.hook_head_index,
+            model_name=loaded.model_name,
+            training=_jsonable(loaded.training),
+        ),
+        eval=EvalSettings(
+            model=plan.model_name,
+            dataset=plan.dataset_name,
+            split=plan.split,
+            n_tokens=output.tokens_run,
+            tokens_scored=output.tokens_scored,
+            context_length=plan.context,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            mask_special_tokens=not config.include_special_tokens,
+            n_sequences=output.n_sequences,
+        ),
+        metrics={k: _clean_number(v) for k, v in metrics.items()},
+        uncertainty={k: v for k, v in output.uncertainty.items() if math.isfinite(v)},
+        not_measured=not_measured,
+        provenance=provenance(config, started_at),
+        timing={k: round(v, 4) for k, v in timing.items()},
+        notes=[*loaded.notes, *notes],
+        request=request,
+    )
+    assess(result, config.thresholds)
+    return result, details
+
+
+def assess(result: EvalResult, thresholds: str | None) -> None:
+    """Set the result's verdicts under the given thresholds (a preset name or file; None: the default)."""
+    from saehealth.thresholds import assess as assess_metrics
+    from saehealth.thresholds import load_thresholds
+
+    result.verdicts = assess_metrics(
+        result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
+    )
+
+
+def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dict[str, str]) -> dict:
+    from saehealth.metrics.absorption import absorption_applicable, measure_absorption
+
+    keys = ABSORPTION_KEYS
+    reason = "skipped with --skip absorption" if "absorption" in config.skip else absorption_applicable(plan.hook)
+    if reason is None:
+        result = measure_absorption(
+            plan.model,
+            plan.sae,
+            plan.hook,
+            min_letters=config.absorption_min_letters,
+            seed=config.seed,
+            cache_dir=cache_dir(),
+            device=config.device,
+        )
+        for name, array in result.per_letter.items():
+            details[f"absorption_{name}"] = torch.as_tensor(array)
+        if result.not_measured_reason is None:
+            return result.metrics
+        reason = result.not_measured_reason
+        measured = {k: v for k, v in result.metrics.items() if v is not None}
+        for key in keys:
+            if key not in measured:
+                not_measured[key] = reason
+        return {**dict.fromkeys(keys), **measured}
+    for key in keys:
+        not_measured[key] = reason
+    return dict.fromkeys(keys)
+
+
+def cache_dir() -> Path:
+    """Where model-level work is cached: $SAEHEALTH_CACHE, else ~/.cache/saehealth."""
+    return Path(os.environ.get("SAEHEALTH_CACHE", Path.home() / ".cache" / "saehealth"))
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def provenance(config: EvalConfig, started_at: datetime) -> Provenance:
+    from saehealth.distributed import ranks
+
+    return Provenance(
+        saehealth=_package_version("saehealth"),
+        sae_lens=_package_version("sae-lens"),
+        transformer_lens=_package_version("transformer-lens"),
+        torch=torch.__version__,
+        device=config.device,
+        dtype=config.dtype,
+        started_at=started_at.isoformat(timespec="seconds"),
+        duration_s=round((datetime.now(timezone.utc) - started_at).total_seconds(), 3),
+        world_size=ranks().world_size,
+    )
+
+
+def _clean_number(value):
+    """JSON-safe metric: NaN/Inf become None (a metric that is not a number was not measured)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(obj):
+    """Best-effort conversion of checkpoint training facts to JSON-safe values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return str(obj)

@@ -1,0 +1,233 @@
+"""The pass over the evaluation's tokens: every SAE of one model scored in one replay per batch.
+
+`score_batches` takes any set of SAEs at any hooks of one model. Per batch the clean model runs once, each site's
+zero ablation once, and each SAE splices its reconstruction in at its own hook (`replay.py`); the downstream
+metrics then unembed every final residual a tile at a time, the clean side once for all SAEs
+(`metrics/downstream.py`). Each SAE's `SAEScorer` encodes and decodes in token chunks sized from a memory budget,
+so peak memory is set by the budget and not by batch × d_sae, and feeds its streaming accumulators.
+
+Every accumulator merges exactly (`merge`), so torchrun ranks, each scoring its own shard of the sequences, are
+combined on rank 0 into the numbers one process would give (`distributed.merge_on_first_rank`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from saehealth import distributed
+from saehealth.data import special_token_mask
+from saehealth.metrics.clusters import SequenceTotals
+from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
+from saehealth.metrics.reconstruction import ReconstructionAccumulator
+from saehealth.metrics.sparsity import SparsityAccumulator
+from saehealth.replay import ReplayCache, SAEOutputs, SiteGroup, SpliceSite, readout, replay_batch
+
+# Per-sequence totals kept for standard errors (see metrics/clusters.py).
+SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", "n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+# metric -> (numerator, denominator) as {quantity: coefficient}; value = Σnum / Σden (+ offset below).
+RATIO_METRICS = {
+    "loss_recovered": ({"ce_zero": 1, "ce_sae": -1}, {"ce_zero": 1, "ce_clean": -1}),
+    "delta_ce": ({"ce_sae": 1, "ce_clean": -1}, {"n_pred": 1}),
+    "kl_div_score": ({"kl_sae": 1}, {"kl_zero": 1}),  # 1 − ratio: same standard error
+    "explained_variance": ({"sse": 1}, {"sst": 1}),  # 1 − ratio: same standard error
+    "l0": ({"l0": 1}, {"n_tokens": 1}),
+}
+# Memory for one chunk of an SAE's latents: a chunk holds the pre-activations, the activations and the temporaries
+# of the sparsity statistics, about four float32 copies of (tokens, d_sae).
+CHUNK_BYTES_CPU = 2**28
+CHUNK_BYTES_ACCELERATOR = 2**30
+_COPIES_PER_LATENT = 4
+
+
+@dataclass
+class PassOutput:
+    """One SAE's accumulated state after the pass, turned into numbers."""
+
+    metrics: dict
+    uncertainty: dict
+    details: dict
+    n_sequences: int
+    tokens_run: int
+    tokens_scored: int
+
+
+@dataclass
+class Tally:
+    """One SAE's accumulators: everything the pass adds up, and one exact `merge` for all of it."""
+
+    reconstruction: ReconstructionAccumulator
+    downstream: DownstreamAccumulator
+    sparsity: SparsityAccumulator
+    totals: SequenceTotals = field(default_factory=lambda: SequenceTotals(SEQUENCE_QUANTITIES))
+    n_sequences: int = 0
+    tokens_run: int = 0
+
+    def merge(self, other: Tally) -> None:
+        self.reconstruction.merge(other.reconstruction)
+        self.downstream.merge(other.downstream)
+        self.sparsity.merge(other.sparsity)
+        self.totals.merge(other.totals)
+        self.n_sequences += other.n_sequences
+        self.tokens_run += other.tokens_run
+
+    def output(self) -> PassOutput:
+        metrics: dict = {}
+        metrics.update(self.reconstruction.result())
+        metrics.update(self.downstream.result())
+        metrics.update(self.sparsity.result())
+        uncertainty = {key: self.totals.ratio(num, den)[1] for key, (num, den) in RATIO_METRICS.items()}
+        details = {
+            "feature_density": self.sparsity.density(),
+            "firing_counts": self.sparsity.firing_counts,
+            "l0_histogram": self.sparsity.l0_histogram,
+        }
+        return PassOutput(metrics, uncertainty, details, self.n_sequences, self.tokens_run, self.sparsity.tokens)
+
+
+def chunk_tokens(d_sae: int, device: str | torch.device) -> int:
+    """Tokens per chunk of an SAE's encode/decode, from the memory budget of the device type."""
+    budget = CHUNK_BYTES_CPU if torch.device(device).type == "cpu" else CHUNK_BYTES_ACCELERATOR
+    return max(1, budget // (d_sae * 4 * _COPIES_PER_LATENT))
+
+
+class SAEScorer:
+    """One SAE during the pass: its chunked reconstruction (a `replay.Splice`) and its accumulators."""
+
+    def __init__(self, sae, device: str | torch.device = "cpu", chunk: int | None = None):
+        self.sae = sae
+        d_out = int(getattr(sae.cfg, "d_out", sae.cfg.d_in))
+        self.tally = Tally(
+            ReconstructionAccumulator(d_out), DownstreamAccumulator(), SparsityAccumulator(sae.cfg.d_sae)
+        )
+        self.chunk = chunk or chunk_tokens(int(sae.cfg.d_sae), device)
+        self._l0: torch.Tensor | None = None  # this batch's per-position L0, from `reconstruct`
+        # We flatten attention heads ourselves (and need the flat x for the metrics), as SAELens' evals do.
+        self._reshaping = bool(getattr(sae, "hook_z_reshaping_mode", False))
+        if self._reshaping:
+            sae.turn_off_forward_pass_hook_z_reshaping()
+        sae.eval()
+
+    def reconstruct(self, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x̂ for x = `source` (batch, pos, d_in), encoded and decoded a chunk of positions at a time; the latents
+        of each chunk go to the sparsity statistics and are dropped."""
+        flat, flat_mask = source.reshape(-1, source.shape[-1]).to(self.sae.dtype), mask.reshape(-1)
+        parts, l0 = [], []
+        for start in range(0, flat.shape[0], self.chunk):
+            feature_acts = self.sae.encode(flat[start : start + self.chunk])
+            parts.append(self.sae.decode(feature_acts))
+            l0.append(self.tally.sparsity.update(feature_acts, flat_mask[start : start + self.chunk]))
+            del feature_acts
+        self._l0 = torch.cat(l0).reshape(mask.shape)
+        x_hat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return x_hat.reshape(*source.shape[:-1], x_hat.shape[-1])
+
+    def update(self, out: SAEOutputs, downstream: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+        """Add a batch: this SAE's outputs, its downstream per-sequence totals and the mask."""
+        tally = self.tally
+        tally.downstream.update(downstream)
+        per_sequence = dict(downstream)
+        per_sequence.update(tally.reconstruction.update(out.x, out.x_hat, mask))
+        per_sequence.update(n_tokens=mask.sum(1), l0=self._l0.sum(1))
+        tally.totals.update(per_sequence)
+        tally.n_sequences += mask.shape[0]
+        tally.tokens_run += mask.numel()
+
+    def restore(self) -> None:
+        """Undo what scoring changed on the SAE."""
+        if self._reshaping:
+            self.sae.turn_on_forward_pass_hook_z_reshaping()
+
+
+@torch.no_grad()
+def score_batches(
+    model,
+    members: Sequence[tuple[SpliceSite, object]],
+    batches: Iterable[torch.Tensor],
+    include_special_tokens: bool = False,
+    device: str = "cpu",
+    advance: Callable[[int], None] | None = None,
+) -> list[PassOutput] | None:
+    """The one pass over token batches for SAEs at any sites of one model: (site, SAE) pairs, in order.
+
+    Each batch is replayed once (one clean forward, one zero ablation per site) and every SAE's spliced
+    continuation feeds its own accumulators. Returns one `PassOutput` per member, in order. Under torchrun each
+    rank passes its own shard of the batches; the accumulators are merged on rank 0, which gets the outputs (the
+    other ranks get None).
+    """
+    with distributed.step():  # a rank that fails here stops every rank before the merge below
+        tallies = _local_pass(model, members, batches, include_special_tokens, device, advance)
+    merged = distributed.merge_on_first_rank(tallies)
+    return None if merged is None else [tally.output() for tally in merged]
+
+
+def _local_pass(model, members, batches, include_special_tokens, device, advance) -> list[Tally]:
+    """This process's share of the pass: the tallies of its batches."""
+    scorers = [SAEScorer(sae, device) for _, sae in members]
+    sites: dict[SpliceSite, list[int]] = {}  # SAEs at one site share its zero ablation
+    for i, (site, _) in enumerate(members):
+        sites.setdefault(site, []).append(i)
+    groups = [SiteGroup(site, [scorers[i] for i in indices]) for site, indices in sites.items()]
+    cache, unembedding = ReplayCache(), readout(model)
+    try:
+        for tokens in batches:
+            tokens = tokens.to(device)
+            mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
+            out = replay_batch(model, groups, tokens, mask, cache)
+            finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
+            clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask)
+            at_sites = zip(sites.values(), out.sites, per_site, per_sae, strict=True)
+            for indices, site_out, site_totals, sae_totals in at_sites:
+                for i, sae_out, own in zip(indices, site_out.saes, sae_totals, strict=True):
+                    scorers[i].update(sae_out, {**clean, **site_totals, **own}, mask)
+            if advance is not None:
+                advance(tokens.numel())
+    finally:
+        for scorer in scorers:
+            scorer.restore()
+    return [scorer.tally for scorer in scorers]
+
+
+class progress:
+    """A rich progress bar in tokens with tokens/s and ETA; silent without a console."""
+
+    def __init__(self, console, total_tokens: int, label: str = "replaying"):
+        self.console = console
+        self.total = total_tokens
+        self.label = label
+
+    def __enter__(self) -> Callable[[int], None]:
+        if self.console is None:
+            return lambda n: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn(f"[bold]{self.label}[/]"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("replay", total=self.total, rate="")
+        self.started = time.perf_counter()
+
+        def advance(n: int) -> None:
+            self.progress.advance(self.task, n)
+            done = self.progress.tasks[0].completed
+            rate = done / max(time.perf_counter() - self.started, 1e-9)
+            self.progress.update(self.task, rate=f"{rate:,.0f} tok/s")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.console is not None:
+            self.progress.__exit__(*exc)
+        return False
