@@ -454,8 +454,11 @@ def main(argv: list[str] | None = None) -> None:
     except SaeHealthError as exc:
         if debug:
             raise
-        if _first_rank():  # under torchrun every rank stops with the error; rank 0 says it once
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from saehealth import distributed
+
+        if not distributed.ranks().first:  # under torchrun rank 0 says it once
+            sys.exit(0 if distributed.agreed(exc) else 1)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except click.exceptions.ClickException as exc:
         exc.show()
@@ -469,12 +472,6 @@ def main(argv: list[str] | None = None) -> None:
         _leave_process_group()
     if isinstance(code, int) and code:
         sys.exit(code)
-
-
-def _first_rank() -> bool:
-    from saehealth.distributed import ranks
-
-    return ranks().first
 
 
 def _leave_process_group() -> None:

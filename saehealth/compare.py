@@ -26,7 +26,7 @@ from saehealth import distributed
 from saehealth.comparison import SUMMARY_JSON, VIEWS, ComparedSAE, Comparison, by_layer, comparison_to_dict
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
-from saehealth.evaluation import Evaluation, result_folder, share_of_tokens, token_batches
+from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
 from saehealth.loading.files import natural_key
 from saehealth.result import EvalResult, _atomic_write
 from saehealth.scoring import progress, score_batches
@@ -292,6 +292,7 @@ class _Comparer:
                 options.include_special_tokens,
                 options.device,
                 advance,
+                reference_sequence(some, options),
             )
         seconds = time.perf_counter() - t0
         self.timing["pass_s"] = seconds

@@ -38,7 +38,17 @@ class Ranks:
 
 
 class RankFailed(SaeHealthError):
-    """Another rank of a torchrun job failed; its message is carried here."""
+    """A rank of a torchrun job failed; every rank raises this (rank 0 names the failed rank and its message)."""
+
+
+class OutOfMemory(SaeHealthError):
+    """The device ran out of memory during the evaluation."""
+
+
+def agreed(exc: BaseException) -> bool:
+    """True for an error every rank of the job knows of (raised by `agree`): rank 0 reports it, the others can
+    leave quietly (exit 0, so that torchrun does not stop rank 0 before it has said what went wrong)."""
+    return getattr(exc, "agreed_by_ranks", False)
 
 
 def ranks() -> Ranks:
@@ -68,33 +78,47 @@ def setup(device: str) -> None:
 
 
 def agree(error: BaseException | None = None) -> None:
-    """Every rank calls this at the same point: if any rank failed, every rank raises (the failed rank its own
-    error, the others `RankFailed` naming it)."""
+    """Every rank calls this at the same point: if any rank failed, every rank raises. Rank 0 raises its own error,
+    or `RankFailed` naming the first rank that failed; the other ranks raise `RankFailed` (rank 0 reports)."""
     if not active():
         if error is not None:
             raise error
         return
     import torch.distributed as dist
 
-    reports: list[Any] = [None] * ranks().world_size
+    here = ranks()
+    reports: list[Any] = [None] * here.world_size
     dist.all_gather_object(reports, None if error is None else str(error))
-    if error is not None:
-        raise error
     failed = [(rank, message) for rank, message in enumerate(reports) if message is not None]
-    if failed:
-        rank, message = failed[0]
-        raise RankFailed(f"rank {rank} failed: {message}")
+    if not failed:
+        return
+    if here.first and error is not None:
+        error.agreed_by_ranks = True
+        raise error
+    rank, message = failed[0]
+    failure = RankFailed(f"rank {rank} failed: {message}")
+    failure.agreed_by_ranks = True
+    raise failure from error
 
 
 @contextmanager
 def step() -> Iterator[None]:
-    """A stretch of work every rank does on its own; ranks agree at its end that none of them failed."""
+    """A stretch of work every rank does on its own; ranks agree at its end that none of them failed. Running out
+    of device memory becomes a one-line error naming the fix."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001  (reported to every rank, then re-raised)
-        agree(exc)
+        agree(_out_of_memory(exc) or exc)
     else:
         agree()
+
+
+def _out_of_memory(exc: Exception) -> OutOfMemory | None:
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        error = OutOfMemory(f"Out of memory ({str(exc).splitlines()[0][:120]}): lower --batch-size.")
+        error.__cause__ = exc
+        return error
+    return None
 
 
 def merge_on_first_rank(tallies: list[T]) -> list[T] | None:

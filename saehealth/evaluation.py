@@ -156,6 +156,7 @@ class Evaluation:
                 self.config.include_special_tokens,
                 self.config.device,
                 advance,
+                reference_sequence(plan, self.config),
             )
         return None if outputs is None else outputs[0]
 
@@ -259,6 +260,11 @@ def token_batches(plan: Plan, config: EvalConfig):
         config.seed,
         shard=(here.rank, here.world_size),
     )
+
+
+def reference_sequence(plan: Plan, config: EvalConfig):
+    """The evaluation's first sequence, (1, context), on every rank: the reference mean of the variance sums."""
+    return next(iter(sequence_batches(plan.dataset, plan.model.tokenizer, plan.context, 1, 1, config.seed)), None)
 
 
 def share_of_tokens(plan: Plan) -> int:

@@ -12,6 +12,7 @@ combined on rank 0 into the numbers one process would give (`distributed.merge_o
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
-from saehealth.replay import ReplayCache, SAEOutputs, SiteGroup, SpliceSite, readout, replay_batch
+from saehealth.replay import ReplayCache, SAEOutputs, SiteGroup, SpliceSite, readout, replay_batch, sae_view
 
 # Per-sequence totals kept for standard errors (see metrics/clusters.py).
 SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", "n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
@@ -150,23 +151,32 @@ def score_batches(
     include_special_tokens: bool = False,
     device: str = "cpu",
     advance: Callable[[int], None] | None = None,
+    reference: torch.Tensor | None = None,
 ) -> list[PassOutput] | None:
     """The one pass over token batches for SAEs at any sites of one model: (site, SAE) pairs, in order.
 
     Each batch is replayed once (one clean forward, one zero ablation per site) and every SAE's spliced
     continuation feeds its own accumulators. Returns one `PassOutput` per member, in order. Under torchrun each
-    rank passes its own shard of the batches; the accumulators are merged on rank 0, which gets the outputs (the
-    other ranks get None).
+    rank passes its own shard of the batches and the same `reference` (the evaluation's first sequence, (1, ctx));
+    the accumulators are merged on rank 0, which gets the outputs (the other ranks get None).
     """
     with distributed.step():  # a rank that fails here stops every rank before the merge below
-        tallies = _local_pass(model, members, batches, include_special_tokens, device, advance)
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is not None:
+            batches = itertools.chain([first], batches)
+            if reference is None:
+                reference = first[:1]
+        tallies = _local_pass(model, members, batches, include_special_tokens, device, advance, reference)
     merged = distributed.merge_on_first_rank(tallies)
     return None if merged is None else [tally.output() for tally in merged]
 
 
-def _local_pass(model, members, batches, include_special_tokens, device, advance) -> list[Tally]:
+def _local_pass(model, members, batches, include_special_tokens, device, advance, reference) -> list[Tally]:
     """This process's share of the pass: the tallies of its batches."""
     scorers = [SAEScorer(sae, device) for _, sae in members]
+    if reference is not None:
+        _set_references(model, members, scorers, reference.to(device), include_special_tokens)
     sites: dict[SpliceSite, list[int]] = {}  # SAEs at one site share its zero ablation
     for i, (site, _) in enumerate(members):
         sites.setdefault(site, []).append(i)
@@ -189,6 +199,17 @@ def _local_pass(model, members, batches, include_special_tokens, device, advance
         for scorer in scorers:
             scorer.restore()
     return [scorer.tally for scorer in scorers]
+
+
+def _set_references(model, members, scorers, tokens: torch.Tensor, include_special_tokens: bool) -> None:
+    """Give every SAE's reconstruction accumulator the mean activation of `tokens` (one sequence) at its spliced
+    hook as its reference mean, so that every torchrun rank accumulates about the same one."""
+    hooks = {site.hook_name for site, _ in members}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+    mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
+    for (site, _), scorer in zip(members, scorers, strict=True):
+        x = sae_view(cache[site.hook_name], site.head_dims, site.head_index)
+        scorer.tally.reconstruction.set_reference(x, mask)
 
 
 class progress:

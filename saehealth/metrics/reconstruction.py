@@ -18,7 +18,7 @@ class ReconstructionAccumulator:
         self.d_in = d_in
         self.tokens = 0
         self.sum_sq_error = 0.0
-        # Variance is accumulated about a reference mean μ₀ (the first batch's), which keeps the
+        # Variance is accumulated about a reference mean μ₀ (set_reference, else the first batch's), which keeps the
         # float64 sums well conditioned when activations carry a large common component; the exact
         # pooled variance is recovered at the end as Σ‖x−μ₀‖² − T‖μ−μ₀‖².
         self.reference: torch.Tensor | None = None
@@ -39,7 +39,7 @@ class ReconstructionAccumulator:
         x, x_hat = x.to(dtype), x_hat.to(dtype)
         m = mask.to(torch.float64)
         if self.reference is None:
-            self.reference = (x * mask[..., None]).sum((0, 1), dtype=torch.float64) / m.sum().clamp(min=1)
+            self.set_reference(x, mask)
         shifted = x - self.reference.to(x.device, dtype)
         sq_error = (x - x_hat).pow(2).sum(-1).to(torch.float64) * m
         sq_shifted = shifted.pow(2).sum(-1).to(torch.float64) * m
@@ -58,6 +58,14 @@ class ReconstructionAccumulator:
         self.sum_sq_recon_norm += float((r_norm.pow(2) * m).sum())
         self.sum_dot += float((dot * m).sum())
         return {"sse": sq_error.sum(1), "sst": sq_shifted.sum(1)}
+
+    def set_reference(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+        """Use the mean of x (..., d_in) over the unmasked positions as the reference mean μ₀. The pooled metrics
+        do not depend on it; the per-sequence variance totals behind explained variance's standard error do, so
+        processes that share a pass must share it."""
+        m = mask.to(torch.float64)
+        flat = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        self.reference = (flat * m.reshape(-1, 1)).sum(0) / m.sum().clamp(min=1)
 
     def merge(self, other: ReconstructionAccumulator) -> None:
         """Add another accumulator's sums (another rank's share of the data), moving them to this reference mean:

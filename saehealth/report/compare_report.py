@@ -81,16 +81,17 @@ def comparison_table(comparison: Comparison) -> Table:
         title_justify="left",
         caption_justify="left",
     )
-    show_hook = run or len(comparison.hooks) > 1
-    table.add_column("SAE", overflow="fold", min_width=10)
-    if run:
-        table.add_column("layer", justify="right", no_wrap=True)
-    else:
+    # A run's SAEs share a library and usually an architecture and width: each one's hook goes under its name,
+    # which keeps the table within 80 columns.
+    show_hook = not run and len(comparison.hooks) > 1
+    table.add_column("SAE\nhook" if run else "SAE", overflow="fold", min_width=10)
+    if not run:
         table.add_column("library", overflow="fold", min_width=8)
         table.add_column("architec-\nture", overflow="fold", min_width=8)
     if show_hook:
         table.add_column("hook", overflow="fold", min_width=8)
-    table.add_column("d_sae", justify="right", no_wrap=True)
+    if not run:
+        table.add_column("d_sae", justify="right", no_wrap=True)
     for key in comparison.summary_keys:
         table.add_column(SHORT_HEADERS[key], justify="right", no_wrap=True)
     table.add_column("healthy", justify="right", no_wrap=True)
@@ -99,12 +100,13 @@ def comparison_table(comparison: Comparison) -> Table:
         r = entry.result
         verdicts = verdicts_of(r)
         marks = (f" {FRONTIER_MARK}" if entry.name in front else "") + (f" {REUSED_MARK}" if entry.reused else "")
-        layer, kind = layer_and_kind(r)
-        row = [Text(entry.name + marks)]
-        row += [_layer(layer)] if run else [r.sae.source_library, r.sae.architecture]
-        if show_hook:
-            row.append(kind if run else _short_hook(r.sae.where))
-        row.append(f"{r.sae.d_sae:,}")
+        if run:
+            row = [Text(entry.name + marks + "\n") + Text(_short_hook(r.sae.where), style="dim")]
+        else:
+            row = [Text(entry.name + marks), r.sae.source_library, r.sae.architecture]
+            if show_hook:
+                row.append(_short_hook(r.sae.where))
+            row.append(f"{r.sae.d_sae:,}")
         for key in comparison.summary_keys:
             status = verdicts.get(key, {}).get("status")
             row.append(Text(_short(key, r.metrics.get(key)), style=STATUS_STYLE.get(status, "")))

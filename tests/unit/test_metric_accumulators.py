@@ -182,3 +182,40 @@ def test_sequence_totals_ratio_standard_error_matches_formula():
     expected = math.sqrt(40 / 39 * ((a - r * b) ** 2).sum() / b.sum() ** 2)
     assert value == pytest.approx(r)
     assert se == pytest.approx(expected, rel=1e-9)
+
+
+def test_accumulators_merge_exactly():
+    """Two shares of the data accumulated apart (each about its own reference mean, as on two torchrun ranks) and
+    merged give the numbers of one accumulator that saw it all."""
+    from saehealth.scoring import Tally
+
+    x = _random_x(3, (8, 6, 4))
+    x_hat = x + 0.2 * (_random_x(4, (8, 6, 4)) - 3.0)
+    acts = torch.relu(_random_x(5, (8, 6, 7)) - 3.5)
+    mask = torch.ones(8, 6, dtype=torch.bool)
+    mask[:, 0] = False
+    names = ["n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"]
+    downstream = {name: torch.arange(8, dtype=torch.float64) * (i + 1) + i for i, name in enumerate(names)}
+
+    def tally(rows: slice) -> Tally:
+        t = Tally(ReconstructionAccumulator(4), DownstreamAccumulator(), SparsityAccumulator(7))
+        per_sequence = {k: v[rows] for k, v in downstream.items()}
+        t.downstream.update(per_sequence)
+        per_sequence.update(t.reconstruction.update(x[rows], x_hat[rows], mask[rows]))
+        per_sequence.update(n_tokens=mask[rows].sum(1), l0=t.sparsity.update(acts[rows], mask[rows]).sum(1))
+        t.totals.update(per_sequence)
+        t.n_sequences = t.totals.n_sequences
+        return t
+
+    whole, merged, second = tally(slice(0, 8)), tally(slice(0, 3)), tally(slice(3, 8))
+    assert not torch.equal(merged.reconstruction.reference, second.reconstruction.reference)
+    merged.merge(second)
+    a, b = whole.output(), merged.output()
+    for key, value in a.metrics.items():
+        if value is not None:  # per-token norms are float32 about each share's own reference: rounding only
+            assert b.metrics[key] == pytest.approx(value, rel=1e-7), key
+    for key in ("l0", "loss_recovered", "delta_ce", "kl_div_score"):
+        assert b.uncertainty[key] == pytest.approx(a.uncertainty[key], rel=1e-9), key
+    assert torch.equal(b.details["firing_counts"], a.details["firing_counts"])
+    assert torch.equal(b.details["l0_histogram"], a.details["l0_histogram"])
+    assert b.n_sequences == a.n_sequences == 8

@@ -1,0 +1,139 @@
+"""`saehealth eval` of a run folder: SAEs at several hooks of the built-in model scored in one pass, each result
+equal to its own one-SAE evaluation, with a run report ordered by layer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from saehealth import scoring
+from saehealth.cli import main
+from saehealth.evaluation import evaluate
+from saehealth.result import METRIC_KEYS, load_result
+from tests.conftest import write_standard_sae
+
+TOKENS = 2048  # 16 sequences of 128
+D_IN, D_SAE = 128, 256
+# Residual (shared zero ablation), mlp_out (additive splice), in-block (restarted block) and the model's input.
+HOOKS = {
+    "resid_pre_0": "blocks.0.hook_resid_pre",
+    "resid_post_0": "blocks.0.hook_resid_post",
+    "mlp_out_1": "blocks.1.hook_mlp_out",
+    "resid_post_1": "blocks.1.hook_resid_post",
+    "attn_out_1": "blocks.1.hook_attn_out",
+    "embed": "hook_embed",
+}
+COMMON = ["--tokens", str(TOKENS), "--skip", "absorption"]
+
+
+def random_sae(folder, hook_name, seed, model_name=None):
+    """A SAELens StandardSAE with tied random unit-norm rows and a negative bias: sparse and imperfect."""
+    gen = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(D_SAE, D_IN, generator=gen)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    b_enc = torch.full((D_SAE,), -0.5)
+    return write_standard_sae(
+        folder, W_dec.T.contiguous(), b_enc, W_dec, torch.zeros(D_IN), hook_name=hook_name, model_name=model_name
+    )
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    for seed, (name, hook) in enumerate(HOOKS.items()):
+        random_sae(root / name, hook, seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(run_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "run"
+    main(["eval", "--sae-path", str(run_folder), "--out", str(out), *COMMON])
+    return out
+
+
+def test_every_sae_equals_its_own_evaluation(run_folder, evaluated, tmp_path):
+    for name in HOOKS:
+        together = load_result(evaluated / name)
+        alone = evaluate(run_folder / name, n_tokens=TOKENS, skip=("absorption",), out=tmp_path / name)
+        assert together.eval == alone.eval
+        assert together.sae.hook_name == alone.sae.hook_name
+        for key in METRIC_KEYS:
+            if alone.metrics[key] is None:
+                assert together.metrics[key] is None, key
+            else:
+                assert together.metrics[key] == pytest.approx(alone.metrics[key], rel=1e-6, abs=1e-9), (name, key)
+        for key, se in alone.uncertainty.items():
+            assert together.uncertainty[key] == pytest.approx(se, rel=1e-6, abs=1e-12), (name, key)
+        assert together.metrics["loss_recovered"] < 0.999  # imperfect SAEs: the comparison says something
+
+
+def test_the_run_report_orders_the_saes_by_layer(evaluated):
+    run = json.loads((evaluated / "run.json").read_text())
+    assert run["view"] == "run" and run["identical_tokens"] is True
+    rows = [(row["layer"], row["hook_type"], row["name"]) for row in run["saes"]]
+    assert rows == [
+        (None, "hook_embed", "embed"),
+        (0, "hook_resid_post", "resid_post_0"),
+        (0, "hook_resid_pre", "resid_pre_0"),
+        (1, "hook_attn_out", "attn_out_1"),
+        (1, "hook_mlp_out", "mlp_out_1"),
+        (1, "hook_resid_post", "resid_post_1"),
+    ]
+    assert all("dense_fraction" in row["metrics"] for row in run["saes"])
+    markdown = (evaluated / "run_report.md").read_text()
+    assert "| SAE | layer | hook | d_sae |" in markdown
+    assert "](resid_post_1/report.md)" in markdown
+    assert (evaluated / "metrics_by_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in HOOKS:
+        assert (evaluated / name / "report.md").is_file()
+
+
+def test_select_picks_members_and_the_terminal_shows_the_table(run_folder, tmp_path, capsys):
+    main(["eval", "--sae-path", str(run_folder), "--select", "resid_*", "--out", str(tmp_path / "o"), *COMMON])
+    shown = capsys.readouterr().out
+    assert "Scoring 3 SAEs at 3 hooks in one pass" in shown
+    assert "1.resid_post" in shown.replace("\n", "").replace(" ", "") and "mlp_out" not in shown
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert [row["name"] for row in run["saes"]] == ["resid_post_0", "resid_pre_0", "resid_post_1"]
+
+
+def test_chunked_encoding_gives_the_same_numbers(run_folder, tmp_path, monkeypatch):
+    """Encoding a few positions at a time (the memory budget at 65k latents) changes nothing."""
+    whole = evaluate(run_folder / "mlp_out_1", n_tokens=TOKENS, skip=("absorption",), out=tmp_path / "whole")
+    monkeypatch.setattr(scoring, "CHUNK_BYTES_CPU", D_SAE * 4 * scoring._COPIES_PER_LATENT * 100)  # 100 tokens
+    assert scoring.chunk_tokens(D_SAE, "cpu") == 100
+    chunked = evaluate(run_folder / "mlp_out_1", n_tokens=TOKENS, skip=("absorption",), out=tmp_path / "chunked")
+    for key in METRIC_KEYS:
+        if whole.metrics[key] is not None:
+            assert chunked.metrics[key] == pytest.approx(whole.metrics[key], rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("empty", [], "holds no checkpoint"),
+        ("run", ["--select", "layers.*"], "No SAE in .* matches 'layers.\\*'"),
+        ("two_models", [], "trained on different models"),
+    ],
+)
+def test_bad_run_folders(run_folder, tmp_path, capsys, setup, args, message):
+    import re
+
+    path = tmp_path / "input"
+    if setup == "empty":
+        path.mkdir()
+    elif setup == "run":
+        path = run_folder
+    else:
+        random_sae(path / "a", HOOKS["resid_post_0"], 0)
+        random_sae(path / "b", HOOKS["resid_post_0"], 1, model_name="gpt2")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--sae-path", str(path), "--out", str(out), *args, *COMMON])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not out.exists()
