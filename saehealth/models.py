@@ -107,22 +107,37 @@ def _load_saehealth_layout(folder: Path, device: str, dtype: torch.dtype):
 
 
 def _load_hf_directory(path: Path, device: str, dtype: torch.dtype, kwargs: dict):
-    """A local Hugging Face checkpoint whose architecture TransformerLens knows by its recorded name."""
+    """A local Hugging Face checkpoint of an architecture TransformerLens converts (the `architectures` its
+    config.json names), built from its own config.json: nothing is fetched from the hub."""
+    from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = json.loads((path / "config.json").read_text())
-    recorded = config.get("_name_or_path") or config.get("name_or_path") or ""
-    official = _official_name(recorded)
-    if official is None:
-        raise ModelError(
-            f"{path} is a Hugging Face checkpoint, but its config.json does not name a model TransformerLens "
-            f"supports (_name_or_path={recorded!r}); set _name_or_path to the base model's name, e.g. 'gpt2'."
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per load is noise in saehealth's output
+    local = str(path.resolve())
+    options = dict(kwargs)
+    steps = {name: options.pop(name) for name in list(options) if name in NO_PROCESSING}
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(local, torch_dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(local)
+        cfg = loading.get_pretrained_model_config(
+            local,
+            hf_cfg=hf_model.config.to_dict(),
+            fold_ln=steps.get("fold_ln", False),
+            device=device,
+            dtype=dtype,
+            **options,
         )
-    hf_model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = _hooked_transformer().from_pretrained(
-        official, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype, **kwargs
-    )
+        state_dict = loading.get_pretrained_state_dict(local, cfg, hf_model, dtype=dtype)
+    except (NotImplementedError, ValueError, KeyError) as exc:
+        raise ModelError(
+            f"TransformerLens cannot convert the Hugging Face model in {path} ({str(exc).splitlines()[0][:160]}): "
+            "use an architecture TransformerLens supports (its config.json 'architectures')."
+        ) from exc
+    model = _hooked_transformer()(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(state_dict, **steps)
+    model.move_model_modules_to_device()
     model.eval()
     return model
 

@@ -9,14 +9,20 @@ from saehealth.result import GEOMETRY_KEYS
 NEAR_DUPLICATE_COSINE = 0.9
 
 
+# Memory for one block of cosines (chunk × d_sae float32): 256 MiB, whatever d_sae.
+BLOCK_BYTES = 2**28
+
+
 @torch.no_grad()
-def max_decoder_cosine(W_dec: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+def max_decoder_cosine(W_dec: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """For each latent, the largest cosine between its decoder row and any other latent's: (d_sae,).
 
-    Computed in row chunks so memory is chunk × d_sae rather than d_sae², which matters at 131k latents.
+    Computed in row chunks so memory is chunk × d_sae rather than d_sae² (at 131k latents a 4,096-row chunk
+    alone would take 2 GiB): by default a chunk holds BLOCK_BYTES of cosines.
     """
     rows = torch.nn.functional.normalize(W_dec.detach().float(), dim=-1)
     d_sae = rows.shape[0]
+    chunk_size = chunk_size or max(1, BLOCK_BYTES // (4 * d_sae))
     best = torch.empty(d_sae, dtype=torch.float32, device=rows.device)
     for start in range(0, d_sae, chunk_size):
         block = rows[start : start + chunk_size] @ rows.T  # (chunk, d_sae)

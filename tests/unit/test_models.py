@@ -49,3 +49,24 @@ def test_processing_label_names_only_what_differs():
 def test_an_unknown_model_name_is_a_model_error():
     with pytest.raises(ModelError, match="Unknown model"):
         models.load_model("definitely-not-a-model")
+
+
+def test_a_local_hugging_face_folder_loads_from_its_own_config(tmp_path):
+    """A randomly initialised GPT-2-style checkpoint of a shape no hub model has: built from its config.json,
+    nothing fetched, computing what the Hugging Face model computes."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from saehealth import builtin
+
+    tokenizer = builtin.load_builtin_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_ctx=32, n_embd=64, n_layer=2, n_head=2)
+    hf_model = GPT2LMHeadModel(config).eval()
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = models.load_model(str(tmp_path))
+    assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.d_vocab) == (2, 64, len(tokenizer))
+    tokens = torch.randint(0, len(tokenizer), (2, 16))
+    with torch.no_grad():
+        assert model(tokens) == pytest.approx(hf_model(tokens).logits, abs=1e-4)
