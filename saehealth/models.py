@@ -111,7 +111,6 @@ def _load_hf_directory(path: Path, device: str, dtype: torch.dtype, kwargs: dict
     config.json names), built from its own config.json: nothing is fetched from the hub."""
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load is noise in saehealth's output

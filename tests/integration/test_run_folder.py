@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+import saehealth
 from saehealth import scoring
 from saehealth.cli import main
 from saehealth.evaluation import evaluate
@@ -137,3 +138,25 @@ def test_bad_run_folders(run_folder, tmp_path, capsys, setup, args, message):
     assert exc.value.code == 1
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
     assert not out.exists()
+
+
+def test_wide_topk_saes_are_scored_sparse_with_the_same_numbers(builtin_model, monkeypatch):
+    """From SPARSE_FROM_D_SAE latents on, a SAELens TopK SAE hands over sparse latents: same numbers as dense."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from saehealth.data import load_dataset, sequence_batches
+    from saehealth.replay import splice_site
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=scoring.SPARSE_FROM_D_SAE, k=32)).eval()
+    dataset = load_dataset(saehealth.BUILTIN_DATASET, "validation")
+    batches = list(sequence_batches(dataset, builtin_model.tokenizer, 128, 6, 3, 0))
+    members = [(splice_site("blocks.0.hook_resid_post"), sae)]
+    (sparse,) = scoring.score_batches(builtin_model, members, batches)
+    assert type(sae.activation_fn).__name__ == "TopK" and not sae.activation_fn.use_sparse_activations  # restored
+    monkeypatch.setattr(scoring, "SPARSE_FROM_D_SAE", 10**9)
+    (dense,) = scoring.score_batches(builtin_model, members, batches)
+    for key, value in dense.metrics.items():
+        assert sparse.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert torch.equal(sparse.details["firing_counts"], dense.details["firing_counts"])
+    assert torch.equal(sparse.details["l0_histogram"], dense.details["l0_histogram"])
