@@ -255,7 +255,9 @@ def demo_command(
     from saehealth import training
     from saehealth.config import EvalConfig
     from saehealth.evaluation import evaluate
+    from saehealth.output import check_output_folder
 
+    check_output_folder(out, "result")  # before training, not after it
     trained_now = not (checkpoint / "cfg.json").is_file()
     if trained_now:
         console.print(f"[bold]Training the demo SAE[/] into {checkpoint} (SAELens, built-in model) ...")
@@ -309,15 +311,18 @@ def report_command(
     """Regenerate the terminal and markdown health reports from a saved result, without loading any model.
 
     Verdicts are recomputed when --thresholds is given; otherwise the saved ones are used."""
-    from saehealth.result import load_result
+    from saehealth.output import check_output_folder, report_target, save_report_folder
+    from saehealth.result import load_details, load_result
     from saehealth.thresholds import assess, load_thresholds
 
-    result = load_result(result_path)
+    result = load_result(result_path)  # the input first: a missing result is the problem to name
+    folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
+    check_output_folder(*report_target(folder, result_path)[:2])
     if thresholds is not None or not result.verdicts:
         result.verdicts = assess(
             result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
         )
-    folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
+    save_report_folder(folder, result, load_details(result_path), result_path)
     _present(result, folder, quiet=quiet, json_output=json_output, strict=strict, wandb_project=wandb_project)
 
 
@@ -331,17 +336,18 @@ def _present(
     wandb_project: str | None,
     verbose: bool = False,
 ) -> None:
-    """Write report.md (+ plots) beside the result, print the report (or JSON), log to W&B, apply --strict."""
+    """Print the report (or JSON) of a result whose folder is written, log to W&B, apply --strict."""
     import dataclasses
     import json
 
     from saehealth.advice import advise
-    from saehealth.report import print_report, write_markdown_report
+    from saehealth.report import print_report
+    from saehealth.report.markdown import REPORT_FILE
     from saehealth.result import load_details
     from saehealth.thresholds import headline_summary, is_unhealthy
 
     details = load_details(folder)
-    report_path = write_markdown_report(result, details, folder)
+    report_path = folder / REPORT_FILE
     location = None
     if wandb_project:
         from saehealth.wandb_log import log_to_wandb

@@ -27,8 +27,9 @@ from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, _progress, score_batches
 from saehealth.loading.files import natural_key
+from saehealth.output import check_output_folder
 from saehealth.replay import SpliceSite
-from saehealth.result import EvalResult, _atomic_write
+from saehealth.result import EvalResult
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_SCHEMA_VERSION = 1
@@ -172,6 +173,7 @@ class _Comparer:
 
         started = time.perf_counter()
         cfg, options = self.config, self.config.evaluation
+        check_output_folder(cfg.out_folder, "comparison")  # before any work: refuse a folder that is not ours
         members = self._load_all(checkpoint_paths(cfg.paths, cfg.sweep))
         names = unique_names([path for path, _, _ in members])
         named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
@@ -385,21 +387,25 @@ class _Comparer:
 
     # ------------------------------------------------------------------ output
     def _write(self, comparison: Comparison, started: float) -> None:
-        """Per-SAE report.md, then comparison.md with frontier plots and comparison.json."""
-        from saehealth.report import write_markdown_report
+        """comparison.md with frontier plots and comparison.json, staged and renamed into the folder together
+        (each SAE's result folder was written whole when it was scored; a reused one gets its report again only
+        when --thresholds changed its verdicts)."""
+        from saehealth.output import save_report_folder, staged
         from saehealth.report.compare_report import write_comparison_report
-        from saehealth.result import load_details
+        from saehealth.result import RESULT_FILE, load_details
 
         t0 = time.perf_counter()
         for entry in comparison.entries:
-            write_markdown_report(entry.result, load_details(entry.folder), entry.folder)
-        comparison.files.update(write_comparison_report(comparison, comparison.out))
-        path = comparison.out / COMPARISON_JSON
-        comparison.files["json"] = path
-        self.timing["reports_s"] = time.perf_counter() - t0
-        self.timing["total_s"] = time.perf_counter() - started
-        text = json.dumps(comparison_to_dict(comparison), indent=2, allow_nan=False) + "\n"
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+            if entry.reused and self.config.evaluation.thresholds is not None:
+                save_report_folder(entry.folder, entry.result, load_details(entry.folder), entry.folder / RESULT_FILE)
+        with staged(comparison.out, "comparison", in_place=True) as staging:
+            written = write_comparison_report(comparison, staging)
+            comparison.files.update({key: comparison.out / path.name for key, path in written.items()})
+            comparison.files["json"] = comparison.out / COMPARISON_JSON
+            self.timing["reports_s"] = time.perf_counter() - t0
+            self.timing["total_s"] = time.perf_counter() - started
+            text = json.dumps(comparison_to_dict(comparison), indent=2, allow_nan=False) + "\n"
+            (staging / COMPARISON_JSON).write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------- summary

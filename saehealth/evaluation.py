@@ -27,6 +27,7 @@ from saehealth.metrics.geometry import geometry_metrics
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.models import check_hook, load_model
+from saehealth.output import check_output_folder, save_result_folder
 from saehealth.replay import ReplayCache, SpliceSite, readout, replay_batch, sae_view, splice_site
 from saehealth.result import (
     ABSORPTION_KEYS,
@@ -141,6 +142,7 @@ class Evaluation:
         from saehealth.loading import load_checkpoint
 
         cfg = self.config
+        check_output_folder(self._out_folder(), "result")  # before any work: refuse a folder that is not ours
         if self.loaded is None:
             t0 = time.perf_counter()
             loaded = load_checkpoint(cfg.sae_path, format=cfg.format, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype)
@@ -244,7 +246,7 @@ class Evaluation:
             request=self._request(),
         )
         self._assess(result)
-        result.save(self._out_folder(), details)
+        save_result_folder(self._out_folder(), result, details)  # result, details, report.md, plots: all or nothing
         return result
 
     def _out_folder(self) -> Path:
@@ -286,13 +288,12 @@ class Evaluation:
         path = out / RESULT_FILE
         if self.config.force or not path.is_file():
             return None
-        import json
-
-        saved_request, request = json.loads(path.read_text()).get("request") or {}, self._request()
+        saved = load_result(path)  # one line when it is not a readable result: --force replaces it
+        saved_request, request = saved.request or {}, self._request()
         if saved_request == request:
             if self.console is not None:
                 self.console.print(f"[dim]Reusing {path} (pass --force to re-run).[/]")
-            return load_result(path)
+            return saved
 
         def settings(r: dict) -> dict:
             return {k: v for k, v in r.items() if k != "sae_weights"}
