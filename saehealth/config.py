@@ -9,6 +9,7 @@ from saehealth.errors import ConfigError, suggest
 
 SKIPPABLE = ("absorption", "geometry")
 DEFAULT_MAX_TOKENS = 200_000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class EvalConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("n_tokens", "num_samples", "context_length", "batch_size", "seed", "layer"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}.")
         if self.n_tokens is not None and self.num_samples is not None:
             raise ConfigError("Give --tokens or --num-samples, not both.")
         for name in ("n_tokens", "num_samples", "context_length", "batch_size"):
@@ -46,6 +51,8 @@ class EvalConfig:
             if value is not None and value <= 0:
                 flag = {"n_tokens": "--tokens", "num_samples": "--num-samples"}.get(name, "--" + name.replace("_", "-"))
                 raise ConfigError(f"{flag} must be a positive number, got {value}.")
+        if not 0 <= self.seed <= MAX_SEED:  # numpy and scikit-learn take 32-bit seeds (probes come after the pass)
+            raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}.")
         if self.layer is not None and self.layer < 0:
             raise ConfigError(f"--layer must be 0 or more, got {self.layer}.")
         if self.hook is not None and self.layer is not None:
@@ -57,6 +64,12 @@ class EvalConfig:
                 )
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
+        from saehealth.models import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"Unknown --dtype {self.dtype!r}: choose from {', '.join(DTYPES)}.{suggest(self.dtype, DTYPES)}"
+            )
         _check_device(self.device)
 
 
