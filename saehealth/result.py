@@ -317,9 +317,12 @@ def _shown(value) -> str:
 def _atomic_write(path: Path, write) -> None:
     """Write through `write(tmp_path)` to a temporary file beside `path`, then rename over it."""
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, unlike mkstemp's 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, unlike mkstemp's 0600
+    mode = os.fstat(fd).st_mode & 0o777
+    os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # safetensors re-creates the file as 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,8 +7,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from saehealth.cli import main
 from saehealth.output import MANIFEST, STAGING_TAG
 from tests.conftest import shifted_identity_sae
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--tokens", "256", "--skip", "absorption", "--skip", "geometry", "--quiet"]
 
 
@@ -35,6 +32,10 @@ def test_a_result_folder_appears_whole_with_its_report(tmp_path):
     entries = json.loads((out / MANIFEST).read_text())["entries"]
     assert {"result.json", "result.details.safetensors", "report.md", "plots/"} <= set(entries)
     assert not [p for p in tmp_path.rglob(f"*{STAGING_TAG}*")]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("result.json", "result.details.safetensors", "report.md"):  # readable as the umask says, not 0600
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     # The report command re-renders into the same folder, keeping the result files.
     before = (out / "result.json").read_text()
     main(["report", str(out / "result.json"), "--quiet"])
@@ -60,37 +61,28 @@ def test_a_full_disk_while_writing_the_report_leaves_nothing(tmp_path, monkeypat
     assert _everything(tmp_path) == before  # no result, no details file, no reports/ folder, no staging folder
 
 
-_INTERRUPT_DURING_WRITE = """
-import os, signal, sys, time
-import saehealth.report
-
-def interrupted(*args, **kwargs):  # the signal arrives while the result folder is being staged
-    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
-    time.sleep(30)
-
-saehealth.report.write_markdown_report = interrupted
-from saehealth.cli import main
-main(sys.argv[2:])
-"""
-
-
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
-def test_an_interrupt_while_writing_exits_130_and_leaves_nothing(tmp_path, signal_name):
+def test_a_signal_while_writing_exits_130_and_leaves_nothing(tmp_path, monkeypatch, capsys, signal_name):
+    """A real signal to this process while the result folder is being staged (main() turns SIGTERM into the
+    same unwinding as Ctrl-C, and puts the previous SIGTERM handler back when it returns)."""
+    import saehealth.report
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, signal_name))
+        raise AssertionError("the signal should have interrupted the write")
+
+    monkeypatch.setattr(saehealth.report, "write_markdown_report", interrupted)
+    monkeypatch.chdir(tmp_path)
     sae = _sae(tmp_path)
     before = _everything(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAEHEALTH_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(
-        [sys.executable, "-c", _INTERRUPT_DURING_WRITE, signal_name, "eval", "--sae-path", str(sae), *FAST],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    err = done.stderr.strip()
-    assert done.returncode == 130, err
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--sae-path", str(sae), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 130, err
     assert err.splitlines()[-1].startswith("error: interrupted") and "Traceback" not in err, err
     assert _everything(tmp_path) == before  # no reports/sae folder, no staging folder
+    assert signal.getsignal(signal.SIGTERM) is handler
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGINT"), reason="needs POSIX signals")
