@@ -518,7 +518,8 @@ def _usage_message(exc: BaseException, argv: list[str]) -> str:
 def _fail(message: str, code: int = 1) -> NoReturn:
     from rich.markup import escape
 
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    # The message is the user's text (paths, values): no rich markup or :emoji: codes in it.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
     sys.exit(code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class EvalConfig:
                 raise ConfigError(
                     f"Cannot skip {item!r}: choose from {', '.join(SKIPPABLE)}.{suggest(item, SKIPPABLE)}"
                 )
+        if self.out is not None and not isinstance(self.out, (str, os.PathLike)):
+            raise ConfigError(f"out must be a folder path, got {self.out!r}.")
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
         from saehealth.models import DTYPES
@@ -83,3 +86,10 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device {device}: MPS is not available on this machine; use --device cpu.")
     if kind not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"Unknown --device {device!r}: use cpu, cuda, cuda:N or mps.")
+    index = device.partition(":")[2]
+    if index and (kind != "cuda" or not index.isdigit()):
+        raise ConfigError(f"Unknown --device {device!r}: use cpu, cuda, cuda:N or mps.")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0."
+        )

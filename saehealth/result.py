@@ -189,8 +189,8 @@ def load_result(path: Path) -> EvalResult:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SaeHealthError(f"{path} cannot be read ({exc.strerror}): check its permissions.") from None
-    except UnicodeDecodeError:
-        raise SaeHealthError(f"{path} is not UTF-8 text: re-run the evaluation with --force.") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise SaeHealthError(f"{path} is not a saehealth result: re-run the evaluation with --force.") from None
     except json.JSONDecodeError as exc:
         raise SaeHealthError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): re-run the evaluation with --force."

@@ -67,6 +67,8 @@ def read_json(path: Path, required: Iterable[str] = ()) -> dict[str, Any]:
         ) from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a config: restore the original file.") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): restore it from the training run or re-save it."

@@ -124,6 +124,11 @@ def cfg_hook_name_number(work):
     return _eval(_edit_cfg(work, lambda c: c["metadata"].update(hook_name=7)))
 
 
+@case("sae[bold]:x:")  # printed as given: no rich markup or emoji codes in an error line
+def checkpoint_path_with_markup(work):
+    return _eval(work / "sae[bold]:x:")
+
+
 # ---------------------------------------------------------------------------------------------- weights
 @case("W_dec")
 def weights_without_W_dec(work):
@@ -224,6 +229,11 @@ def option_unknown_dtype(work):
     return _eval(_sae(work), "--dtype", "int8")
 
 
+@case("--device")
+def option_device_with_a_bad_index(work):
+    return _eval(_sae(work), "--device", "cpu:1")
+
+
 # ---------------------------------------------------------------------------------------------- output folders
 @case("is a file")
 def out_is_a_file(work):
@@ -299,6 +309,12 @@ def out_is_a_trained_checkpoint(work):
 @case("list")
 def report_of_a_json_list(work):
     (work / "result.json").write_text("[1, 2]")
+    return ["report", str(work / "result.json"), "--out", str(work / "rep")]
+
+
+@case("not a saehealth result")
+def report_of_deeply_nested_json(work):
+    (work / "result.json").write_text("[" * 100_000)
     return ["report", str(work / "result.json"), "--out", str(work / "rep")]
 
 
