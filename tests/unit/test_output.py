@@ -213,3 +213,28 @@ def test_the_committed_demo_report_is_saehealths_own():
     demo = Path(__file__).resolve().parents[2] / "reports" / "demo"
     assert check_output_folder(demo, "result") == demo
     assert {"result.json", "report.md", "plots/"} <= set(_manifest(demo)["entries"])
+
+
+def test_two_writers_at_once_leave_one_whole_folder(tmp_path):
+    import threading
+
+    folder = tmp_path / "res"
+    both_staged = threading.Barrier(2)
+    errors = []
+
+    def writer(tag: str) -> None:
+        try:
+            with staged(folder, "result") as staging:
+                _write(staging, {"result.json": tag, "report.md": tag})
+                both_staged.wait(timeout=30)  # both are written before either is swapped in
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert (folder / "result.json").read_text() == (folder / "report.md").read_text()  # one writer's set, whole
+    assert _leftovers(tmp_path) == []
