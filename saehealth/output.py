@@ -31,12 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from saehealth.errors import OutputError
+from saehealth.result import DETAILS_FILE, RESULT_FILE
 
 MANIFEST = ".saehealth.json"
 MANIFEST_FORMAT = 1
 KINDS = ("result", "report", "comparison", "checkpoint")
 STAGING_TAG = ".saehealth-staging-"  # in the name of every staging folder, beside or inside its target
-RESULT_FILE = "result.json"  # = saehealth.result.RESULT_FILE (not imported: result.py imports torch-free code only)
 # errno values meaning "this place cannot take the output": one line instead of a traceback.
 _WRITE_ERRNOS = {
     errno.ENOSPC,
@@ -378,7 +378,7 @@ def _renameat2():
 # ---------------------------------------------------------------------------------------------- result folders
 def save_result_folder(folder: str | Path, result, details: dict | None, *, report: bool = True) -> Path:
     """result.json, its per-latent details and (with `report`) report.md with plots/ into `folder`, all or
-    nothing. Returns the report's path. The folder is replaced whole: output of an earlier evaluation goes.
+    nothing; returns the folder's absolute path. The folder is replaced whole: an earlier result there goes.
     """
     path = absolute(folder)
     with staged(path, "result") as staging:
@@ -387,7 +387,7 @@ def save_result_folder(folder: str | Path, result, details: dict | None, *, repo
             from saehealth.report import write_markdown_report
 
             write_markdown_report(result, details, staging)
-    return path / "report.md"
+    return path
 
 
 def report_target(folder: str | Path, result_path: str | Path) -> tuple[Path, str, tuple[str, ...]]:
@@ -395,8 +395,6 @@ def report_target(folder: str | Path, result_path: str | Path) -> tuple[Path, st
 
     Into the result's own folder it is a result folder whose result files are kept; anywhere else a report
     folder of its own (a folder holding another result is refused: its report would not match)."""
-    from saehealth.result import DETAILS_FILE
-
     path, source = absolute(folder), absolute(result_path)
     source_folder = source if source.is_dir() else source.parent
     if path == source_folder:
@@ -411,5 +409,5 @@ def save_report_folder(folder: str | Path, result, details: dict | None, result_
 
     path, kind, keep = report_target(folder, result_path)
     with staged(path, kind, keep=keep) as staging:
-        write_markdown_report(result, details, staging)
-    return path / "report.md"
+        report = write_markdown_report(result, details, staging)
+    return path / report.name
