@@ -236,12 +236,11 @@ def state_dict_error(exc: RuntimeError, source: Path | str, what: str) -> Incomp
 POSITIVE_INT = ("a whole number above 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
 INDEX = ("a whole number, 0 or more", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
 TEXT = ("a string", lambda v: isinstance(v, str))
-NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def check_fields(data: Mapping[str, Any], fields: Mapping[str, tuple], source: Path | str, required=()) -> None:
     """CheckpointError naming the first field of a config that is missing (when `required`) or of the wrong
-    type; `fields` maps names to POSITIVE_INT, INDEX, TEXT or NUMBER (null is fine for optional ones)."""
+    type; `fields` maps names to POSITIVE_INT, INDEX or TEXT (null is fine for optional ones)."""
     for name in required:
         if data.get(name) is None:
             raise CheckpointError(f"{source} lacks {name!r}: restore the original file or add it.")
