@@ -7,17 +7,45 @@ Every user mistake surfaces as a `SaeHealthError`; `main()` turns it into one re
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from saehealth.errors import SaeHealthError
 
-app = typer.Typer(
+
+class _FlagsAsFlags:
+    """--help shows boolean flags without a value type (typer 0.29 renders `--force <bool>`, as if it took one)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsAsFlags, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_FlagsAsFlags, typer.core.TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     name="saehealth",
     help="Is your sparse autoencoder any good? Evaluate, report on, compare and train SAEs.",
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -69,10 +97,14 @@ SeedOption = Annotated[int, typer.Option(help="Seed for data order and probes.")
 IncludeSpecialTokensOption = Annotated[
     bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")
 ]
-SkipOption = Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")]
+SkipOption = Annotated[
+    list[str] | None, typer.Option(metavar="GROUP", help="Skip a metric group: absorption, geometry (repeatable).")
+]
 SelectOption = Annotated[
     str | None,
-    typer.Option(help="Glob over the SAEs of a run folder (hookpoint or member names), e.g. 'layers.*'."),
+    typer.Option(
+        metavar="GLOB", help="Glob over the SAEs of a run folder (hookpoint or member names), e.g. 'layers.*'."
+    ),
 ]
 
 
@@ -157,11 +189,16 @@ def eval_command(
 @app.command("compare")
 def compare_command(
     paths: Annotated[
-        list[str] | None, typer.Argument(help="SAE checkpoints (folders or files), any library.", show_default=False)
+        list[str] | None,
+        typer.Argument(
+            metavar="CHECKPOINT", help="SAE checkpoints (folders or files), any library.", show_default=False
+        ),
     ] = None,
     sweep: Annotated[
         list[str] | None,
-        typer.Option(help="Also compare every checkpoint matching this glob, e.g. 'checkpoints/sweep_*'."),
+        typer.Option(
+            metavar="GLOB", help="Also compare every checkpoint matching this glob, e.g. 'checkpoints/sweep_*'."
+        ),
     ] = None,
     model: ModelOption = None,
     hook: Annotated[str | None, typer.Option(help="TransformerLens hook for every SAE (default: each one's).")] = None,
@@ -290,7 +327,9 @@ def demo_command(
     from saehealth import training
     from saehealth.config import EvalConfig
     from saehealth.evaluation import evaluate
+    from saehealth.output import check_output_folder
 
+    check_output_folder(out, "result")  # before training, not after it
     trained_now = not (checkpoint / "cfg.json").is_file()
     if trained_now:
         console.print(f"[bold]Training the demo SAE[/] into {checkpoint} (SAELens, built-in model) ...")
@@ -344,15 +383,18 @@ def report_command(
     """Regenerate the terminal and markdown health reports from a saved result, without loading any model.
 
     Verdicts are recomputed when --thresholds is given; otherwise the saved ones are used."""
-    from saehealth.result import load_result
+    from saehealth.output import check_output_folder, report_target, save_report_folder
+    from saehealth.result import load_details, load_result
     from saehealth.thresholds import assess, load_thresholds
 
-    result = load_result(result_path)
+    result = load_result(result_path)  # the input first: a missing result is the problem to name
+    folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
+    check_output_folder(*report_target(folder, result_path)[:2])
     if thresholds is not None or not result.verdicts:
         result.verdicts = assess(
             result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
         )
-    folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
+    save_report_folder(folder, result, load_details(result_path), result_path)
     _present(result, folder, quiet=quiet, json_output=json_output, strict=strict, wandb_project=wandb_project)
 
 
@@ -366,17 +408,18 @@ def _present(
     wandb_project: str | None,
     verbose: bool = False,
 ) -> None:
-    """Write report.md (+ plots) beside the result, print the report (or JSON), log to W&B, apply --strict."""
+    """Print the report (or JSON) of a result whose folder is written, log to W&B, apply --strict."""
     import dataclasses
     import json
 
     from saehealth.advice import advise
-    from saehealth.report import print_report, write_markdown_report
+    from saehealth.report import print_report
+    from saehealth.report.markdown import REPORT_FILE
     from saehealth.result import load_details
     from saehealth.thresholds import headline_summary, is_unhealthy
 
     details = load_details(folder)
-    report_path = write_markdown_report(result, details, folder)
+    report_path = folder / REPORT_FILE
     location = None
     if wandb_project:
         from saehealth.wandb_log import log_to_wandb
@@ -432,7 +475,7 @@ def inspect_command(
     path: Annotated[str, typer.Argument(help="SAE checkpoint folder or file.", show_default=False)],
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     hook: Annotated[str | None, typer.Option(help="Pick (run folders) or override the TransformerLens hook.")] = None,
-    select: Annotated[str | None, typer.Option(help="Glob over a run folder's SAEs, e.g. 'layers.*'.")] = None,
+    select: SelectOption = None,
 ) -> None:
     """Show what a checkpoint was detected as: library, format, architecture, sizes, hook mapping, training facts."""
     from saehealth.loading import load_checkpoint
@@ -443,11 +486,22 @@ def inspect_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, mapping user errors to one line and exit code 1."""
-    import click
+    """Console-script entry point: run the app; a user error is one line and exit code 1, Ctrl-C exit code 130."""
+    import signal
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM unwinds like Ctrl-C, so unfinished output is removed on the way out.
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
+    try:
+        _run(argv, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str], debug: bool) -> None:
     try:
         # Without standalone mode click returns a command's exit code instead of exiting with it.
         code = app(args=argv, prog_name="saehealth", standalone_mode=False)
@@ -458,18 +512,20 @@ def main(argv: list[str] | None = None) -> None:
 
         if not distributed.ranks().first:  # under torchrun rank 0 says it once
             sys.exit(0 if distributed.agreed(exc) else 1)
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("[bold red]aborted[/]")
-        sys.exit(1)
-    except click.exceptions.Exit as exc:
+        _fail(str(exc))
+    except USAGE_ERRORS as exc:
+        if debug:
+            raise
+        _fail(_usage_message(exc, argv))
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt)
+        _fail("interrupted: unfinished output was not written.", 130) if interrupted else _fail("aborted.")
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
     finally:
         _leave_process_group()
+    if code == 130:  # typer >= 0.29 turns Ctrl-C into this exit code itself
+        _fail("interrupted: unfinished output was not written.", 130)
     if isinstance(code, int) and code:
         sys.exit(code)
 
@@ -480,6 +536,46 @@ def _leave_process_group() -> None:
         from saehealth.distributed import finish
 
         finish()
+
+
+def _usage_error_classes() -> tuple[type[BaseException], ...]:
+    """The ClickException classes the installed typer raises: its vendored copy (typer >= 0.29), click's, or both."""
+    import importlib
+
+    classes = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            classes.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(classes)
+
+
+USAGE_ERRORS = _usage_error_classes()
+
+
+def _usage_message(exc: BaseException, argv: list[str]) -> str:
+    """'No such option: --tokenz (Possible options: --tokens). See `saehealth eval --help`.' on one line."""
+    text = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and ctx.command_path:
+        command = ctx.command_path
+    else:  # errors raised while parsing carry no context: name the command from the arguments
+        names = {info.name for info in app.registered_commands}
+        command = " ".join(["saehealth", *[arg for arg in argv if arg in names][:1]])
+    return f"{text}{'' if text.endswith(('.', '?', '!')) else '.'} See `{command} --help`."
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    from rich.markup import escape
+
+    # The message is the user's text (paths, values): no rich markup or :emoji: codes in it.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
+    sys.exit(code)
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

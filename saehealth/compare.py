@@ -28,7 +28,8 @@ from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
 from saehealth.loading.files import natural_key
-from saehealth.result import EvalResult, _atomic_write
+from saehealth.output import check_output_folder
+from saehealth.result import EvalResult
 from saehealth.scoring import progress, score_batches
 from saehealth.shared_settings import shared_context, shared_dataset, shared_model, shared_model_kwargs
 
@@ -177,6 +178,8 @@ class _Comparer:
         started = time.perf_counter()
         cfg, options = self.config, self.config.evaluation
         distributed.setup(options.device)
+        if distributed.ranks().first:  # only rank 0 writes: before any work, refuse a folder that is not ours
+            check_output_folder(cfg.out_folder, "comparison")
         with distributed.step():
             members = self.members if self.members is not None else self._load_all(cfg)
             paths = [path for path, _, _ in members]
@@ -311,21 +314,26 @@ class _Comparer:
         return results
 
     def _write(self, comparison: Comparison, started: float) -> None:
-        """Per-SAE report.md, then the side-by-side report with its plots and the JSON summary."""
-        from saehealth.report import write_markdown_report
+        """The side-by-side report with its plots and the JSON summary, staged and renamed into the folder together
+        (each SAE's result folder was written whole when it was finished; a reused one gets its report again only
+        when --thresholds changed its verdicts)."""
+        from saehealth.output import save_report_folder, staged
         from saehealth.report.compare_report import write_comparison_report
-        from saehealth.result import load_details
+        from saehealth.result import RESULT_FILE, load_details
 
         t0 = time.perf_counter()
         for entry in comparison.entries:
-            write_markdown_report(entry.result, load_details(entry.folder), entry.folder)
-        comparison.files.update(write_comparison_report(comparison, comparison.out))
-        path = comparison.out / SUMMARY_JSON[comparison.view]
-        comparison.files["json"] = path
-        self.timing["reports_s"] = time.perf_counter() - t0
-        self.timing["total_s"] = time.perf_counter() - started
-        text = json.dumps(comparison_to_dict(comparison), indent=2, allow_nan=False) + "\n"
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+            if entry.reused and self.config.evaluation.thresholds is not None:
+                save_report_folder(entry.folder, entry.result, load_details(entry.folder), entry.folder / RESULT_FILE)
+        summary = SUMMARY_JSON[comparison.view]
+        with staged(comparison.out, "comparison", in_place=True) as staging:
+            written = write_comparison_report(comparison, staging)
+            comparison.files.update({key: comparison.out / path.name for key, path in written.items()})
+            comparison.files["json"] = comparison.out / summary
+            self.timing["reports_s"] = time.perf_counter() - t0
+            self.timing["total_s"] = time.perf_counter() - started
+            text = json.dumps(comparison_to_dict(comparison), indent=2, allow_nan=False) + "\n"
+            (staging / summary).write_text(text)
 
 
 def _settings(entries: list[ComparedSAE], options: EvalConfig) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from saehealth.errors import ConfigError, suggest
 
 SKIPPABLE = ("absorption", "geometry")
 DEFAULT_MAX_TOKENS = 200_000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class EvalConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("n_tokens", "num_samples", "context_length", "batch_size", "seed", "layer"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}.")
         if self.n_tokens is not None and self.num_samples is not None:
             raise ConfigError("Give --tokens or --num-samples, not both.")
         for name in ("n_tokens", "num_samples", "context_length", "batch_size"):
@@ -46,6 +52,8 @@ class EvalConfig:
             if value is not None and value <= 0:
                 flag = {"n_tokens": "--tokens", "num_samples": "--num-samples"}.get(name, "--" + name.replace("_", "-"))
                 raise ConfigError(f"{flag} must be a positive number, got {value}.")
+        if not 0 <= self.seed <= MAX_SEED:  # numpy and scikit-learn take 32-bit seeds (probes come after the pass)
+            raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}.")
         if self.layer is not None and self.layer < 0:
             raise ConfigError(f"--layer must be 0 or more, got {self.layer}.")
         if self.hook is not None and self.layer is not None:
@@ -55,8 +63,16 @@ class EvalConfig:
                 raise ConfigError(
                     f"Cannot skip {item!r}: choose from {', '.join(SKIPPABLE)}.{suggest(item, SKIPPABLE)}"
                 )
+        if self.out is not None and not isinstance(self.out, (str, os.PathLike)):
+            raise ConfigError(f"out must be a folder path, got {self.out!r}.")
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
+        from saehealth.models import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"Unknown --dtype {self.dtype!r}: choose from {', '.join(DTYPES)}.{suggest(self.dtype, DTYPES)}"
+            )
         # Frozen, so set through object: from here on the config names the device this process really uses.
         object.__setattr__(self, "device", resolve_device(self.device))
 
@@ -90,4 +106,11 @@ def _check_device(device: str) -> None:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"--device {device}: MPS is not available on this machine; use --device cpu.")
     if kind not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"Unknown --device {device!r}: use cpu, cuda, cuda:N or mps.")
+        raise ConfigError(f"Unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps.")
+    index = device.partition(":")[2]
+    if index and (kind != "cuda" or not index.isdigit()):
+        raise ConfigError(f"Unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps.")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0."
+        )

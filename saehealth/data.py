@@ -6,6 +6,8 @@ Every dataset comes back as a `datasets.Dataset` with a `text` column or a pre-t
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from saehealth import builtin
@@ -29,6 +31,7 @@ def load_dataset(name: str, split: str = "train"):
     _check_columns(dataset, name)
     if len(dataset) == 0:
         raise DataError(f"Dataset {name!r} (split {split!r}) is empty: give a dataset with at least one row.")
+    _check_values(dataset, name)
     return dataset
 
 
@@ -58,6 +61,8 @@ def _looks_like_path(name: str) -> bool:
 def _local(path: Path, split: str):
     import datasets
 
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise DataError(f"Dataset {path} cannot be read (permission denied): check its permissions.")
     try:
         if path.is_dir():
             loaded = datasets.load_from_disk(str(path))
@@ -70,18 +75,22 @@ def _local(path: Path, split: str):
             raise DataError(
                 f"Cannot read {path.name}: give a .parquet, .jsonl, .json or .txt file, or a save_to_disk folder."
             )
-        # Local files are one split; `split` names the hub split only. Their progress bars are noise.
+        # Local files are one split; `split` names the hub split only. Their progress bars are noise, and
+        # datasets logs a multi-line report of a file it cannot parse before raising: the error says it once.
         datasets.disable_progress_bars()
+        datasets_logger = logging.getLogger("datasets")
+        level, datasets_logger.level = datasets_logger.level, logging.CRITICAL
         try:
             return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
         finally:
+            datasets_logger.setLevel(level)
             datasets.enable_progress_bars()
     except DataError:
         raise
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise DataError(f"Could not read dataset {path}: {exc}") from exc
-    except Exception as exc:  # datasets wraps parse errors in its own classes
-        raise DataError(f"Could not read dataset {path} ({type(exc).__name__}): check that it is valid.") from exc
+    except Exception as exc:  # OSError, ValueError, ArrowInvalid, datasets' own wrappers of parse errors
+        cause = exc.__cause__ or exc.__context__ or exc  # datasets wraps the parser's error: show that one
+        what = f"a valid {path.suffix} file" if path.is_file() else "a folder written by Dataset.save_to_disk"
+        raise DataError(f"Could not read dataset {path} ({_first_line(cause)}): check that it is {what}.") from exc
 
 
 def _hub(name: str, split: str):
@@ -102,6 +111,58 @@ def _check_columns(dataset, name: str) -> None:
             f"Dataset {name!r} has no text or tokens column (it has {', '.join(dataset.column_names)}): "
             "rename the column holding the text to 'text', or tokens to 'tokens'."
         )
+
+
+def _check_values(dataset, name: str) -> None:
+    """DataError for a text column that is not text or has nulls, or a token column that is not lists of whole
+    numbers 0 or more; from the Arrow schema and null counts, so it costs nothing before the pass."""
+    import pyarrow as pa
+
+    text, tokens = text_column(dataset), token_column(dataset)
+    column = dataset.data.column(text or tokens)
+    if text is not None:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise DataError(
+                f"Dataset {name!r}: column {text!r} holds {column.type} values, not text: put the documents' text "
+                "there as strings (or token ids in a 'tokens' column)."
+            )
+        if column.null_count:
+            raise DataError(
+                f"Dataset {name!r}: {column.null_count} of {len(column)} rows have no text (null in column {text!r}): "
+                "remove those rows or give them text."
+            )
+        return
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_integer(kind.value_type):
+        raise DataError(
+            f"Dataset {name!r}: column {tokens!r} holds {kind} values, not lists of token ids (whole numbers): "
+            "store each row's token ids as a list of integers."
+        )
+    import pyarrow.compute as pc
+
+    ids = pc.list_flatten(column)
+    low = pc.min(ids).as_py() if len(ids) else None
+    if column.null_count or ids.null_count or (low is not None and low < 0):
+        bad = "null" if column.null_count or ids.null_count else f"negative ({low})"
+        raise DataError(
+            f"Dataset {name!r}: column {tokens!r} holds {bad} token ids: token ids are whole numbers from 0 to the "
+            "vocabulary size - 1; re-tokenize the data."
+        )
+
+
+def check_token_ids(tokens, vocabulary_size: int, name: str = "the dataset") -> None:
+    """DataError when a batch of token ids holds one the tokenizer's vocabulary lacks (before the model sees it)."""
+    high = int(tokens.max()) if tokens.numel() else 0
+    if high >= vocabulary_size:
+        raise DataError(
+            f"Token id {high} in {name} is beyond the model's vocabulary ({vocabulary_size} tokens): the data was "
+            "tokenized for another model; re-tokenize it with this model's tokenizer or pass the matching --model."
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def sequence_batches(
@@ -143,18 +204,29 @@ def sequence_batches(
                 yield ([bos] if bos is not None else []) + buffer[:body]
                 buffer = buffer[body:]
 
+    def checked(batch: list[list[int]]):
+        tokens = torch.tensor(batch, dtype=torch.long)
+        if tok_col is not None:
+            check_token_ids(tokens, len(tokenizer))
+        return tokens
+
     rank, world_size = shard
-    for index, seq in enumerate(sequences()):
-        if index >= n_sequences:
-            break
-        if index % world_size != rank:
-            continue
-        batch.append(seq)
-        if len(batch) == batch_size:
-            yield torch.tensor(batch, dtype=torch.long)
-            batch = []
+    try:
+        for index, seq in enumerate(sequences()):
+            if index >= n_sequences:
+                break
+            if index % world_size != rank:
+                continue
+            batch.append(seq)
+            if len(batch) == batch_size:
+                yield checked(batch)
+                batch = []
+    except UnicodeDecodeError as exc:  # Arrow keeps undecodable bytes until a row is read
+        raise DataError(
+            f"The dataset holds text that is not valid UTF-8 ({_first_line(exc)}): re-save it as UTF-8."
+        ) from None
     if batch:
-        yield torch.tensor(batch, dtype=torch.long)
+        yield checked(batch)
 
 
 def special_token_mask(tokens, tokenizer, include_special_tokens: bool = False):

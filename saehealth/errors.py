@@ -34,6 +34,11 @@ class DataError(SaeHealthError):
     """The evaluation or training data cannot be found, read or is too small."""
 
 
+class OutputError(SaeHealthError):
+    """An output folder cannot be used (it holds files saehealth did not write, is a file, is not writable) or
+    cannot be written (the disk is full)."""
+
+
 def suggest(name: str, valid: Iterable[str], n: int = 3) -> str:
     """' Did you mean X?' for the nearest valid names, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(valid), n=n, cutoff=0.5)

@@ -10,7 +10,6 @@ results, and the other ranks return None.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +21,7 @@ from saehealth.errors import ConfigError, DataError
 from saehealth.fingerprint import weights_fingerprint
 from saehealth.finishing import finish_result
 from saehealth.models import load_model
+from saehealth.output import check_output_folder, save_result_folder
 from saehealth.planning import Plan
 from saehealth.result import RESULT_FILE, EvalResult, load_result
 from saehealth.scoring import PassOutput, progress, score_batches
@@ -110,6 +110,9 @@ class Evaluation:
         from saehealth.loading import load_checkpoint
 
         cfg = self.config
+        first = distributed.ranks().first  # only rank 0 writes, so only its disk matters
+        if first:
+            check_output_folder(result_folder(cfg), "result")  # before any work: refuse a folder that is not ours
         if self.loaded is None:
             t0 = time.perf_counter()
             loaded = load_checkpoint(cfg.sae_path, format=cfg.format, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype)
@@ -120,7 +123,7 @@ class Evaluation:
                 )
             self.timing["load_sae_s"] = time.perf_counter() - t0
             self.loaded = loaded
-        return self._reusable_result(result_folder(cfg)) if distributed.ranks().first else None
+        return self._reusable_result(result_folder(cfg)) if first else None
 
     def plan(self, model=None, dataset=None) -> Plan:
         """Model, hook, splice site, context, dataset and sequence count for the loaded SAE.
@@ -198,7 +201,9 @@ class Evaluation:
             started_at=self.started_at,
             request=self._request(),
         )
-        result.save(result_folder(self.config), details)
+        save_result_folder(
+            result_folder(self.config), result, details
+        )  # result, details, report.md, plots: all or nothing
         return result
 
     def _request(self) -> dict:
@@ -220,11 +225,12 @@ class Evaluation:
         path = out / RESULT_FILE
         if self.config.force or not path.is_file():
             return None
-        saved_request, request = json.loads(path.read_text()).get("request") or {}, self._request()
+        saved = load_result(path)  # one line when it is not a readable result: --force replaces it
+        saved_request, request = saved.request or {}, self._request()
         if saved_request == request:
             if self.console is not None:
                 self.console.print(f"[dim]Reusing {path} (pass --force to re-run).[/]")
-            return load_result(path)
+            return saved
 
         def settings(r: dict) -> dict:
             return {k: v for k, v in r.items() if k != "sae_weights"}

@@ -98,12 +98,56 @@ def _load_saehealth_layout(folder: Path, device: str, dtype: torch.dtype):
     from transformer_lens import HookedTransformerConfig
 
     HookedTransformer = _hooked_transformer()
-    config = json.loads((folder / builtin.MODEL_CONFIG_FILE).read_text())
-    cfg = HookedTransformerConfig(**config, device=device, dtype=dtype)
-    model = HookedTransformer(cfg, tokenizer=builtin.load_builtin_tokenizer(folder))
-    model.load_state_dict(load_file(str(folder / builtin.MODEL_WEIGHTS_FILE)))
+    config = _read_json(folder / builtin.MODEL_CONFIG_FILE)
+    weights = folder / builtin.MODEL_WEIGHTS_FILE
+    try:
+        cfg = HookedTransformerConfig(**config, device=device, dtype=dtype)
+    except Exception as exc:  # TypeError (unknown field), ValueError or AssertionError (inconsistent sizes)
+        raise ModelError(
+            f"{folder / builtin.MODEL_CONFIG_FILE} is not a valid HookedTransformerConfig ({_first_line(exc)}): "
+            "restore the model folder."
+        ) from None
+    try:
+        model = HookedTransformer(cfg, tokenizer=builtin.load_builtin_tokenizer(folder))
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # a missing/corrupt tokenizer or weights file, weights that do not fit the config
+        raise ModelError(
+            f"The model in {folder} cannot be loaded ({_first_line(exc)}): restore the model folder."
+        ) from None
     model.eval()
     return model
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from a model folder's config file; ModelError when it is unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelError(f"{path} cannot be read ({exc.strerror}): check its permissions.") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ModelError(f"{path} is not valid JSON ({_first_line(exc)}): restore the model folder.") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} holds a JSON {type(data).__name__}, not an object: restore the model folder.")
+    return data
+
+
+def _check_hf_weights(path: Path) -> None:
+    """Refuse a Hugging Face folder whose .bin weights need arbitrary unpickling, as SAE files are refused."""
+    from saehealth.errors import CheckpointError
+    from saehealth.loading.files import load_torch_file
+
+    if any(path.glob("*.safetensors")):
+        return  # transformers prefers them and never unpickles
+    for weights in sorted(path.glob("*.bin")):
+        try:
+            load_torch_file(weights, mmap=True)
+        except CheckpointError as exc:
+            raise ModelError(str(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def _load_hf_directory(path: Path, device: str, dtype: torch.dtype, kwargs: dict):
@@ -114,12 +158,19 @@ def _load_hf_directory(path: Path, device: str, dtype: torch.dtype, kwargs: dict
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load is noise in saehealth's output
+    _read_json(path / "config.json")  # one-line errors for a config that is unreadable or not JSON
+    _check_hf_weights(path)
     local = str(path.resolve())
     options = dict(kwargs)
     steps = {name: options.pop(name) for name in list(options) if name in NO_PROCESSING}
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(local, torch_dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(local)
+    except Exception as exc:  # OSError (missing files), ValueError, pickle refusals: transformers raises many
+        raise ModelError(
+            f"The Hugging Face model in {path} cannot be loaded ({_first_line(exc)}): check the folder's files."
+        ) from None
+    try:
         cfg = loading.get_pretrained_model_config(
             local,
             hf_cfg=hf_model.config.to_dict(),
@@ -129,11 +180,11 @@ def _load_hf_directory(path: Path, device: str, dtype: torch.dtype, kwargs: dict
             **options,
         )
         state_dict = loading.get_pretrained_state_dict(local, cfg, hf_model, dtype=dtype)
-    except (NotImplementedError, ValueError, KeyError) as exc:
+    except (NotImplementedError, ValueError, KeyError, AttributeError) as exc:
         raise ModelError(
-            f"TransformerLens cannot convert the Hugging Face model in {path} ({str(exc).splitlines()[0][:160]}): "
+            f"TransformerLens cannot convert the Hugging Face model in {path} ({_first_line(exc)}): "
             "use an architecture TransformerLens supports (its config.json 'architectures')."
-        ) from exc
+        ) from None
     model = _hooked_transformer()(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(state_dict, **steps)
     model.move_model_modules_to_device()

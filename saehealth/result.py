@@ -9,9 +9,12 @@ leaves a half-written result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import tempfile
+import secrets
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,12 +130,20 @@ class EvalResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> EvalResult:
+        """The result a `to_dict` made; SaeHealthError naming the first field that is missing or of the wrong type."""
+        if not isinstance(data, dict):
+            raise SaeHealthError(f"holds a JSON {_json_type(data)}, not an object")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise SaeHealthError(
                 f"Result file has schema_version {version!r}, this saehealth reads {SCHEMA_VERSION}: "
                 "re-run the evaluation with --force."
             )
+        _check_fields(cls, data, "")
+        for name, part in (("sae", SAEInfo), ("eval", EvalSettings), ("provenance", Provenance)):
+            _check_fields(part, data[name], f"{name}.")
+        for key, verdict in data.get("verdicts", {}).items():
+            _check_verdict(verdict, f"verdicts.{key}")
         return cls(
             sae=SAEInfo(**data["sae"]),
             eval=EvalSettings(**data["eval"]),
@@ -147,7 +158,16 @@ class EvalResult:
         )
 
     def save(self, folder: Path, details: dict | None = None) -> Path:
-        """Write result.json (and the per-latent companion) into `folder` atomically; return the JSON path."""
+        """Write result.json (and the per-latent companion) as the result folder `folder`, all or nothing, under
+        saehealth's output rule (saehealth.output: a new, empty or own folder, replaced whole); return the JSON path.
+        `saehealth.output.save_result_folder` also writes report.md with plots."""
+        from saehealth.output import save_result_folder
+
+        save_result_folder(folder, self, details, report=False)
+        return Path(folder) / RESULT_FILE
+
+    def write_files(self, folder: Path, details: dict | None = None) -> Path:
+        """Write result.json (and the per-latent companion) into `folder`, each file atomically, nothing else."""
         folder.mkdir(parents=True, exist_ok=True)
         if details:
             from safetensors.torch import save_file
@@ -160,22 +180,30 @@ class EvalResult:
 
 
 def load_result(path: Path) -> EvalResult:
-    """Read a result.json (or the folder holding one)."""
-    path = Path(path)
+    """Read a result.json (or the folder holding one); SaeHealthError when it is not a readable saehealth result."""
+    path = Path(path).expanduser()
     if path.is_dir():
         path = path / RESULT_FILE
     if not path.is_file():
         raise SaeHealthError(f"No result file at {path}: run `saehealth eval` first or check the path.")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SaeHealthError(f"{path} cannot be read ({exc.strerror}): check its permissions.") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise SaeHealthError(f"{path} is not a saehealth result: re-run the evaluation with --force.") from None
     except json.JSONDecodeError as exc:
         raise SaeHealthError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): re-run the evaluation."
-        ) from exc
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): re-run the evaluation with --force."
+        ) from None
     try:
         return EvalResult.from_dict(data)
-    except (KeyError, TypeError) as exc:
-        raise SaeHealthError(f"{path} is not a saehealth result file (missing or unexpected field {exc}).") from exc
+    except SaeHealthError as exc:
+        if str(exc).startswith("Result file"):
+            raise SaeHealthError(f"{path}: {exc}") from None
+        raise SaeHealthError(
+            f"{path} is not a saehealth result: it {exc}; re-run the evaluation with --force."
+        ) from None
 
 
 def load_details(result_path: Path) -> dict:
@@ -187,15 +215,115 @@ def load_details(result_path: Path) -> dict:
         return {}
     from safetensors.torch import load_file
 
-    return load_file(str(details))
+    try:
+        return load_file(str(details))
+    except Exception as exc:  # SafetensorError, OSError: a truncated, corrupt or unreadable file
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise SaeHealthError(
+            f"{details} cannot be read ({first}): re-run the evaluation with --force to write it again."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _check_fields(cls, data, where: str) -> None:
+    """SaeHealthError (text to follow 'it') for a missing, unknown or wrongly typed field of dataclass `cls`."""
+    if not isinstance(data, dict):
+        raise SaeHealthError(f"has {where.rstrip('.') or 'its top level'} as a JSON {_json_type(data)}, not an object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in data:
+            if required:
+                raise SaeHealthError(f"lacks the field {where}{name}")
+            continue
+        value, hint = data[name], hints[name]
+        if typing.get_origin(hint) is dict and isinstance(value, dict):  # name the entry that is wrong
+            for key, item in value.items():
+                if not _matches(item, typing.get_args(hint)[1]):
+                    name, value, hint = f"{name}.{key}", item, typing.get_args(hint)[1]
+                    break
+        if not _matches(value, hint):
+            raise SaeHealthError(
+                f"has {where}{name} = {_shown(value)} (a JSON {_json_type(value)}), expected {_describe(hint)}"
+            )
+    unknown = sorted(set(data) - set(fields))
+    if unknown and where:  # extra top-level keys are fine (`saehealth eval --json` output adds advice, summary)
+        raise SaeHealthError(f"has unknown field(s) {', '.join(where + k for k in unknown)}")
+
+
+def _check_verdict(verdict, where: str) -> None:
+    from saehealth.thresholds import STATUSES
+
+    if not isinstance(verdict, dict):
+        raise SaeHealthError(f"has {where} as a JSON {_json_type(verdict)}, expected an object")
+    checks = {"status": lambda v: v in STATUSES, "value": lambda v: _matches(v, float | None)}
+    for key, ok in checks.items():
+        if not ok(verdict.get(key)):
+            raise SaeHealthError(f"has {where}.{key} = {_shown(verdict.get(key))}, which is not a valid verdict {key}")
+
+
+def _matches(value, hint) -> bool:
+    """Whether a JSON value fits a type hint (int is not bool; a float field takes an int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is typing.Any:
+        return True
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)  # its own fields are checked by the caller
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(value, arg) for arg in args)
+    if origin is dict or hint is dict:
+        return (
+            isinstance(value, dict) and all(_matches(v, args[1]) for v in value.values())
+            if args
+            else isinstance(value, dict)
+        )
+    if origin is list or hint is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        kinds = [arg for arg in args if not (arg is int and float in args)]  # a number covers whole numbers
+        return " or ".join(_describe(arg) for arg in kinds)
+    if origin is dict or hint is dict:
+        return f"an object of {_describe(args[1])} values" if args else "an object"
+    if origin is list or hint is list:
+        return f"a list of {_describe(args[0])} values" if args else "a list"
+    return {float: "a number", int: "a whole number", str: "a string", bool: "true or false", type(None): "null"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _shown(value) -> str:
+    text = (
+        json.dumps(value) if not isinstance(value, (dict, list)) else ("{...}" if isinstance(value, dict) else "[...]")
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _atomic_write(path: Path, write) -> None:
     """Write through `write(tmp_path)` to a temporary file beside `path`, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, unlike mkstemp's 0600
+    mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # safetensors re-creates the file as 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,9 +20,11 @@ A thin layer over SAELens' `LanguageModelSAERunnerConfig` and `LanguageModelSAET
 - Every key, value, architecture, device and the hook are checked before training starts; mistakes
   raise `saehealth.errors` classes with one-line messages.
 - The final SAE is SAELens' own format (cfg.json, sae_weights.safetensors, sparsity.safetensors,
-  runner_cfg.json) directly in `checkpoints/<output_name>/` under the current directory. It is written
-  to a hidden sibling folder first and moved into place only when training succeeded, so an
-  interrupted run never destroys an earlier checkpoint of the same name.
+  runner_cfg.json) directly in `checkpoints/<output_name>/` under the current directory (or `output_path`).
+  That folder follows saehealth's output rule (`saehealth/output.py`): it must be new, empty or a
+  checkpoint saehealth wrote, checked before training starts, and the checkpoint is written to a staging
+  folder that replaces it only when training succeeded, so the user's files are never deleted and an
+  interrupted run leaves an earlier checkpoint as it was.
 
 The packaged demo config is `DEMO_CONFIG` (the source of truth; `scripts/configs/demo.yaml` is the same
 content, pinned by a test); `train("demo")` uses it.
@@ -35,11 +37,9 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
 import sys
 import types
 import typing
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -59,6 +59,7 @@ DEFAULT_EXPANSION_FACTOR = 8
 # Keys saehealth adds on top of SAELens' LanguageModelSAERunnerConfig fields.
 SAEHEALTH_KEYS = ("architecture", "layer", "expansion_factor", "output_name")
 SUBCONFIGS = ("sae", "logger")
+OUTPUT_OPTION = "the checkpoint folder"  # how output errors name the folder (output_path, or checkpoints/<name>)
 
 DEMO_CONFIG: dict[str, Any] = {
     "model_name": builtin.BUILTIN_MODEL,
@@ -743,6 +744,8 @@ def train(
     Every key, value, the architecture and the hook are checked before training starts; mistakes raise
     `ConfigError`, `IncompatibleSAEError`, `ModelError` or `DataError` with a one-line message.
     """
+    from saehealth.output import check_output_folder, staged
+
     say = (lambda message: None) if quiet else _status
     plan = plan_training(config, overrides)
     for note in plan.notes:
@@ -750,42 +753,55 @@ def train(
     draft = build_runner_config(plan, d_in=None, output_path=None, checkpoint_path=None)
     for device in {draft.device, draft.llm_device, draft.act_store_device}:
         check_device(device)
+    known_dir = _final_dir(plan, None)
+    if known_dir is not None:  # refuse a folder holding the user's files before even loading the model
+        check_output_folder(known_dir, "checkpoint", option=OUTPUT_OPTION)
     model = load_training_model(draft)
     check_model_hook(model, draft.hook_name)
     d_in = hook_width(model, draft.hook_name, draft.hook_head_index)
 
     final_dir = _final_dir(plan, d_in)
-    staging = final_dir.parent / f".{final_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    cfg = build_runner_config(
-        plan,
-        d_in,
-        output_path=str(staging),
-        checkpoint_path=str(final_dir.parent / f"{final_dir.name}-checkpoints"),
-    )
-    dataset = load_training_dataset(cfg.dataset_path, cfg.seed)
-    say(
-        f"Training a {cfg.sae.architecture()} SAE (d_in {cfg.sae.d_in} → d_sae {cfg.sae.d_sae}) on "
-        f"{cfg.model_name} at {cfg.hook_name}: {cfg.training_tokens:,} tokens of {cfg.dataset_path}"
-        f"{' (train split)' if dataset is not None else ''}, on {cfg.device} → {_display(final_dir)}"
-    )
-    try:
+    # SAELens writes the checkpoint into a staging folder that replaces final_dir only when training succeeded.
+    with staged(final_dir, "checkpoint", option=OUTPUT_OPTION) as staging:
+        cfg = build_runner_config(
+            plan,
+            d_in,
+            output_path=str(staging),
+            checkpoint_path=str(final_dir.parent / f"{final_dir.name}-checkpoints"),
+        )
+        dataset = load_training_dataset(cfg.dataset_path, cfg.seed)
+        say(
+            f"Training a {cfg.sae.architecture()} SAE (d_in {cfg.sae.d_in} → d_sae {cfg.sae.d_sae}) on "
+            f"{cfg.model_name} at {cfg.hook_name}: {cfg.training_tokens:,} tokens of {cfg.dataset_path}"
+            f"{' (train split)' if dataset is not None else ''}, on {cfg.device} → {_display(final_dir)}"
+        )
         runner = _make_runner(cfg, model, dataset)
         with _quiet_expected_noise(), _token_progress_bar(), _restored_signal_handlers():
-            runner.run()
-        _publish(staging, final_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            _run(runner)
+        _record_location(staging, final_dir)
     say(f"Saved the SAE to {_display(final_dir)}")
     return final_dir
 
 
-def _final_dir(plan: TrainingPlan, d_in: int) -> Path:
+def _run(runner) -> None:
+    from sae_lens.training._interruption import InterruptedException
+
+    try:
+        runner.run()
+    except InterruptedException:  # SAELens' SIGINT/SIGTERM handler: an interrupt like any other
+        raise KeyboardInterrupt from None
+
+
+def _final_dir(plan: TrainingPlan, d_in: int | None) -> Path | None:
+    """Where the checkpoint goes; None when that depends on d_in (not yet known) through the default name."""
     if "output_path" in plan.runner and plan.runner["output_path"] is not None:
         return Path(plan.runner["output_path"]).expanduser().absolute()
     name = plan.output_name
     if name is None:
-        d_sae = plan.sae.get("d_sae") or round((plan.expansion_factor or DEFAULT_EXPANSION_FACTOR) * d_in)
+        d_sae = plan.sae.get("d_sae")
+        if d_sae is None and d_in is None:
+            return None
+        d_sae = d_sae or round((plan.expansion_factor or DEFAULT_EXPANSION_FACTOR) * d_in)
         model_slug = Path(plan.runner.get("model_name", builtin.BUILTIN_MODEL)).name
         name = _check_output_name(f"{model_slug}-{plan.runner.get('hook_name')}-{plan.architecture}-{d_sae}")
     return (Path.cwd() / CHECKPOINTS_DIR / name).absolute()
@@ -896,19 +912,10 @@ def _token_progress_bar() -> Iterator[None]:
         trainer_class._update_pbar = original_update
 
 
-def _publish(staging: Path, final_dir: Path) -> None:
-    """Move a finished checkpoint into place, replacing an older one only now that the new one exists."""
+def _record_location(staging: Path, final_dir: Path) -> None:
+    """runner_cfg.json records where the SAE lives, not the staging folder it was written to."""
     runner_cfg = staging / "runner_cfg.json"
     if runner_cfg.is_file():
-        # Record where the SAE lives, not the staging folder it was written to.
         data = json.loads(runner_cfg.read_text())
         data["output_path"] = str(final_dir)
         runner_cfg.write_text(json.dumps(data))
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if final_dir.exists():
-        old = final_dir.parent / f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        final_dir.rename(old)
-    staging.rename(final_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

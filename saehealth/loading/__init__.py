@@ -44,7 +44,7 @@ from saehealth.loading.base import (
     register_adapter,
 )
 from saehealth.loading.detect import find_adapter, resolve
-from saehealth.loading.files import parse_dtype, require_path
+from saehealth.loading.files import INDEX, POSITIVE_INT, TEXT, check_fields, parse_dtype, require_path
 
 # SAELens warns on every SAE built from a cfg with model_from_pretrained_kwargs, advising to load the model
 # with them and no processing: saehealth does exactly that (models.load_model), so the advice is noise here.
@@ -110,11 +110,29 @@ def load_checkpoint(
         resolved = resolve(require_path(path))
         adapter = ADAPTERS.get(format) if format else find_adapter(resolved)
         loaded = adapter.load(resolved, request)
+    for item in loaded if isinstance(loaded, list) else [loaded]:
+        _check_recorded_facts(item)
     if isinstance(loaded, LoadedSAE) and hook and loaded.hook_name != hook:
         loaded.notes.append(f"hook set to {hook} (the checkpoint says {loaded.hook_name})")
         loaded.hook_name = hook
         loaded.sae.cfg.metadata.hook_name = hook
     return loaded
+
+
+def _check_recorded_facts(loaded: LoadedSAE) -> None:
+    """What any adapter read from a checkpoint's config about model, hook, context and data has the right type."""
+    facts = {
+        "model_name": loaded.model_name,
+        "hook_name": loaded.hook_name,
+        "output_hook_name": loaded.output_hook_name,
+        "dataset_path": loaded.dataset_path,
+        "context_size": loaded.context_size,
+        "hook_head_index": getattr(loaded.sae.cfg.metadata, "hook_head_index", None),
+    }
+    kinds = {"context_size": POSITIVE_INT, "hook_head_index": INDEX}
+    check_fields(
+        facts, {name: kinds.get(name, TEXT) for name in facts}, f"{loaded.path or 'the checkpoint'} (its config)"
+    )
 
 
 def load_sae(path: str | Path | None = None, **kwargs):

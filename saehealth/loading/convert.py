@@ -15,8 +15,7 @@ from sae_lens import SAE
 from sae_lens.registry import get_sae_class
 from sae_lens.saes.sae import SAEMetadata
 
-from saehealth.errors import IncompatibleSAEError
-from saehealth.loading.files import DTYPES, check_finite
+from saehealth.loading.files import DTYPES, check_finite, require_float, state_dict_error
 
 
 def build_sae(
@@ -34,6 +33,7 @@ def build_sae(
     `config` holds the architecture's config fields (d_in, d_sae, k, apply_b_dec_to_input, ...);
     `metadata` the SAELens metadata (model_name, hook_name, context_size, dataset_path, hook_name_out).
     """
+    require_float(state, source)
     check_finite(state, source)
     sae_cls, cfg_cls = get_sae_class(architecture)
     cfg = cfg_cls(**{**config, "device": "meta", "dtype": dtype})
@@ -45,9 +45,7 @@ def build_sae(
     try:
         sae.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as exc:
-        raise IncompatibleSAEError(
-            f"{source}: the converted weights do not fit a SAELens {architecture} SAE ({str(exc).splitlines()[0]})."
-        ) from None
+        raise state_dict_error(exc, source, f"a SAELens {architecture} SAE") from None
     sae.cfg.device = device
     sae = sae.to(device=device, dtype=target)
     sae.eval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping
@@ -44,6 +45,8 @@ def require_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: check the path to the checkpoint file or folder.")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise CheckpointError(f"{path} cannot be read (permission denied): check its permissions.")
     return path
 
 
@@ -55,11 +58,17 @@ def natural_key(text: str) -> list:
 def read_json(path: Path, required: Iterable[str] = ()) -> dict[str, Any]:
     """A JSON object from `path`; CheckpointError when it is unreadable, not an object or lacks `required` keys."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CheckpointError(f"{path} cannot be read ({exc.strerror}): check its permissions.") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"{path} is not UTF-8 text (byte {exc.start}): restore it from the training run or re-save it."
+        ) from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a config: restore the original file.") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}): restore it from the training run or re-save it."
@@ -81,6 +90,8 @@ def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]
 
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint folder is incomplete; restore the weights file.")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path} cannot be read (permission denied): check its permissions.")
     try:
         tensors = {}
         with safe_open(str(path), framework="pt", device=device) as f:
@@ -95,22 +106,32 @@ def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]
     return tensors
 
 
-def check_safetensors(path: Path) -> list[str]:
-    """The tensor names of a safetensors file, reading only its header (catches truncated and corrupt files)."""
+def check_safetensors(path: Path) -> dict[str, str]:
+    """{tensor name: dtype ('F32', 'I64', ...)} of a safetensors file, reading only its header (catches
+    truncated, corrupt and unreadable files)."""
     from safetensors import safe_open
 
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint folder is incomplete; restore the weights file.")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path} cannot be read (permission denied): check its permissions.")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
+            dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}  # noqa: SIM118
     except Exception as exc:  # SafetensorError for a bad header or a file shorter than its header says
         raise CheckpointError(
             f"{path} is truncated or corrupt ({_first_line(exc)}): re-download or re-save the checkpoint."
         ) from None
-    if not keys:
+    if not dtypes:
         raise CheckpointError(f"{path} holds no tensors: re-save the checkpoint.")
-    return keys
+    not_float = {k: v for k, v in dtypes.items() if not v.startswith(("F", "BF"))}
+    if not_float:
+        name, dtype = next(iter(not_float.items()))
+        raise CheckpointError(
+            f"{path}: {name} holds {_SAFETENSORS_DTYPES.get(dtype, dtype)} values, not floating-point weights: "
+            "an SAE's weights are float32, float16 or bfloat16; re-save the checkpoint from the trained model."
+        )
+    return dtypes
 
 
 def read_npz(path: Path) -> dict[str, torch.Tensor]:
@@ -181,6 +202,56 @@ def require_tensors(state: Mapping[str, Any], keys: Iterable[str], source: Path 
         )
 
 
+def require_float(state: Mapping[str, Any], source: Path | str) -> None:
+    """CheckpointError when a tensor of an SAE's state holds integers or booleans instead of floats."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{source}: {name} holds {str(tensor.dtype).removeprefix('torch.')} values, not floating-point "
+                "weights: an SAE's weights are float32, float16 or bfloat16; re-save the checkpoint."
+            )
+
+
+def state_dict_error(exc: RuntimeError, source: Path | str, what: str) -> IncompatibleSAEError:
+    """torch's multi-line `load_state_dict` error as one line: which tensors are missing, unknown or misshapen."""
+    text = str(exc)
+    problems = []
+    for kind, names in re.findall(r"(Missing|Unexpected) key\(s\) in state_dict: ([^\n]*)", text):
+        names = ", ".join(re.findall(r'"([^"]+)"', names))
+        problems.append(f"{names} {'missing' if kind == 'Missing' else 'not part of this architecture'}")
+    for name, got, want in re.findall(
+        r"size mismatch for ([\w.]+): copying a param with shape torch.Size\((\[[^\]]*\])\) from checkpoint, "
+        r"the shape in current model is torch.Size\((\[[^\]]*\])\)",
+        text,
+    ):
+        problems.append(f"{name} has shape {tuple(json.loads(got))}, expected {tuple(json.loads(want))}")
+    detail = "; ".join(problems) or _first_line(exc)
+    return IncompatibleSAEError(
+        f"{source}: the weights do not fit {what} ({detail}): the weights file and its config disagree; "
+        "restore the original files or pass --format to choose another format."
+    )
+
+
+# Field checks for checkpoint configs: (what the message says, test).
+POSITIVE_INT = ("a whole number above 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
+INDEX = ("a whole number, 0 or more", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+TEXT = ("a string", lambda v: isinstance(v, str))
+
+
+def check_fields(data: Mapping[str, Any], fields: Mapping[str, tuple], source: Path | str, required=()) -> None:
+    """CheckpointError naming the first field of a config that is missing (when `required`) or of the wrong
+    type; `fields` maps names to POSITIVE_INT, INDEX or TEXT (null is fine for optional ones)."""
+    for name in required:
+        if data.get(name) is None:
+            raise CheckpointError(f"{source} lacks {name!r}: restore the original file or add it.")
+    for name, (what, ok) in fields.items():
+        value = data.get(name)
+        if value is not None and not ok(value):
+            raise CheckpointError(
+                f"{source}: {name} is {json.dumps(value)[:40]}, expected {what}: restore the original file or fix it."
+            )
+
+
 def check_finite(state: Mapping[str, torch.Tensor], source: Path | str) -> None:
     """CheckpointError when any floating-point tensor holds NaN or Inf."""
     for name, tensor in state.items():
@@ -231,6 +302,9 @@ def vector(tensor: torch.Tensor, length: int, name: str) -> torch.Tensor:
     if flat.numel() != length:
         raise IncompatibleSAEError(f"{name} has {flat.numel()} values, expected {length}.")
     return flat
+
+
+_SAFETENSORS_DTYPES = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,7 +22,17 @@ from saehealth.errors import CheckpointError
 from saehealth.loading.base import Adapter, LoadedSAE, LoadRequest, register_adapter
 from saehealth.loading.convert import build_sae
 from saehealth.loading.detect import find_adapter, select_members
-from saehealth.loading.files import check_finite, check_safetensors, natural_key, read_json
+from saehealth.loading.files import (
+    INDEX,
+    POSITIVE_INT,
+    TEXT,
+    check_fields,
+    check_finite,
+    check_safetensors,
+    natural_key,
+    read_json,
+    state_dict_error,
+)
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -40,13 +50,27 @@ TRAINING_KEYS = (
     "decoder_heuristic_init", "init_encoder_as_decoder_transpose", "prepend_bos",
 )  # fmt: skip
 _SKIP_SAE_KEYS = {"metadata", "device", "dtype"}
+# What cfg.json's fields must be, at top level or in metadata (pre-6.0 configs keep them flat).
+CFG_FIELDS = {
+    "d_in": POSITIVE_INT,
+    "d_sae": POSITIVE_INT,
+    "k": POSITIVE_INT,
+    "context_size": POSITIVE_INT,
+    "hook_head_index": INDEX,
+    "hook_name": TEXT,
+    "hook_point": TEXT,
+    "hook_name_out": TEXT,
+    "model_name": TEXT,
+    "dataset_path": TEXT,
+    "architecture": TEXT,
+}
 
 
 def _is_training_only_architecture(cfg: dict[str, Any]) -> bool:
     from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 
-    arch = cfg.get("architecture")
-    return arch in SAE_TRAINING_CLASS_REGISTRY and arch not in SAE_CLASS_REGISTRY
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return isinstance(arch, str) and arch in SAE_TRAINING_CLASS_REGISTRY and arch not in SAE_CLASS_REGISTRY
 
 
 def _looks_like_training_checkpoint(path: Path) -> bool:
@@ -141,8 +165,23 @@ def _check_folder(path: Path) -> dict[str, Any]:
     cfg = read_json(path / CFG, required=("d_in", "d_sae")) if (path / CFG).is_file() else None
     if cfg is None:
         raise CheckpointError(f"{path} has no {CFG}: a SAELens checkpoint folder holds {CFG} and {WEIGHTS}.")
-    check_safetensors(path / WEIGHTS)
+    check_fields(cfg, CFG_FIELDS, path / CFG)
+    metadata = cfg.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path / CFG}: metadata is not an object: restore the original file.")
+    check_fields(metadata, CFG_FIELDS, path / CFG)
+    check_safetensors(path / WEIGHTS)  # a readable header of floating-point tensors
     return cfg
+
+
+def _load_or_explain(load, path: Path, architecture):
+    """`load()` with SAELens' errors for a config or weights that do not fit as one line each."""
+    try:
+        return load()
+    except (KeyError, ValueError, TypeError) as exc:
+        raise _config_error(path, exc) from None
+    except RuntimeError as exc:  # torch's load_state_dict: missing, unknown or misshapen tensors
+        raise state_dict_error(exc, path / WEIGHTS, f"a SAELens {architecture} SAE with this {CFG}") from None
 
 
 def _config_error(path: Path, exc: Exception) -> CheckpointError:
@@ -169,11 +208,10 @@ class SaeLensCheckpointAdapter(Adapter):
         cfg = _check_folder(path)
         runner = _read_runner_cfg(path)
         notes: list[str] = ["SAELens training checkpoint converted to its inference SAE"]
-        try:
-            # float32 on the CPU for the folding arithmetic; moved to the requested device/dtype at the end.
-            training_sae = TrainingSAE.load_from_disk(path, device="cpu", dtype="float32")
-        except (KeyError, ValueError, TypeError) as exc:
-            raise _config_error(path, exc) from None
+        # float32 on the CPU for the folding arithmetic; moved to the requested device/dtype at the end.
+        training_sae = _load_or_explain(
+            lambda: TrainingSAE.load_from_disk(path, device="cpu", dtype="float32"), path, cfg.get("architecture")
+        )
         if (path / SCALER).is_file():
             read_json(path / SCALER, required=("scaling_factor",))
             scaler = ActivationScaler()
@@ -229,10 +267,9 @@ class SaeLensFolderAdapter(Adapter):
         version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
         if _pre_v6(version):
             notes.append(f"pre-6.0 SAELens config (version {version or 'unknown'}) upgraded by SAELens")
-        try:
-            sae = SAE.load_from_disk(path, device=request.device, dtype=request.dtype)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise _config_error(path, exc) from None
+        sae = _load_or_explain(
+            lambda: SAE.load_from_disk(path, device=request.device, dtype=request.dtype), path, cfg.get("architecture")
+        )
         check_finite(sae.state_dict(), path / WEIGHTS)
         sae.eval()
         if sae.cfg.normalize_activations == "expected_average_only_in":

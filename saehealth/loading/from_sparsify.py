@@ -22,6 +22,9 @@ from saehealth.loading.base import Adapter, LoadedSAE, LoadRequest, register_ada
 from saehealth.loading.convert import build_sae
 from saehealth.loading.detect import select_members
 from saehealth.loading.files import (
+    POSITIVE_INT,
+    TEXT,
+    check_fields,
     load_torch_file,
     natural_key,
     orient,
@@ -113,6 +116,7 @@ class SparsifyAdapter(Adapter):
 
     def _load_one(self, folder: Path, request: LoadRequest, hookpoint: str | None = None) -> LoadedSAE:
         cfg = read_json(folder / CFG, required=("d_in",))
+        check_fields(cfg, {"d_in": POSITIVE_INT, "k": POSITIVE_INT, "activation": TEXT}, folder / CFG)
         tensors = read_safetensors(folder / WEIGHTS)
         source = folder / WEIGHTS
         require_tensors(tensors, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"), source)

@@ -19,6 +19,7 @@ from saehealth.cli import main
 from saehealth.compare import checkpoint_paths, compare, unique_names
 from saehealth.comparison import pareto_front
 from saehealth.evaluation import evaluate
+from saehealth.output import MANIFEST
 from saehealth.result import METRIC_KEYS, load_result
 from tests.conftest import shifted_identity_sae, write_standard_sae
 
@@ -187,7 +188,7 @@ def test_files_of_the_comparison_and_of_each_sae(compared):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in markdown
     assert "| architecture | hook | d_sae |" in markdown  # SAEs at two hooks: the table shows each one's
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MANIFEST]  # no temporary files left behind
 
 
 def test_each_result_equals_evaluate_alone(compared, tmp_path):

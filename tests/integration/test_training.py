@@ -17,6 +17,7 @@ import torch
 
 from saehealth import BUILTIN_DATASET, BUILTIN_MODEL
 from saehealth.cli import main
+from saehealth.output import MANIFEST
 from saehealth.training import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def test_each_architecture_trains_and_loads_in_saelens(architecture, workdir, bu
     path = train(CONFIGS / f"{architecture}.yaml", [*TINY, "--n_batches_for_norm_estimate", "2"], quiet=True)
 
     assert path == workdir / "checkpoints" / architecture
-    assert sorted(p.name for p in path.iterdir()) == sorted(SAELENS_FILES)
+    assert sorted(p.name for p in path.iterdir()) == sorted([*SAELENS_FILES, MANIFEST])  # saehealth's own folder
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [architecture]  # no staging left
     sae = SAE.load_from_disk(path)
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (128, 256)
