@@ -68,6 +68,23 @@ IncludeSpecialTokensOption = Annotated[
     bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")
 ]
 SkipOption = Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")]
+ActivationsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--activations",
+        metavar="PATH",
+        help="Score on this activation cache instead of replaying the model: a minSAE cache, a SAELens activation "
+        "dataset, or a .safetensors/.npy file (no loss or KL; absorption only with --model).",
+    ),
+]
+SaebenchOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--saebench-out",
+        metavar="DIR",
+        help="Also write SAEBench 0.6 result files (DIR/core/, DIR/absorption/) for its graphing code.",
+    ),
+]
 
 
 @app.command("eval")
@@ -91,6 +108,8 @@ def eval_command(
     skip: SkipOption = None,
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     thresholds: ThresholdsOption = None,
+    activations: ActivationsOption = None,
+    saebench_out: SaebenchOutOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
     strict: StrictOption = False,
@@ -124,6 +143,8 @@ def eval_command(
         skip=tuple(skip or ()),
         format=format,
         thresholds=thresholds,
+        activations=activations,
+        saebench_out=saebench_out,
         verbose=verbose,
     )
     result = evaluate(config=config, console=None if quiet or json_output else console)
@@ -166,6 +187,8 @@ def compare_command(
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
     thresholds: ThresholdsOption = None,
+    activations: ActivationsOption = None,
+    saebench_out: SaebenchOutOption = None,
     quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print comparison.json instead of the table.")] = False,
     strict: Annotated[
@@ -207,6 +230,8 @@ def compare_command(
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
         thresholds=thresholds,
+        activations=activations,
+        saebench_out=saebench_out,
     )
     comparison = compare(config=config, console=None if quiet or json_output else console)
     logged = _log_comparison(comparison, wandb_project) if wandb_project else {}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
-from saehealth.evaluation import Evaluation, _progress, score_batches
+from saehealth.evaluation import Evaluation, _progress, score_batches, score_cache
 from saehealth.loading.files import natural_key
 from saehealth.replay import SpliceSite
 from saehealth.result import EvalResult, _atomic_write
@@ -176,12 +176,25 @@ class _Comparer:
         names = unique_names([path for path, _, _ in members])
         named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
         model_name, kwargs = self._shared_model(named), self._shared_model_kwargs(named)
+        cache = options.activations is not None  # an activation cache: the model only when --model asks for it
         t0 = time.perf_counter()
-        model = load_model(model_name, device=options.device, dtype=options.dtype, from_pretrained_kwargs=kwargs)
+        model = None
+        if not cache or options.model:
+            model = load_model(model_name, device=options.device, dtype=options.dtype, from_pretrained_kwargs=kwargs)
         self.timing["load_model_s"] = time.perf_counter() - t0
-        template = replace(options, model=model_name)
-        context = self._shared_context(template, model, names, [loaded for _, loaded, _ in members])
-        dataset_name, split, dataset_notes = self._shared_dataset(template, model_name, names, members)
+        template = replace(options, model=model_name) if not cache else options
+        if cache:
+            from saehealth.activations.resolve import cache_context
+
+            context, dataset_name, split, dataset_notes = (
+                cache_context(options, [m[1] for m in members]),
+                None,
+                None,
+                [],
+            )
+        else:
+            context = self._shared_context(template, model, names, [loaded for _, loaded, _ in members])
+            dataset_name, split, dataset_notes = self._shared_dataset(template, model_name, names, members)
         self.notes += dataset_notes
         shared = replace(template, context_length=context, dataset=dataset_name, split=split)
 
@@ -201,7 +214,7 @@ class _Comparer:
 
         pending = [i for i, result in enumerate(results) if result is None]
         if pending:
-            dataset = load_dataset(dataset_name, split)
+            dataset = load_dataset(dataset_name, split) if not cache else None
             plans = {i: evaluations[i].resolve(model=model, dataset=dataset) for i in pending}
             results_new = self._score_groups(model, evaluations, plans)
             for i, result in results_new.items():
@@ -216,6 +229,11 @@ class _Comparer:
                     result.metrics, result.not_measured, load_thresholds(options.thresholds), d_sae=result.sae.d_sae
                 )
             entries.append(ComparedSAE(name, evaluation.config.sae_path, result, cfg.out_folder / name, was_reused))
+        if options.saebench_out is not None:
+            from saehealth.saebench.export import export_result
+
+            for entry, evaluation in zip(entries, evaluations, strict=True):
+                export_result(entry.result, evaluation.loaded.sae, options.saebench_out, entry.folder, self.console)
 
         first = entries[0].result.eval
         settings = {
@@ -344,31 +362,40 @@ class _Comparer:
         for i, plan in plans.items():
             groups.setdefault(plan.site, []).append(i)
         some = next(iter(plans.values()))
-        # Tokenised once and reused by every group: identical tokens by construction.
-        batches = list(
-            sequence_batches(
-                some.dataset, model.tokenizer, some.context, some.n_sequences, options.batch_size, options.seed
+        # Tokenised once and reused by every group: identical tokens by construction. (An activation cache has
+        # no site: its SAEs form one group, scored in one read of the cache.)
+        batches = []
+        if some.activations is None:
+            batches = list(
+                sequence_batches(
+                    some.dataset, model.tokenizer, some.context, some.n_sequences, options.batch_size, options.seed
+                )
             )
-        )
         results: dict[int, EvalResult] = {}
         passes: dict[str, float] = {}
         for site, members in groups.items():
-            where = site.hook_name if not site.is_transcoder else f"{site.input_hook} → {site.hook_name}"
-            if site.head_index is not None:
+            if site is None:
+                where = f"{some.hook} from the activation cache"
+            else:
+                where = site.hook_name if not site.is_transcoder else f"{site.input_hook} → {site.hook_name}"
+            if site is not None and site.head_index is not None:
                 where += f" (head {site.head_index})"
             if self.console is not None:
                 self.console.print(f"Scoring {len(members)} SAE{'s' if len(members) > 1 else ''} at {where}")
             t0 = time.perf_counter()
-            with _progress(self.console, some.n_sequences * some.context) as advance:
-                outputs = score_batches(
-                    model,
-                    site,
-                    [plans[i].sae for i in members],
-                    batches,
-                    options.include_special_tokens,
-                    options.device,
-                    advance,
-                )
+            if site is None:
+                outputs = score_cache([plans[i] for i in members], options, self.console)
+            else:
+                with _progress(self.console, some.n_sequences * some.context) as advance:
+                    outputs = score_batches(
+                        model,
+                        site,
+                        [plans[i].sae for i in members],
+                        batches,
+                        options.include_special_tokens,
+                        options.device,
+                        advance,
+                    )
             seconds = time.perf_counter() - t0
             passes[where] = seconds
             for i, output in zip(members, outputs, strict=True):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,6 +23,7 @@ from saehealth.errors import ConfigError, DataError, IncompatibleSAEError
 from saehealth.fingerprint import weights_fingerprint
 from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import DownstreamAccumulator, downstream_totals
+from saehealth.metrics.encoder_geometry import encoder_geometry
 from saehealth.metrics.geometry import geometry_metrics
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
@@ -38,9 +39,12 @@ from saehealth.result import (
     SAEInfo,
     load_result,
 )
+from saehealth.saebench.core import core_metrics
+from saehealth.saebench.sums import SAEBenchSums, last_position_kl
 
 # Per-sequence totals kept for standard errors (see metrics/clusters.py).
-SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", "n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+DOWNSTREAM_QUANTITIES = ("n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", *DOWNSTREAM_QUANTITIES)
 # metric -> (numerator, denominator) as {quantity: coefficient}; value = Σnum / Σden (+ offset below).
 RATIO_METRICS = {
     "loss_recovered": ({"ce_zero": 1, "ce_sae": -1}, {"ce_zero": 1, "ce_clean": -1}),
@@ -61,6 +65,7 @@ class PassOutput:
     n_sequences: int
     tokens_run: int
     tokens_scored: int
+    saebench: dict = field(default_factory=dict)  # SAEBench's definitions, where they differ (saebench/sums.py)
 
 
 @dataclass
@@ -75,8 +80,10 @@ class Plan:
     context: int
     dataset_name: str
     split: str
-    dataset: Any  # datasets.Dataset
+    dataset: Any  # datasets.Dataset (an activations.plan.CacheData for an activation cache)
     n_sequences: int
+    activations: str | None = None  # the activation cache's layout, when scored from one (site is then None)
+    special_tokens_known: bool = True  # False for a cache without token ids: nothing could be masked
 
     @property
     def sae(self):
@@ -127,13 +134,17 @@ class Evaluation:
         self._weights: str | None = None  # the SAE's weights fingerprint, computed once
 
     def run(self) -> EvalResult:
-        cached = self.load()
-        if cached is not None:
-            return cached
-        plan = self.resolve()
-        t0 = time.perf_counter()
-        output = self.score(plan)
-        return self.finish(plan, output, replay_s=time.perf_counter() - t0)
+        result = self.load()
+        if result is None:
+            plan = self.resolve()
+            t0 = time.perf_counter()
+            output = self.score(plan)
+            result = self.finish(plan, output, replay_s=time.perf_counter() - t0)
+        if self.config.saebench_out is not None:
+            from saehealth.saebench.export import export_result
+
+            export_result(result, self.loaded.sae, self.config.saebench_out, self._out_folder(), self.console)
+        return result
 
     # ------------------------------------------------------------------ resolution
     def load(self) -> EvalResult | None:
@@ -157,6 +168,8 @@ class Evaluation:
 
         `model` / `dataset` are used as given when the caller has them loaded already (they must be the ones
         this evaluation's config names)."""
+        if self.config.activations is not None:
+            return self._resolve_cache(model)
         cfg = self.config
         loaded = self.loaded
         model_name = cfg.model or loaded.model_name
@@ -182,6 +195,31 @@ class Evaluation:
         n_sequences = self._sequences_wanted(context)
         return Plan(loaded, model_name, hook, model, site, context, dataset_name, split, dataset, n_sequences)
 
+    def _resolve_cache(self, model=None) -> Plan:
+        """The plan of an evaluation from an activation cache (activations/resolve.py does the checks)."""
+        from saehealth.activations.resolve import resolve_cache
+
+        cfg, loaded = self.config, self.loaded
+        named = cfg.hook or cfg.layer is not None or loaded.hook_name
+        cache = resolve_cache(cfg, loaded, self._hook_name(loaded) if named else None, model=model)
+        self.notes += cache.notes
+        self.not_measured.update(cache.not_measured)
+        info = cache.info
+        return Plan(
+            loaded=loaded,
+            model_name=cache.model_name,
+            hook=cache.hook,
+            model=cache.model,
+            site=None,
+            context=cache.context,
+            dataset_name=str(info.path),
+            split=info.description,
+            dataset=cache.data,
+            n_sequences=cache.n_sequences,
+            activations=info.layout,
+            special_tokens_known=cache.special_tokens_known,
+        )
+
     # ------------------------------------------------------------------ after the pass
     def finish(self, plan: Plan, output: PassOutput, replay_s: float) -> EvalResult:
         """Add geometry and absorption to the pass's metrics, assess, save to the output folder, return."""
@@ -200,6 +238,7 @@ class Evaluation:
             geometry, max_cos = geometry_metrics(sae.W_dec)
             metrics.update(geometry)
             details["max_decoder_cosine"] = max_cos
+            details.update(encoder_geometry(sae))
         self.timing["geometry_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -232,8 +271,9 @@ class Evaluation:
                 context_length=plan.context,
                 batch_size=cfg.batch_size,
                 seed=cfg.seed,
-                mask_special_tokens=not cfg.include_special_tokens,
+                mask_special_tokens=not cfg.include_special_tokens and plan.special_tokens_known,
                 n_sequences=output.n_sequences,
+                activations=plan.activations,
             ),
             metrics={k: _clean_number(v) for k, v in metrics.items()},
             uncertainty={k: v for k, v in output.uncertainty.items() if math.isfinite(v)},
@@ -242,6 +282,10 @@ class Evaluation:
             timing={k: round(v, 4) for k, v in self.timing.items()},
             notes=[*loaded.notes, *self.notes],
             request=self._request(),
+            saebench_core={
+                k: _clean_number(v)
+                for k, v in core_metrics(metrics, output.saebench, details, output.tokens_run).items()
+            },
         )
         self._assess(result)
         result.save(self._out_folder(), details)
@@ -269,6 +313,8 @@ class Evaluation:
             "absorption_min_letters",
         )
         request = {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in keys}
+        if cfg.activations is not None:  # only then, so results saved before the option existed stay reusable
+            request["activations"] = str(Path(cfg.activations).expanduser().resolve())
         if self._weights is None:
             self._weights = weights_fingerprint(self.loaded.sae)
         request["sae_weights"] = self._weights  # a retrained checkpoint at the same path is another SAE
@@ -398,6 +444,10 @@ class Evaluation:
     def score(self, plan: Plan) -> PassOutput:
         """The pass over the evaluation tokens for this SAE alone (`check_pass` applied)."""
         cfg = self.config
+        if cfg.activations is not None:
+            (output,) = score_cache([plan], cfg, self.console)
+            self.check_pass(plan, output)
+            return output
         batches = sequence_batches(
             plan.dataset, plan.model.tokenizer, plan.context, plan.n_sequences, cfg.batch_size, cfg.seed
         )
@@ -432,6 +482,8 @@ class Evaluation:
 
         keys = ABSORPTION_KEYS
         reason = "skipped with --skip absorption" if "absorption" in self.config.skip else absorption_applicable(hook)
+        if reason is None and model is None:  # an activation cache, without --model
+            reason = "absorption prompts the model, which an activation cache lacks: add --model NAME to measure it"
         if reason is None:
             result = measure_absorption(
                 model,
@@ -474,7 +526,7 @@ def score_batches(
     spliced continuation feeds its own accumulators. Returns one `PassOutput` per SAE, in order.
     """
     saes = list(saes)
-    scorers = [_Scorer(sae) for sae in saes]
+    scorers = [Scorer(sae) for sae in saes]
     cache, unembedding = ReplayCache(), readout(model)
     sequences = tokens_run = 0
     try:
@@ -482,7 +534,12 @@ def score_batches(
             tokens = tokens.to(device)
             mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
             out = replay_batch(model, site, [(s.encode, s.decode) for s in scorers], tokens, mask, cache)
-            shared, own = downstream_totals(unembedding, out.clean, out.zero, [o.final for o in out.saes], tokens, mask)
+            finals = [o.final for o in out.saes]
+            shared, own = downstream_totals(unembedding, out.clean, out.zero, finals, tokens, mask)
+            last_shared, last_own = last_position_kl(unembedding, out.clean, out.zero, finals, mask)  # SAEBench's KL
+            shared.update(last_shared)
+            for totals, last in zip(own, last_own, strict=True):
+                totals.update(last)
             for scorer, sae_out, sae_totals in zip(scorers, out.saes, own, strict=True):
                 scorer.update(sae_out, {**shared, **sae_totals}, mask)
             sequences += tokens.shape[0]
@@ -495,23 +552,49 @@ def score_batches(
     return [scorer.result(sequences, tokens_run) for scorer in scorers]
 
 
-class _Scorer:
-    """One SAE's accumulators during the pass."""
+def score_cache(plans: list[Plan], config: EvalConfig, console=None) -> list[PassOutput]:
+    """One read of an activation cache for the SAEs of `plans` (which share it and its context), through the
+    same accumulators as the replay, without downstream metrics."""
+    from saehealth.activations.scoring import cache_batches, score_activation_batches
+    from saehealth.loading.files import DTYPES, parse_dtype
+
+    first = plans[0]
+    scorers = [Scorer(plan.sae) for plan in plans]
+    dtype = DTYPES[parse_dtype(config.dtype)]
+    batches = cache_batches(first.dataset, first.context, config.batch_size, config.device, dtype)
+    try:
+        with _progress(console, first.n_sequences * first.context, "reading cache") as advance:
+            sequences, tokens = score_activation_batches(scorers, batches, advance)
+    finally:
+        for scorer in scorers:
+            scorer.restore()
+    return [scorer.result(sequences, tokens) for scorer in scorers]
+
+
+class Scorer:
+    """One SAE's accumulators during a pass: fed by the replay, or by an activation cache without downstream."""
 
     def __init__(self, sae):
-        self.reconstruction = ReconstructionAccumulator(int(getattr(sae.cfg, "d_out", sae.cfg.d_in)))
+        self.d_in = int(getattr(sae.cfg, "d_out", sae.cfg.d_in))
+        self.reconstruction = ReconstructionAccumulator(self.d_in)
         self.downstream = DownstreamAccumulator()
         self.sparsity = SparsityAccumulator(int(sae.cfg.d_sae))
         self.totals = SequenceTotals(SEQUENCE_QUANTITIES)
+        self.saebench = SAEBenchSums(int(sae.cfg.d_sae))
         self.encode, self.decode, self.restore = _sae_functions(sae)
 
-    def update(self, out, downstream: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
-        """Add a batch: this SAE's outputs, its downstream per-sequence totals and the mask."""
-        self.downstream.update(downstream)
-        per_sequence = dict(downstream)
+    def update(self, out, downstream: dict[str, torch.Tensor] | None, mask: torch.Tensor) -> None:
+        """Add a batch: this SAE's outputs, its downstream per-sequence totals and the mask. Without a model
+        (`downstream` None) no position predicted anything: its downstream totals are zero."""
+        if downstream is not None:
+            self.downstream.update(downstream)
+            per_sequence = dict(downstream)
+        else:
+            per_sequence = {key: torch.zeros(mask.shape[0]) for key in DOWNSTREAM_QUANTITIES}
         per_sequence.update(self.reconstruction.update(out.x, out.x_hat, mask))
         per_sequence.update(self.sparsity.update(out.feature_acts, mask))
         self.totals.update(per_sequence)
+        self.saebench.update(out.x, out.x_hat, out.feature_acts, mask, downstream)
 
     def result(self, sequences: int, tokens_run: int) -> PassOutput:
         metrics: dict = {}
@@ -519,12 +602,14 @@ class _Scorer:
         metrics.update(self.downstream.result())
         metrics.update(self.sparsity.result())
         uncertainty = {key: self.totals.ratio(num, den)[1] for key, (num, den) in RATIO_METRICS.items()}
+        saebench, per_latent = self.saebench.result(self.d_in)
         details = {
             "feature_density": self.sparsity.density(),
             "firing_counts": self.sparsity.firing_counts,
             "l0_histogram": self.sparsity.l0_histogram,
+            **per_latent,
         }
-        return PassOutput(metrics, uncertainty, details, sequences, tokens_run, self.sparsity.tokens)
+        return PassOutput(metrics, uncertainty, details, sequences, tokens_run, self.sparsity.tokens, saebench)
 
 
 class _StopForward(Exception):
@@ -555,9 +640,10 @@ def _sae_functions(sae):
 class _progress:
     """A rich progress bar in tokens with tokens/s and ETA; silent without a console."""
 
-    def __init__(self, console, total_tokens: int):
+    def __init__(self, console, total_tokens: int, label: str = "replaying"):
         self.console = console
         self.total = total_tokens
+        self.label = label
 
     def __enter__(self):
         if self.console is None:
@@ -565,7 +651,7 @@ class _progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("[bold]replaying[/]"),
+            TextColumn(f"[bold]{self.label}[/]"),
             BarColumn(),
             TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
             TextColumn("{task.fields[rate]}"),
