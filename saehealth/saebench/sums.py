@@ -116,7 +116,7 @@ class SAEBenchSums:
         total_variance = mean_sq_norm - (mean_sq_norm / d_in) ** 2
         values.update(
             {
-                "explained_variance": _ratio(mean_sq_error, total_variance, complement=True),
+                "explained_variance": 1.0 - mean_sq_error / total_variance if total_variance else None,
                 "explained_variance_legacy": _finite(s["legacy_explained"] / T),
                 "mse": s["batch_mean_sq_error"] / T,
                 "l1": s["l1"] / T,
@@ -188,12 +188,6 @@ def _kl_values(kl: dict[str, float], positions: int) -> dict[str, float | None]:
     with_sae, with_ablation = kl["sae"] / positions, kl["zero"] / positions
     score = (with_ablation - with_sae) / with_ablation if with_ablation > 0 else None
     return {"kl_div_with_sae": with_sae, "kl_div_with_ablation": with_ablation, "kl_div_score": score}
-
-
-def _ratio(num: float, den: float, complement: bool = False) -> float | None:
-    if den == 0:
-        return None
-    return 1.0 - num / den if complement else num / den
 
 
 def _finite(value: float) -> float | None:
