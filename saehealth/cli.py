@@ -106,6 +106,23 @@ SelectOption = Annotated[
         metavar="GLOB", help="Glob over the SAEs of a run folder (hookpoint or member names), e.g. 'layers.*'."
     ),
 ]
+ActivationsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--activations",
+        metavar="PATH",
+        help="Score on this activation cache instead of replaying the model: a minSAE cache, a SAELens activation "
+        "dataset, or a .safetensors/.npy file (no loss or KL; absorption only with --model).",
+    ),
+]
+SaebenchOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--saebench-out",
+        metavar="DIR",
+        help="Also write SAEBench 0.6 result files (DIR/core/, DIR/absorption/) for its graphing code.",
+    ),
+]
 
 
 @app.command("eval")
@@ -130,6 +147,8 @@ def eval_command(
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     select: SelectOption = None,
     thresholds: ThresholdsOption = None,
+    activations: ActivationsOption = None,
+    saebench_out: SaebenchOutOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
     strict: StrictOption = False,
@@ -167,6 +186,8 @@ def eval_command(
         skip=tuple(skip or ()),
         format=format,
         thresholds=thresholds,
+        activations=activations,
+        saebench_out=saebench_out,
         verbose=verbose,
     )
     outcome = evaluate_path(config, select, console=_console_for(quiet or json_output))
@@ -220,6 +241,8 @@ def compare_command(
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
     thresholds: ThresholdsOption = None,
+    activations: ActivationsOption = None,
+    saebench_out: SaebenchOutOption = None,
     quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print comparison.json instead of the table.")] = False,
     strict: Annotated[
@@ -258,6 +281,8 @@ def compare_command(
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
         thresholds=thresholds,
+        activations=activations,
+        saebench_out=saebench_out,
     )
     comparison = compare(config=config, console=_console_for(quiet or json_output))
     if comparison is not None:  # None on torchrun ranks other than 0: rank 0 reports

@@ -186,17 +186,29 @@ class _Comparer:
             names = member_names(paths) if cfg.view == "run" else unique_names(paths)
             named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
             model_name = shared_model(options, named)
+            cache = options.activations is not None  # an activation cache: the model only when --model asks for it
             t0 = time.perf_counter()
-            model = load_model(
-                model_name,
-                device=options.device,
-                dtype=options.dtype,
-                from_pretrained_kwargs=shared_model_kwargs(named),
-            )
+            model = None
+            if not cache or options.model:
+                kwargs = shared_model_kwargs(named)
+                model = load_model(
+                    model_name, device=options.device, dtype=options.dtype, from_pretrained_kwargs=kwargs
+                )
             self.timing["load_model_s"] = time.perf_counter() - t0
-            template = replace(options, model=model_name)
-            context = shared_context(template, model, named)
-            dataset_name, split, dataset_notes = shared_dataset(template, model_name, named)
+            if cache:
+                from saehealth.activations.resolve import cache_context
+
+                template = options
+                context, dataset_name, split, dataset_notes = (
+                    cache_context(options, [m[1] for m in members]),
+                    None,
+                    None,
+                    [],
+                )
+            else:
+                template = replace(options, model=model_name)
+                context = shared_context(template, model, named)
+                dataset_name, split, dataset_notes = shared_dataset(template, model_name, named)
             self.notes += dataset_notes
             shared = replace(template, context_length=context, dataset=dataset_name, split=split)
             evaluations = [
@@ -211,7 +223,7 @@ class _Comparer:
             self.console.print(f"[dim]Reusing saved results of {names_reused} (pass --force to re-run).[/]")
         if pending:
             with distributed.step():
-                dataset = load_dataset(dataset_name, split)
+                dataset = load_dataset(dataset_name, split) if not cache else None
                 plans = {i: evaluations[i].plan(model=model, dataset=dataset) for i in pending}
             scored = self._score_all(evaluations, plans)
             if scored is None:  # another rank than 0: its share is merged there
@@ -228,6 +240,11 @@ class _Comparer:
 
                 assess(result, options.thresholds)
             entries.append(ComparedSAE(name, evaluation.config.sae_path, result, cfg.out_folder / name, was_reused))
+        if options.saebench_out is not None:
+            from saehealth.saebench.export import export_result
+
+            for entry, evaluation in zip(entries, evaluations, strict=True):
+                export_result(entry.result, evaluation.loaded.sae, options.saebench_out, entry.folder, self.console)
         if cfg.view == "run":
             entries = by_layer(entries)
         comparison = Comparison(
@@ -280,23 +297,28 @@ class _Comparer:
         options = self.config.evaluation
         pending = list(plans)
         some = plans[pending[0]]
-        n_sites = len({plans[i].site for i in pending})
+        n_sites = len({plans[i].site or plans[i].hook for i in pending})
         if self.console is not None:
             self.console.print(
                 f"Scoring {len(pending)} SAE{'s' if len(pending) > 1 else ''} at {n_sites} "
                 f"hook{'s' if n_sites > 1 else ''} in one pass"
             )
         t0 = time.perf_counter()
-        with progress(self.console, share_of_tokens(some)) as advance:
-            outputs = score_batches(
-                some.model,
-                [(plans[i].site, plans[i].sae) for i in pending],
-                token_batches(some, options),
-                options.include_special_tokens,
-                options.device,
-                advance,
-                reference_sequence(some, options),
-            )
+        if some.activations is not None:  # every SAE of the comparison reads the one cache
+            from saehealth.activations.scoring import score_cache
+
+            outputs = score_cache([plans[i] for i in pending], options, self.console)
+        else:
+            with progress(self.console, share_of_tokens(some)) as advance:
+                outputs = score_batches(
+                    some.model,
+                    [(plans[i].site, plans[i].sae) for i in pending],
+                    token_batches(some, options),
+                    options.include_special_tokens,
+                    options.device,
+                    advance,
+                    reference_sequence(some, options),
+                )
         seconds = time.perf_counter() - t0
         self.timing["pass_s"] = seconds
         if outputs is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saehealth.errors import ConfigError, suggest
+from saehealth.saebench import NEEDS_GEOMETRY, NEEDS_REPLAY
 
 SKIPPABLE = ("absorption", "geometry")
 DEFAULT_MAX_TOKENS = 200_000
@@ -37,6 +38,9 @@ class EvalConfig:
     format: str | None = None
     thresholds: str | None = None
     absorption_min_letters: int = 20
+    # An activation cache (minSAE folder, SAELens dataset, .safetensors/.npy) to score instead of a replay.
+    activations: str | None = None
+    saebench_out: Path | None = None  # also write SAEBench 0.6 result files under this folder
     verbose: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -67,6 +71,12 @@ class EvalConfig:
             raise ConfigError(f"out must be a folder path, got {self.out!r}.")
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
+        if self.activations is not None and (self.dataset is not None or self.split is not None):
+            raise ConfigError("--activations and --dataset/--split both name the evaluation data: give one of them.")
+        if self.saebench_out is not None and self.activations is not None:
+            raise ConfigError(NEEDS_REPLAY)
+        if self.saebench_out is not None and "geometry" in self.skip:
+            raise ConfigError(NEEDS_GEOMETRY)
         from saehealth.models import DTYPES
 
         if self.dtype not in DTYPES:

@@ -91,17 +91,21 @@ class Evaluation:
     def run(self) -> EvalResult | None:
         distributed.setup(self.config.device)
         with distributed.step():
-            cached = self.load()
-        if distributed.broadcast(cached is not None):
-            return cached
-        with distributed.step():
-            plan = self.plan()
-        t0 = time.perf_counter()
-        output = self.score(plan)
-        if output is None:  # another rank than 0: its share is merged there
-            return None
-        self.check_pass(plan, output)
-        return self.finish(plan, output, replay_s=time.perf_counter() - t0)
+            result = self.load()
+        if not distributed.broadcast(result is not None):
+            with distributed.step():
+                plan = self.plan()
+            t0 = time.perf_counter()
+            output = self.score(plan)
+            if output is None:  # another rank than 0: its share is merged there
+                return None
+            self.check_pass(plan, output)
+            result = self.finish(plan, output, replay_s=time.perf_counter() - t0)
+        if result is not None and self.config.saebench_out is not None:
+            from saehealth.saebench.export import export_result
+
+            export_result(result, self.loaded.sae, self.config.saebench_out, result_folder(self.config), self.console)
+        return result
 
     def load(self) -> EvalResult | None:
         """Load the checkpoint (unless given) and return the saved result when it can be reused, else None.
@@ -130,6 +134,8 @@ class Evaluation:
 
         `model` / `dataset` are used as given when the caller has them loaded already (they must be the ones
         this evaluation's config names)."""
+        if self.config.activations is not None:
+            return self._plan_cache(model)
         cfg, loaded = self.config, self.loaded
         model_name = planning.model_name(cfg, loaded)
         if model is None:
@@ -148,8 +154,39 @@ class Evaluation:
         check_ranks(n_sequences)
         return Plan(loaded, model_name, hook, model, site, context, dataset_name, split, dataset, n_sequences)
 
+    def _plan_cache(self, model=None) -> Plan:
+        """The plan of an evaluation from an activation cache (activations/resolve.py does the checks)."""
+        from saehealth.activations.resolve import resolve_cache
+
+        cfg, loaded = self.config, self.loaded
+        named = cfg.hook or cfg.layer is not None or loaded.hook_name
+        cache = resolve_cache(cfg, loaded, planning.hook_name(cfg, loaded) if named else None, model=model)
+        self.notes += cache.notes
+        self.not_measured.update(cache.not_measured)
+        info = cache.info
+        check_ranks(cache.n_sequences)
+        return Plan(
+            loaded=loaded,
+            model_name=cache.model_name,
+            hook=cache.hook,
+            model=cache.model,
+            site=None,
+            context=cache.context,
+            dataset_name=str(info.path),
+            split=info.description,
+            dataset=cache.data,
+            n_sequences=cache.n_sequences,
+            activations=info.layout,
+            special_tokens_known=cache.special_tokens_known,
+        )
+
     def score(self, plan: Plan) -> PassOutput | None:
         """The pass over the evaluation tokens for this SAE alone (None on ranks other than 0)."""
+        if plan.activations is not None:
+            from saehealth.activations.scoring import score_cache
+
+            (output,) = score_cache([plan], self.config, self.console) or (None,)
+            return output
         batches = token_batches(plan, self.config)
         with progress(self.console, share_of_tokens(plan)) as advance:
             outputs = score_batches(
@@ -210,6 +247,8 @@ class Evaluation:
         """The settings that decide the numbers; a saved result is reused only when they match."""
         cfg = self.config
         request = {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in REQUEST_KEYS}
+        if cfg.activations is not None:  # only then, so results saved before the option existed stay reusable
+            request["activations"] = str(Path(cfg.activations).expanduser().resolve())
         if self._weights is None:
             self._weights = weights_fingerprint(self.loaded.sae)
         request["sae_weights"] = self._weights  # a retrained checkpoint at the same path is another SAE

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from saehealth.config import EvalConfig
+from saehealth.metrics.encoder_geometry import encoder_geometry
 from saehealth.metrics.geometry import geometry_metrics
 from saehealth.planning import Plan
 from saehealth.result import (
@@ -28,6 +29,7 @@ from saehealth.result import (
     Provenance,
     SAEInfo,
 )
+from saehealth.saebench.core import core_metrics
 from saehealth.scoring import PassOutput
 
 
@@ -54,6 +56,7 @@ def finish_result(
         geometry, max_cos = geometry_metrics(sae.W_dec)
         metrics.update(geometry)
         details["max_decoder_cosine"] = max_cos
+        details.update(encoder_geometry(sae))
     timing["geometry_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -86,8 +89,9 @@ def finish_result(
             context_length=plan.context,
             batch_size=config.batch_size,
             seed=config.seed,
-            mask_special_tokens=not config.include_special_tokens,
+            mask_special_tokens=not config.include_special_tokens and plan.special_tokens_known,
             n_sequences=output.n_sequences,
+            activations=plan.activations,
         ),
         metrics={k: _clean_number(v) for k, v in metrics.items()},
         uncertainty={k: v for k, v in output.uncertainty.items() if math.isfinite(v)},
@@ -96,6 +100,9 @@ def finish_result(
         timing={k: round(v, 4) for k, v in timing.items()},
         notes=[*loaded.notes, *notes],
         request=request,
+        saebench_core={
+            k: _clean_number(v) for k, v in core_metrics(metrics, output.saebench, details, output.tokens_run).items()
+        },
     )
     assess(result, config.thresholds)
     return result, details
@@ -116,6 +123,8 @@ def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dic
 
     keys = ABSORPTION_KEYS
     reason = "skipped with --skip absorption" if "absorption" in config.skip else absorption_applicable(plan.hook)
+    if reason is None and plan.model is None:  # an activation cache, without --model
+        reason = "absorption prompts the model, which an activation cache lacks: add --model NAME to measure it"
     if reason is None:
         result = measure_absorption(
             plan.model,

@@ -28,13 +28,15 @@ class Plan:
     loaded: Any  # saehealth.loading.LoadedSAE
     model_name: str
     hook: str
-    model: Any  # HookedTransformer
-    site: SpliceSite
+    model: Any  # HookedTransformer (None for an activation cache scored without --model)
+    site: SpliceSite | None  # None for an activation cache: nothing is spliced
     context: int
     dataset_name: str
     split: str
-    dataset: Any  # datasets.Dataset
+    dataset: Any  # datasets.Dataset (an activations.scoring.CacheData for an activation cache)
     n_sequences: int
+    activations: str | None = None  # the activation cache's layout, when scored from one
+    special_tokens_known: bool = True  # False for a cache without token ids: nothing could be masked
 
     @property
     def sae(self):

@@ -93,6 +93,9 @@ class EvalSettings:
     seed: int
     mask_special_tokens: bool
     n_sequences: int
+    # The activation cache's layout ("minsae", "saelens", "tensor") when the SAE was scored from a cache
+    # (`dataset` is then its path) instead of a replay through the model.
+    activations: str | None = None
 
 
 @dataclass
@@ -123,6 +126,9 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     # The options that decided the numbers; a saved result is reused only for the same request.
     request: dict = field(default_factory=dict)
+    # SAEBench 0.6's core metrics under its names and definitions (saehealth/saebench/core.py), for the
+    # SAEBench export; empty in results saved before saehealth computed them.
+    saebench_core: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -155,6 +161,7 @@ class EvalResult:
             verdicts=data.get("verdicts", {}),
             notes=data.get("notes", []),
             request=data.get("request", {}),
+            saebench_core=data.get("saebench_core", {}),
         )
 
     def save(self, folder: Path, details: dict | None = None) -> Path:

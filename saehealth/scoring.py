@@ -27,9 +27,11 @@ from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, down
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.replay import ReplayCache, SAEOutputs, SiteGroup, SpliceSite, readout, replay_batch, sae_view
+from saehealth.saebench.sums import SAEBenchSums, last_position_kl
 
 # Per-sequence totals kept for standard errors (see metrics/clusters.py).
-SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", "n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+DOWNSTREAM_QUANTITIES = ("n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", *DOWNSTREAM_QUANTITIES)
 # metric -> (numerator, denominator) as {quantity: coefficient}; value = Σnum / Σden (+ offset below).
 RATIO_METRICS = {
     "loss_recovered": ({"ce_zero": 1, "ce_sae": -1}, {"ce_zero": 1, "ce_clean": -1}),
@@ -59,6 +61,7 @@ class PassOutput:
     n_sequences: int
     tokens_run: int
     tokens_scored: int
+    saebench: dict = field(default_factory=dict)  # SAEBench's definitions, where they differ (saebench/sums.py)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Tally:
     reconstruction: ReconstructionAccumulator
     downstream: DownstreamAccumulator
     sparsity: SparsityAccumulator
+    saebench: SAEBenchSums
     totals: SequenceTotals = field(default_factory=lambda: SequenceTotals(SEQUENCE_QUANTITIES))
     n_sequences: int = 0
     tokens_run: int = 0
@@ -76,22 +80,27 @@ class Tally:
         self.reconstruction.merge(other.reconstruction)
         self.downstream.merge(other.downstream)
         self.sparsity.merge(other.sparsity)
+        self.saebench.merge(other.saebench)
         self.totals.merge(other.totals)
         self.n_sequences += other.n_sequences
         self.tokens_run += other.tokens_run
 
     def output(self) -> PassOutput:
+        d_out = self.reconstruction.d_in
         metrics: dict = {}
         metrics.update(self.reconstruction.result())
         metrics.update(self.downstream.result())
         metrics.update(self.sparsity.result())
         uncertainty = {key: self.totals.ratio(num, den)[1] for key, (num, den) in RATIO_METRICS.items()}
+        saebench, per_latent = self.saebench.result(d_out)
         details = {
             "feature_density": self.sparsity.density(),
             "firing_counts": self.sparsity.firing_counts,
             "l0_histogram": self.sparsity.l0_histogram,
+            **per_latent,
         }
-        return PassOutput(metrics, uncertainty, details, self.n_sequences, self.tokens_run, self.sparsity.tokens)
+        tokens = self.sparsity.tokens
+        return PassOutput(metrics, uncertainty, details, self.n_sequences, self.tokens_run, tokens, saebench)
 
 
 def chunk_tokens(d_sae: int, device: str | torch.device) -> int:
@@ -106,8 +115,9 @@ class SAEScorer:
     def __init__(self, sae, device: str | torch.device = "cpu", chunk: int | None = None):
         self.sae = sae
         d_out = int(getattr(sae.cfg, "d_out", sae.cfg.d_in))
+        d_sae = int(sae.cfg.d_sae)
         self.tally = Tally(
-            ReconstructionAccumulator(d_out), DownstreamAccumulator(), SparsityAccumulator(sae.cfg.d_sae)
+            ReconstructionAccumulator(d_out), DownstreamAccumulator(), SparsityAccumulator(d_sae), SAEBenchSums(d_sae)
         )
         self.chunk = chunk or chunk_tokens(int(sae.cfg.d_sae), device)
         self._l0: torch.Tensor | None = None  # this batch's per-position L0, from `reconstruct`
@@ -119,26 +129,35 @@ class SAEScorer:
         sae.eval()
 
     def reconstruct(self, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x̂ for x = `source` (batch, pos, d_in), encoded and decoded a chunk of positions at a time; the latents
-        of each chunk go to the sparsity statistics and are dropped."""
+        """x̂ for x = `source` (batch, pos, d_in), encoded and decoded a chunk of whole sequences at a time (at least
+        one, whatever the budget); the latents of each chunk go to the latent statistics and are dropped."""
+        length = source.shape[1]
         flat, flat_mask = source.reshape(-1, source.shape[-1]).to(self.sae.dtype), mask.reshape(-1)
+        step = max(1, self.chunk // length) * length  # whole sequences: per-sequence latent counts stay exact
         parts, l0 = [], []
-        for start in range(0, flat.shape[0], self.chunk):
+        for start in range(0, flat.shape[0], step):
+            chunk_mask = flat_mask[start : start + step]
             with warnings.catch_warnings():  # torch notes once that it skips checks of the sparse tensor's indices
                 warnings.filterwarnings("ignore", message="Sparse invariant checks")
-                feature_acts = self.sae.encode(flat[start : start + self.chunk])
+                feature_acts = self.sae.encode(flat[start : start + step])
             parts.append(self.sae.decode(feature_acts))
-            l0.append(self.tally.sparsity.update(feature_acts, flat_mask[start : start + self.chunk]))
+            l0.append(self.tally.sparsity.update(feature_acts, chunk_mask))
+            self.tally.saebench.update_latents(feature_acts, chunk_mask, length)
             del feature_acts
         self._l0 = torch.cat(l0).reshape(mask.shape)
         x_hat = parts[0] if len(parts) == 1 else torch.cat(parts)
         return x_hat.reshape(*source.shape[:-1], x_hat.shape[-1])
 
-    def update(self, out: SAEOutputs, downstream: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
-        """Add a batch: this SAE's outputs, its downstream per-sequence totals and the mask."""
+    def update(self, out: SAEOutputs, downstream: dict[str, torch.Tensor] | None, mask: torch.Tensor) -> None:
+        """Add a batch: this SAE's outputs, its downstream per-sequence totals and the mask. Without a model
+        (`downstream` None: an activation cache) nothing was predicted, and its downstream totals are zero."""
         tally = self.tally
-        tally.downstream.update(downstream)
-        per_sequence = dict(downstream)
+        if downstream is not None:
+            tally.downstream.update(downstream)
+            per_sequence = {key: downstream[key] for key in DOWNSTREAM_QUANTITIES}
+        else:
+            per_sequence = {key: torch.zeros(mask.shape[0]) for key in DOWNSTREAM_QUANTITIES}
+        tally.saebench.update_batch(out.x, out.x_hat, mask, downstream)
         per_sequence.update(tally.reconstruction.update(out.x, out.x_hat, mask))
         per_sequence.update(n_tokens=mask.sum(1), l0=self._l0.sum(1))
         tally.totals.update(per_sequence)
@@ -211,6 +230,11 @@ def _local_pass(model, members, batches, include_special_tokens, device, advance
             out = replay_batch(model, groups, tokens, mask, cache)
             finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
             clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask)
+            for site, site_totals, sae_totals in zip(finals, per_site, per_sae, strict=True):  # SAEBench's KL
+                last_shared, last_own = last_position_kl(unembedding, out.clean, site.zero, site.spliced, mask)
+                site_totals.update(last_shared)
+                for totals, last in zip(sae_totals, last_own, strict=True):
+                    totals.update(last)
             at_sites = zip(sites.values(), out.sites, per_site, per_sae, strict=True)
             for indices, site_out, site_totals, sae_totals in at_sites:
                 for i, sae_out, own in zip(indices, site_out.saes, sae_totals, strict=True):

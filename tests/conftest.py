@@ -30,6 +30,25 @@ def builtin_model():
     return saehealth.load_model(saehealth.BUILTIN_MODEL)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models and SAEs: on shared cores a second OpenMP thread costs more than it gains
+    (several times more on a loaded machine). Use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_sae(folder, *, hook_name, d_sae=256, seed=0, bias=-0.5, scale=0.1):
+    """A SAELens standard SAE on 128-wide activations (the built-in model's) with random weights, sparse through
+    a negative encoder bias; records the built-in model and context 128."""
+    g = torch.Generator().manual_seed(seed)
+    W_enc, W_dec = torch.randn(128, d_sae, generator=g) * scale, torch.randn(d_sae, 128, generator=g) * scale
+    b_enc = torch.full((d_sae,), bias)
+    return write_standard_sae(folder, W_enc, b_enc, W_dec, torch.zeros(128), hook_name=hook_name, context_size=128)
+
+
 def write_standard_sae(
     folder,
     W_enc,

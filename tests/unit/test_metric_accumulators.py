@@ -12,6 +12,7 @@ from saehealth.metrics.downstream import DownstreamAccumulator, Readout, SiteFin
 from saehealth.metrics.geometry import geometry_metrics, max_decoder_cosine
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator, dead_rate_bound
+from saehealth.saebench.sums import SAEBenchSums
 
 
 def _random_x(seed=0, shape=(3, 5, 4)):
@@ -198,8 +199,9 @@ def test_accumulators_merge_exactly():
     downstream = {name: torch.arange(8, dtype=torch.float64) * (i + 1) + i for i, name in enumerate(names)}
 
     def tally(rows: slice) -> Tally:
-        t = Tally(ReconstructionAccumulator(4), DownstreamAccumulator(), SparsityAccumulator(7))
+        t = Tally(ReconstructionAccumulator(4), DownstreamAccumulator(), SparsityAccumulator(7), SAEBenchSums(7))
         per_sequence = {k: v[rows] for k, v in downstream.items()}
+        t.saebench.update(x[rows], x_hat[rows], acts[rows], mask[rows])
         t.downstream.update(per_sequence)
         per_sequence.update(t.reconstruction.update(x[rows], x_hat[rows], mask[rows]))
         per_sequence.update(n_tokens=mask[rows].sum(1), l0=t.sparsity.update(acts[rows], mask[rows]).sum(1))
@@ -219,3 +221,8 @@ def test_accumulators_merge_exactly():
     assert torch.equal(b.details["firing_counts"], a.details["firing_counts"])
     assert torch.equal(b.details["l0_histogram"], a.details["l0_histogram"])
     assert b.n_sequences == a.n_sequences == 8
+    # SAEBench's per-latent counts add up (its per-batch means depend on the batches, by its definition).
+    for key in ("saebench_feature_density", "consistent_activation_heuristic"):
+        assert torch.allclose(b.details[key], a.details[key], equal_nan=True), key
+    for key in ("l1", "l2_norm_in", "l2_norm_out", "frac_alive"):
+        assert b.saebench[key] == pytest.approx(a.saebench[key], rel=1e-9), key

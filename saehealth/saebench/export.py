@@ -1,0 +1,259 @@
+"""Write an evaluation as SAEBench 0.6 result files, named and laid out as SAEBench lays them out.
+
+SAEBench writes one JSON file per SAE and eval, `<output_folder>/<release>_<sae_id>_eval_results.json`, with
+`eval_results/core/` and `eval_results/absorption/` as its default output folders; a custom SAE (not a SAELens
+release) gets sae_id `custom_sae` and the name the user gave it as its release. Its graphing code
+(`sae_bench_utils/graphing_utils.py`) reads these files, so saehealth results can be plotted beside SAEBench's.
+
+Every field the schemas (`eval_output_schema_core.json`, `eval_output_schema_absorption_first_letter.json`)
+require is filled from saehealth's own computation. Two conventions are SAEBench's own: a value that is 0/0
+(e.g. the consistent_activation_heuristic of a latent that never fired) is written as -1, as SAEBench's
+`replace_nans_with_negative_one` does; and an absorption eval with too few usable letters writes no file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saehealth.errors import SaeHealthError
+from saehealth.result import EvalResult, _atomic_write, load_details
+from saehealth.saebench import NEEDS_GEOMETRY, NEEDS_REPLAY, SAEBENCH_VERSION
+from saehealth.saebench.core import CORE_CATEGORIES
+
+CORE_FOLDER, ABSORPTION_FOLDER = "core", "absorption"
+CUSTOM_SAE_ID = "custom_sae"  # SAEBench's sae_id for an SAE that is not a SAELens release
+FLOAT_DIGITS = 10  # SAEBench's DEFAULT_FLOAT_PRECISION for per-latent values
+# Per-latent details file key -> SAEBench CoreFeatureMetric field.
+LATENT_FIELDS = {
+    "saebench_feature_density": "feature_density",
+    "consistent_activation_heuristic": "consistent_activation_heuristic",
+    "encoder_bias": "encoder_bias",
+    "encoder_norm": "encoder_norm",
+    "encoder_decoder_cosine": "encoder_decoder_cosine_sim",
+    "max_decoder_cosine": "max_decoder_cosine_sim",
+    "max_encoder_cosine": "max_encoder_cosine_sim",
+}
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass
+class SAEBenchFiles:
+    """What an export wrote, and why a file SAEBench would write was not (None when all were)."""
+
+    paths: list[Path] = field(default_factory=list)
+    absorption_skipped: str | None = None
+
+
+def export_result(result: EvalResult, sae, out: Path, folder: Path, console=None, name: str | None = None):
+    """Write the SAEBench files of a saved result (its folder holds the per-latent details) for `sae`, named
+    after the result folder unless `name` is given; tell `console` where they went. Returns `SAEBenchFiles`."""
+    name = name or Path(folder).resolve().name
+    files = write_saebench_results(result, load_details(folder), sae.cfg.to_dict(), Path(out), name)
+    if console is not None:
+        for path in files.paths:
+            console.print(f"SAEBench: {path}", highlight=False, soft_wrap=True)
+        if files.absorption_skipped:
+            console.print(f"[dim]SAEBench: {files.absorption_skipped}.[/]", highlight=False)
+    return files
+
+
+def export_refusal(result: EvalResult) -> str | None:
+    """Why SAEBench's core file cannot be written from this result (None when it can): its schema requires
+    the downstream metrics and the latent geometry."""
+    if result.eval.activations is not None:
+        return NEEDS_REPLAY
+    if "geometry" in (result.request.get("skip") or ()):
+        return NEEDS_GEOMETRY
+    return None
+
+
+def result_file_name(name: str) -> str:
+    """SAEBench's `get_results_filepath` name for a custom SAE called `name`."""
+    return f"{name}_{CUSTOM_SAE_ID}_eval_results.json".replace("/", "_")
+
+
+def write_saebench_results(
+    result: EvalResult, details: Mapping[str, torch.Tensor], sae_cfg: Mapping, out: Path, name: str
+) -> SAEBenchFiles:
+    """Write `out/core/<name>_custom_sae_eval_results.json` and, when absorption was measured, the same name
+    under `out/absorption/`. `sae_cfg` is the SAE's SAELens config (`sae.cfg.to_dict()`). Both documents are
+    built before either is written, so a result that cannot be exported writes nothing."""
+    documents = {CORE_FOLDER: core_document(result, details, sae_cfg, name)}
+    absorption, skipped = absorption_document(result, details, sae_cfg, name)
+    if absorption is not None:
+        documents[ABSORPTION_FOLDER] = absorption
+    written = SAEBenchFiles(absorption_skipped=skipped)
+    for folder, document in documents.items():
+        path = Path(out) / folder / result_file_name(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(document, indent=2, default=str, allow_nan=False) + "\n"
+        _atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+        written.paths.append(path)
+    return written
+
+
+def core_document(result: EvalResult, details: Mapping[str, torch.Tensor], sae_cfg: Mapping, name: str) -> dict:
+    """SAEBench's CoreEvalOutput for this result, as the dictionary its `to_json_file` writes."""
+    refusal = export_refusal(result)
+    if refusal is not None:
+        raise SaeHealthError(refusal)
+    core = result.saebench_core
+    missing = [key for keys in CORE_CATEGORIES.values() for key in keys if key not in core]
+    missing += [key for key in LATENT_FIELDS if key not in details]
+    if missing:
+        raise SaeHealthError(
+            f"{result.sae.path}: the saved result predates saehealth's SAEBench metrics "
+            f"({', '.join(missing[:3])} missing): re-run it with --force."
+        )
+    e = result.eval
+    batches = math.ceil(e.n_sequences / max(e.batch_size, 1))
+    config = {
+        "model_name": e.model,
+        "llm_dtype": result.provenance.dtype,
+        "batch_size_prompts": e.batch_size,
+        "n_eval_reconstruction_batches": batches,
+        "n_eval_sparsity_variance_batches": batches,
+        "dataset": e.dataset,
+        "context_size": e.context_length,
+        **dict.fromkeys(
+            (
+                "compute_kl",
+                "compute_ce_loss",
+                "compute_l2_norms",
+                "compute_sparsity_metrics",
+                "compute_variance_metrics",
+                "compute_featurewise_density_statistics",
+                "compute_featurewise_weight_based_metrics",
+            ),
+            True,
+        ),
+        "exclude_special_tokens_from_reconstruction": e.mask_special_tokens,
+        "verbose": False,
+    }
+    metrics = {category: {key: _number(core[key]) for key in keys} for category, keys in CORE_CATEGORIES.items()}
+    columns = {field_name: details[key].double().tolist() for key, field_name in LATENT_FIELDS.items()}
+    latents = [
+        {"index": i, **{f: _number(values[i], FLOAT_DIGITS) for f, values in columns.items()}}
+        for i in range(result.sae.d_sae)
+    ]
+    return _document("core", config, metrics, latents, result, sae_cfg, name)
+
+
+def absorption_document(
+    result: EvalResult, details: Mapping[str, torch.Tensor], sae_cfg: Mapping, name: str
+) -> tuple[dict | None, str | None]:
+    """(SAEBench's AbsorptionEvalOutput as a dictionary, None) or (None, why SAEBench would write no file).
+
+    The numbers are the result's as they are: its absorption metrics for the means, its per-letter details
+    for the letters (those whose probe passed the F1 gate and has true positives, as SAEBench lists them) and
+    for the standard deviations across those letters."""
+    m = result.metrics
+    if m.get("absorption_fraction") is None:
+        reason = result.not_measured.get("absorption_fraction", "absorption was not measured")
+        return None, f"no absorption file: {reason}"
+    per_letter = {k[len("absorption_") :]: v.double() for k, v in details.items() if k.startswith("absorption_")}
+    fraction = per_letter.get("absorption_fraction")
+    if fraction is None:
+        raise SaeHealthError(f"{result.sae.path}: the saved details lack per-letter absorption: re-run with --force.")
+    rows = [i for i in range(len(LETTERS)) if not math.isnan(float(fraction[i]))]
+    if len(rows) < 2:
+        return None, f"no absorption file: {len(rows)} letter(s) scored, SAEBench's standard deviations need 2"
+    letters = [
+        {
+            "first_letter": LETTERS[i],
+            "mean_absorption_fraction": float(fraction[i]),
+            "full_absorption_rate": float(per_letter["full_absorption_rate"][i]),
+            "num_full_absorption": int(per_letter["num_full_absorption"][i]),
+            "num_probe_true_positives": int(per_letter["num_probe_true_positives"][i]),
+            "num_split_features": int(per_letter["num_split_features"][i]),
+        }
+        for i in rows
+    ]
+
+    def spread(key: str) -> float:
+        return statistics.stdev(float(letter[key]) for letter in letters)
+
+    metrics = {
+        "mean": {
+            "mean_absorption_fraction_score": m["absorption_fraction"],
+            "mean_full_absorption_score": m["full_absorption_rate"],
+            "mean_num_split_features": m["mean_num_split_features"],
+            "std_dev_absorption_fraction_score": spread("mean_absorption_fraction"),
+            "std_dev_full_absorption_score": spread("full_absorption_rate"),
+            "std_dev_num_split_features": spread("num_split_features"),
+        }
+    }
+    return _document(
+        "absorption_first_letter", _absorption_config(result), metrics, letters, result, sae_cfg, name
+    ), None
+
+
+def _absorption_config(result: EvalResult) -> dict:
+    """The AbsorptionEvalConfig fields that describe saehealth's run; the schema requires none of them, so the
+    ones for SAEBench's own probe optimiser (epochs, batch sizes) and its fixed token position are left out:
+    saehealth fits its probes to convergence and builds prompts from token ids."""
+    from saehealth import spelling
+    from saehealth.metrics.absorption import AbsorptionSettings
+
+    s = AbsorptionSettings()
+    return {
+        "model_name": result.eval.model,
+        "random_seed": result.eval.seed,
+        "f1_jump_threshold": s.f1_jump_threshold,
+        "max_k_value": s.max_k,
+        "prompt_template": spelling.PROMPT_TEMPLATE,
+        "llm_dtype": result.provenance.dtype,
+        "k_sparse_probe_l1_decay": s.k_sparse_l1_decay,
+        "min_GT_probe_f1": s.min_probe_f1,
+        "min_feats_for_eval": int(result.request.get("absorption_min_letters") or 20),
+    }
+
+
+def _document(
+    eval_type: str, config: dict, metrics: dict, details: list, result: EvalResult, sae_cfg: Mapping, name: str
+) -> dict:
+    """The fields of SAEBench's BaseEvalOutput, in its order."""
+    started = datetime.fromisoformat(result.provenance.started_at)
+    identity = f"saehealth:{eval_type}:{name}:{result.request.get('sae_weights')}:{result.provenance.started_at}"
+    return {
+        "eval_type_id": eval_type,
+        "eval_config": config,
+        "eval_id": str(uuid.uuid5(uuid.NAMESPACE_URL, identity)),
+        "datetime_epoch_millis": int(started.timestamp() * 1000),
+        "eval_result_metrics": metrics,
+        "eval_result_details": details,
+        "sae_bench_commit_hash": f"none: computed by saehealth {result.provenance.saehealth} "
+        f"with SAEBench {SAEBENCH_VERSION}'s definitions",
+        "sae_lens_id": CUSTOM_SAE_ID,
+        "sae_lens_release_id": name,
+        "sae_lens_version": result.provenance.sae_lens,
+        "sae_cfg_dict": dict(sae_cfg),
+        "eval_result_unstructured": {
+            "saehealth": {
+                "sae_path": result.sae.path,
+                "source_library": result.sae.source_library,
+                "hook_name": result.sae.hook_name,
+                "tokens_scored": result.eval.tokens_scored,
+                "n_sequences": result.eval.n_sequences,
+            }
+        },
+    }
+
+
+def _number(value: Any, digits: int | None = None) -> float | int:
+    """A JSON number as SAEBench writes it: NaN and missing (0/0) values become -1."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return -1
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    return round(float(value), digits) if digits is not None else float(value)
