@@ -112,3 +112,24 @@ def test_a_broken_checkpoint_on_one_rank_ends_the_job(saes, tmp_path):
     (line,) = _our_lines(done.stderr)
     assert line.startswith("error: rank 1 failed:") and "is not valid JSON" in line, line
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_an_activation_cache_on_two_ranks(saes, tmp_path, builtin_model):
+    """Ranks share the batches of a cache (every other batch each): the numbers of one process."""
+    import numpy as np
+    import torch
+
+    from saehealth.data import load_dataset, sequence_batches
+
+    dataset = load_dataset("saehealth/pydoc-corpus", "validation")
+    (tokens,) = sequence_batches(dataset, builtin_model.tokenizer, 128, 12, 12, 0)
+    with torch.no_grad():
+        _, cache = builtin_model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post")
+    np.save(tmp_path / "acts.npy", cache["blocks.0.hook_resid_post"].numpy())
+    args = ["--sae-path", str(saes / "run" / "resid_post_0"), "--activations", str(tmp_path / "acts.npy")]
+    args += ["--batch-size", "4", "--skip", "absorption", "--device", "cpu"]
+    done = torchrun("eval", *args, "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr
+    assert single("eval", *args, "--out", str(tmp_path / "one"), "-q").returncode == 0
+    assert_same_numbers(load_result(tmp_path / "two"), load_result(tmp_path / "one"))
