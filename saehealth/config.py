@@ -9,6 +9,8 @@ from saehealth.errors import ConfigError, suggest
 
 SKIPPABLE = ("absorption", "geometry")
 DEFAULT_MAX_TOKENS = 200_000
+DEFAULT_EXAMPLES = 20  # top activations kept per latent (metrics/latents.py)
+DEFAULT_HTML_LATENTS = 200  # latents with full cards in report.html
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class EvalConfig:
     format: str | None = None
     thresholds: str | None = None
     absorption_min_letters: int = 20
+    examples: int = DEFAULT_EXAMPLES  # top activations kept per latent (and a sample of half as many); 0: none
     verbose: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -55,9 +58,17 @@ class EvalConfig:
                 raise ConfigError(
                     f"Cannot skip {item!r}: choose from {', '.join(SKIPPABLE)}.{suggest(item, SKIPPABLE)}"
                 )
+        if self.examples < 0:
+            raise ConfigError(f"--examples must be 0 (no latent examples) or more, got {self.examples}.")
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
         _check_device(self.device)
+
+
+def check_html_latents(count: int) -> None:
+    """--html-latents must be 0 or more (0: report.html lists the groups, with no cards)."""
+    if count < 0:
+        raise ConfigError(f"--html-latents must be 0 or more, got {count}.")
 
 
 def _check_device(device: str) -> None:

@@ -21,9 +21,12 @@ from saehealth.config import DEFAULT_MAX_TOKENS, EvalConfig
 from saehealth.data import load_dataset, sequence_batches, special_token_mask
 from saehealth.errors import ConfigError, DataError, IncompatibleSAEError
 from saehealth.fingerprint import weights_fingerprint
+from saehealth.latents.store import write_latents
 from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import DownstreamAccumulator, downstream_totals
 from saehealth.metrics.geometry import geometry_metrics
+from saehealth.metrics.latents import LatentExamples, token_locations
+from saehealth.metrics.logit_lens import logit_lens
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.models import check_hook, load_model
@@ -61,6 +64,7 @@ class PassOutput:
     n_sequences: int
     tokens_run: int
     tokens_scored: int
+    latents: LatentExamples | None = None  # the latent examples (None with --examples 0)
 
 
 @dataclass
@@ -197,14 +201,19 @@ class Evaluation:
             for key in GEOMETRY_KEYS:
                 self.not_measured[key] = "skipped with --skip geometry"
         else:
-            geometry, max_cos = geometry_metrics(sae.W_dec)
+            geometry, per_latent = geometry_metrics(sae.W_dec)
             metrics.update(geometry)
-            details["max_decoder_cosine"] = max_cos
+            details.update(per_latent)
         self.timing["geometry_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         metrics.update(self._absorption(model, sae, hook, details))
         self.timing["absorption_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lens = (
+            logit_lens(model, sae.W_dec, plan.site.hook_name, plan.site.head_index) if output.latents else (None, None)
+        )
+        self.timing["logit_lens_s"] = time.perf_counter() - t0
 
         for key in METRIC_KEYS:
             metrics.setdefault(key, None)
@@ -245,6 +254,7 @@ class Evaluation:
         )
         self._assess(result)
         result.save(self._out_folder(), details)
+        write_latents(self._out_folder(), output.latents, *lens, result.request)
         return result
 
     def _out_folder(self) -> Path:
@@ -267,6 +277,7 @@ class Evaluation:
             "skip",
             "format",
             "absorption_min_letters",
+            "examples",
         )
         request = {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in keys}
         if self._weights is None:
@@ -403,7 +414,14 @@ class Evaluation:
         )
         with _progress(self.console, plan.n_sequences * plan.context) as advance:
             (output,) = score_batches(
-                plan.model, plan.site, [plan.sae], batches, cfg.include_special_tokens, cfg.device, advance
+                plan.model,
+                plan.site,
+                [plan.sae],
+                batches,
+                cfg.include_special_tokens,
+                cfg.device,
+                advance,
+                cfg.examples,
             )
         self.check_pass(plan, output)
         return output
@@ -466,15 +484,16 @@ class Evaluation:
 
 @torch.no_grad()
 def score_batches(
-    model, site, saes, batches, include_special_tokens: bool = False, device: str = "cpu", advance=None
+    model, site, saes, batches, include_special_tokens: bool = False, device: str = "cpu", advance=None, examples=0
 ) -> list[PassOutput]:
     """The one pass over token batches for one or more SAEs at the same site.
 
     Each batch is replayed once (shared prefix, clean and zero-ablated continuations) and every SAE's
-    spliced continuation feeds its own accumulators. Returns one `PassOutput` per SAE, in order.
+    spliced continuation feeds its own accumulators. `examples` top activations per latent (and a sample
+    of half as many) are collected when it is above 0. Returns one `PassOutput` per SAE, in order.
     """
     saes = list(saes)
-    scorers = [_Scorer(sae) for sae in saes]
+    scorers = [_Scorer(sae, examples) for sae in saes]
     cache, unembedding = ReplayCache(), readout(model)
     sequences = tokens_run = 0
     try:
@@ -498,7 +517,9 @@ def score_batches(
 class _Scorer:
     """One SAE's accumulators during the pass."""
 
-    def __init__(self, sae):
+    def __init__(self, sae, examples: int = 0):
+        self.examples = LatentExamples(int(sae.cfg.d_sae), examples, device=sae.W_dec.device) if examples else None
+        self.sequences = 0  # sequence ids continue across batches: the evaluation's own sequence order
         self.reconstruction = ReconstructionAccumulator(int(getattr(sae.cfg, "d_out", sae.cfg.d_in)))
         self.downstream = DownstreamAccumulator()
         self.sparsity = SparsityAccumulator(int(sae.cfg.d_sae))
@@ -512,6 +533,9 @@ class _Scorer:
         per_sequence.update(self.reconstruction.update(out.x, out.x_hat, mask))
         per_sequence.update(self.sparsity.update(out.feature_acts, mask))
         self.totals.update(per_sequence)
+        if self.examples is not None:
+            self.examples.update(out.feature_acts, mask, *token_locations(*mask.shape, self.sequences, mask.device))
+        self.sequences += mask.shape[0]
 
     def result(self, sequences: int, tokens_run: int) -> PassOutput:
         metrics: dict = {}
@@ -524,7 +548,7 @@ class _Scorer:
             "firing_counts": self.sparsity.firing_counts,
             "l0_histogram": self.sparsity.l0_histogram,
         }
-        return PassOutput(metrics, uncertainty, details, sequences, tokens_run, self.sparsity.tokens)
+        return PassOutput(metrics, uncertainty, details, sequences, tokens_run, self.sparsity.tokens, self.examples)
 
 
 class _StopForward(Exception):
