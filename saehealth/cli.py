@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from saehealth.config import DEFAULT_EXAMPLES, DEFAULT_HTML_LATENTS, check_html_latents
 from saehealth.errors import SaeHealthError
 
 app = typer.Typer(
@@ -68,6 +69,16 @@ IncludeSpecialTokensOption = Annotated[
     bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")
 ]
 SkipOption = Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")]
+ExamplesOption = Annotated[
+    int,
+    typer.Option(
+        "--examples",
+        help="Latent examples kept per latent: top activations (and a random sample of half as many); 0: none.",
+    ),
+]
+HtmlLatentsOption = Annotated[
+    int, typer.Option("--html-latents", help="Latents with full cards (contexts) in report.html.")
+]
 
 
 @app.command("eval")
@@ -91,6 +102,8 @@ def eval_command(
     skip: SkipOption = None,
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     thresholds: ThresholdsOption = None,
+    examples: ExamplesOption = DEFAULT_EXAMPLES,
+    html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
     strict: StrictOption = False,
@@ -99,11 +112,13 @@ def eval_command(
 ) -> None:
     """Evaluate one SAE on real model activations: reconstruction, downstream loss, sparsity, absorption.
 
-    Writes result.json, its per-latent companion and report.md with plots to the result folder, prints
-    the health report, and with --strict exits 2 when a headline metric is unhealthy."""
+    Writes result.json, its per-latent companions (details; latent examples and logit lens), report.md with
+    plots and report.html with the latent browser to the result folder, prints the health report, and with
+    --strict exits 2 when a headline metric is unhealthy."""
     from saehealth.config import EvalConfig
     from saehealth.evaluation import evaluate, result_folder
 
+    check_html_latents(html_latents)
     config = EvalConfig(
         sae_path=sae_path,
         model=model,
@@ -124,6 +139,7 @@ def eval_command(
         skip=tuple(skip or ()),
         format=format,
         thresholds=thresholds,
+        examples=examples,
         verbose=verbose,
     )
     result = evaluate(config=config, console=None if quiet or json_output else console)
@@ -135,6 +151,7 @@ def eval_command(
         strict=strict,
         wandb_project=wandb_project,
         verbose=verbose,
+        html_latents=html_latents,
     )
 
 
@@ -166,6 +183,8 @@ def compare_command(
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
     thresholds: ThresholdsOption = None,
+    examples: ExamplesOption = DEFAULT_EXAMPLES,
+    html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
     quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print comparison.json instead of the table.")] = False,
     strict: Annotated[
@@ -207,6 +226,8 @@ def compare_command(
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
         thresholds=thresholds,
+        examples=examples,
+        html_latents=html_latents,
     )
     comparison = compare(config=config, console=None if quiet or json_output else console)
     logged = _log_comparison(comparison, wandb_project) if wandb_project else {}
@@ -245,17 +266,19 @@ def demo_command(
     ),
     force: Annotated[bool, typer.Option("--force", help="Re-run the evaluation even if a result exists.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
     quiet: QuietOption = False,
     strict: StrictOption = False,
 ) -> None:
     """The whole job on the built-in model, offline: train the demo SAE (if missing), evaluate it, report.
 
     Trains with the packaged demo config through SAELens (under a minute on 2 CPU cores), then runs
-    `saehealth eval` on it and writes result.json and report.md with plots to --out."""
+    `saehealth eval` on it and writes result.json, report.md with plots and report.html to --out."""
     from saehealth import training
     from saehealth.config import EvalConfig
     from saehealth.evaluation import evaluate
 
+    check_html_latents(html_latents)
     trained_now = not (checkpoint / "cfg.json").is_file()
     if trained_now:
         console.print(f"[bold]Training the demo SAE[/] into {checkpoint} (SAELens, built-in model) ...")
@@ -264,7 +287,7 @@ def demo_command(
     # of identical weights exists (training is deterministic on one machine, so a fresh clone has one).
     config = EvalConfig(sae_path=str(checkpoint), out=out, force=force or trained_now, device=device)
     result = evaluate(config=config, console=None if quiet else console)
-    _present(result, out, quiet=quiet, json_output=False, strict=strict, wandb_project=None)
+    _present(result, out, quiet=quiet, json_output=False, strict=strict, wandb_project=None, html_latents=html_latents)
 
 
 @app.command(
@@ -301,24 +324,34 @@ def report_command(
         Path | None, typer.Option(help="Folder for report.md and plots/ (default: the result's folder).")
     ] = None,
     thresholds: ThresholdsOption = None,
+    html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
     strict: StrictOption = False,
     wandb_project: WandbOption = None,
 ) -> None:
-    """Regenerate the terminal and markdown health reports from a saved result, without loading any model.
+    """Regenerate the terminal, markdown and HTML health reports from a saved result, without loading any model.
 
     Verdicts are recomputed when --thresholds is given; otherwise the saved ones are used."""
     from saehealth.result import load_result
     from saehealth.thresholds import assess, load_thresholds
 
+    check_html_latents(html_latents)
     result = load_result(result_path)
     if thresholds is not None or not result.verdicts:
         result.verdicts = assess(
             result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
         )
     folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
-    _present(result, folder, quiet=quiet, json_output=json_output, strict=strict, wandb_project=wandb_project)
+    _present(
+        result,
+        folder,
+        quiet=quiet,
+        json_output=json_output,
+        strict=strict,
+        wandb_project=wandb_project,
+        html_latents=html_latents,
+    )
 
 
 def _present(
@@ -330,18 +363,21 @@ def _present(
     strict: bool,
     wandb_project: str | None,
     verbose: bool = False,
+    html_latents: int = DEFAULT_HTML_LATENTS,
 ) -> None:
-    """Write report.md (+ plots) beside the result, print the report (or JSON), log to W&B, apply --strict."""
+    """Write report.md (+ plots) and report.html beside the result, print the report (or JSON), log to W&B,
+    apply --strict."""
     import dataclasses
     import json
 
     from saehealth.advice import advise
-    from saehealth.report import print_report, write_markdown_report
+    from saehealth.report import print_report
+    from saehealth.report.pages import write_reports
     from saehealth.result import load_details
     from saehealth.thresholds import headline_summary, is_unhealthy
 
     details = load_details(folder)
-    report_path = write_markdown_report(result, details, folder)
+    report_path, html_path = write_reports(result, details, folder, html_latents=html_latents)
     location = None
     if wandb_project:
         from saehealth.wandb_log import log_to_wandb
@@ -354,13 +390,18 @@ def _present(
             "unhealthy": is_unhealthy(result.verdicts),
             "advice": [dataclasses.asdict(f) for f in advise(result, details)],
             "report": str(report_path),
+            "report_html": str(html_path),
             "wandb": location,
         }
         typer.echo(json.dumps(data, indent=2, allow_nan=False))
     else:
         print_report(result, details, console, quiet=quiet)
         if not quiet:
-            console.print(f"Result: {folder / 'result.json'}\nMarkdown report: {report_path}", highlight=False)
+            console.print(
+                f"Result: {folder / 'result.json'}\nMarkdown report: {report_path}\nHTML report (latent browser): "
+                f"{html_path}\nLatent cards in the terminal: saehealth latents {folder}",
+                highlight=False,
+            )
             if location:
                 console.print(f"W&B: {location}", highlight=False)
             if verbose:
@@ -368,6 +409,55 @@ def _present(
     if strict and is_unhealthy(result.verdicts):
         # SystemExit, not typer.Exit: main() runs typer with standalone_mode=False, which swallows Exit codes.
         raise SystemExit(2)
+
+
+@app.command("latents")
+def latents_command(
+    result_path: Annotated[Path, typer.Argument(help="A result folder (or its result.json).", show_default=False)],
+    ids: Annotated[list[int] | None, typer.Option("--id", help="Print this latent's card (repeatable).")] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Print the cards of a group: dense, dead, duplicates, absorption, high, low, random."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Cards printed for --group.")] = 5,
+    contexts: Annotated[int, typer.Option(help="Top and sampled contexts per card.")] = 5,
+) -> None:
+    """Latent cards in the terminal from a saved result, without loading the model: density, activations,
+    logit lens, and contexts with the firing tokens highlighted.
+
+    Without --id or --group, lists the groups (each tied to the health finding it explains) and their ids."""
+    from saehealth.errors import ConfigError, suggest
+    from saehealth.latents.groups import GROUP_KEYS
+    from saehealth.latents.view import load_view
+    from saehealth.report.latent_cards import print_card, print_group, print_overview
+    from saehealth.result import load_result
+
+    if group is not None and group not in GROUP_KEYS:
+        raise ConfigError(
+            f"No latent group {group!r}: choose from {', '.join(GROUP_KEYS)}.{suggest(group, GROUP_KEYS)}"
+        )
+    if limit < 1 or contexts < 0:
+        raise ConfigError("--limit must be 1 or more and --contexts 0 or more.")
+    result = load_result(result_path)
+    folder = result_path if result_path.is_dir() else result_path.parent
+    view = load_view(result, folder, cards=0)
+    if view.unavailable:
+        raise SaeHealthError(f"No latent examples in {folder}: {view.unavailable}.")
+    if ids:
+        view = load_view(result, folder, cards=0, ids=ids)
+        for latent in ids:
+            print_card(view.cards[latent], console, contexts)
+    elif group is not None:
+        chosen = view.group(group)
+        if chosen is None:
+            raise SaeHealthError(f"This result has no {group!r} group (its data was not measured).")
+        members = [] if group == "dead" else chosen.latents[:limit]
+        view = load_view(result, folder, cards=0, ids=members)
+        print_group(view, view.group(group), console, members, contexts)
+    else:
+        print_overview(view, console, str(folder))
+    for note in view.notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
 
 
 @app.command("thresholds")

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from saehealth.config import EvalConfig
+from saehealth.config import DEFAULT_HTML_LATENTS, EvalConfig, check_html_latents
 from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, _progress, score_batches
 from saehealth.loading.files import natural_key
@@ -48,18 +48,22 @@ class CompareConfig:
     sweep: tuple[str, ...] = ()  # globs; every match is added after the paths
     out: Path | None = None
     evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(sae_path=""))
+    html_latents: int = DEFAULT_HTML_LATENTS  # latents with full cards in each SAE's report.html
 
     def __post_init__(self) -> None:
         if not self.paths and not self.sweep:
             raise ConfigError(
                 "Nothing to compare: give checkpoint paths, or --sweep 'GLOB' (e.g. 'checkpoints/sweep_*')."
             )
+        check_html_latents(self.html_latents)
 
     @classmethod
-    def of(cls, paths=(), sweep=(), out: Path | None = None, **options) -> CompareConfig:
+    def of(
+        cls, paths=(), sweep=(), out: Path | None = None, html_latents: int = DEFAULT_HTML_LATENTS, **options
+    ) -> CompareConfig:
         """From checkpoint paths and any EvalConfig option as a keyword (n_tokens=, device=, skip=, ...)."""
         paths = [paths] if isinstance(paths, (str, Path)) else paths
-        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options))
+        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options), html_latents)
 
     @property
     def out_folder(self) -> Path:
@@ -368,6 +372,7 @@ class _Comparer:
                     options.include_special_tokens,
                     options.device,
                     advance,
+                    options.examples,
                 )
             seconds = time.perf_counter() - t0
             passes[where] = seconds
@@ -385,14 +390,14 @@ class _Comparer:
 
     # ------------------------------------------------------------------ output
     def _write(self, comparison: Comparison, started: float) -> None:
-        """Per-SAE report.md, then comparison.md with frontier plots and comparison.json."""
-        from saehealth.report import write_markdown_report
+        """Per-SAE report.md and report.html, then comparison.md and .html with frontier plots and comparison.json."""
         from saehealth.report.compare_report import write_comparison_report
+        from saehealth.report.pages import write_reports
         from saehealth.result import load_details
 
         t0 = time.perf_counter()
         for entry in comparison.entries:
-            write_markdown_report(entry.result, load_details(entry.folder), entry.folder)
+            write_reports(entry.result, load_details(entry.folder), entry.folder, html_latents=self.config.html_latents)
         comparison.files.update(write_comparison_report(comparison, comparison.out))
         path = comparison.out / COMPARISON_JSON
         comparison.files["json"] = path

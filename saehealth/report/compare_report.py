@@ -7,6 +7,7 @@ sees a half-written comparison.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -124,22 +125,30 @@ def comparison_table(comparison: Comparison) -> Table:
 
 # ---------------------------------------------------------------------------------------------- files
 def write_comparison_report(comparison: Comparison, out: Path) -> dict[str, Path]:
-    """Write the frontier PNGs and `comparison.md` into `out`; {"markdown": path, "<y metric>": png path}."""
+    """Write the frontier PNGs, `comparison.md` and `comparison.html` into `out`;
+    {"markdown": path, "html": path, "frontier_<y metric>": png path}."""
+    from saehealth.report.html import render_comparison_html, write_comparison_html
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
+    images: dict[str, bytes] = {}
     for y_key, (file_name, _) in FRONTIERS.items():
         path = out / file_name
         fig = frontier_figure(comparison, y_key)
         if fig is None:
             path.unlink(missing_ok=True)  # a stale plot of an earlier comparison must not linger
             continue
-        _atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=DPI))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        images[y_key] = buffer.getvalue()
+        _atomic_write(path, lambda tmp, png=images[y_key]: Path(tmp).write_bytes(png))
         files[f"frontier_{y_key}"] = path
     markdown = render_comparison_markdown(comparison, {k: p.name for k, p in files.items()})
     path = out / COMPARISON_MD
     _atomic_write(path, lambda tmp: Path(tmp).write_text(markdown))
     files["markdown"] = path
+    files["html"] = write_comparison_html(out, render_comparison_html(comparison, images))
     return files
 
 
