@@ -111,18 +111,18 @@ def tame_dense(ctx: AdviceContext) -> str:
     kind = family(ctx.architecture)
     if kind == TOPK:
         return (
-            f"A {name(ctx)} SAE has no sparsity penalty to strengthen: lower k{_k(ctx)}, or check the auxiliary "
+            f"a {name(ctx)} SAE has no sparsity penalty to strengthen: lower k{_k(ctx)}, or check the auxiliary "
             f"loss ({aux_setting(ctx)}): AuxK trains dead latents on the reconstruction error, and latents revived "
             "that way can end up firing on most tokens"
         )
     if kind == JUMPRELU:
         return (
-            f"Raise the L0 penalty ({_setting(ctx, 'l0_coefficient')}) or the thresholds' starting value "
+            f"raise the L0 penalty ({_setting(ctx, 'l0_coefficient')}) or the thresholds' starting value "
             f"({_setting(ctx, 'jumprelu_init_threshold')})"
         )
     if kind == L1:
-        return f"Strengthen the sparsity penalty ({_setting(ctx, 'l1_coefficient')})"
-    return "Strengthen whatever sets its sparsity"
+        return f"strengthen the sparsity penalty ({_setting(ctx, 'l1_coefficient')})"
+    return "strengthen whatever sets its sparsity"
 
 
 def scale_sensitive(ctx: AdviceContext) -> str:

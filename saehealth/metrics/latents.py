@@ -101,11 +101,11 @@ class _Slots:
         self.n = n
         self.key = torch.full((d_sae, n), -1, dtype=torch.int64, device=device)  # -1: empty
         self.value = torch.full((d_sae, n), float("nan"), dtype=torch.float32, device=device)
-        self.sequence = torch.full((d_sae, n), -1, dtype=torch.int64, device=device)
+        self.sequence = torch.full((d_sae, n), -1, dtype=torch.int32, device=device)
         self.position = torch.full((d_sae, n), -1, dtype=torch.int32, device=device)
         # Windows stay where they were written (a pool row per slot); entries point at theirs, so an entry
         # that moves down its latent's ranking moves a pointer, not 21 activations.
-        self.pointer = torch.arange(d_sae * n, device=device).view(d_sae, n)
+        self.pointer = torch.arange(d_sae * n, dtype=torch.int32, device=device).view(d_sae, n)
         self.pool = torch.full((d_sae * n, 2 * window + 1), float("nan"), dtype=torch.bfloat16, device=device)
 
     def threshold(self) -> torch.Tensor:
@@ -127,7 +127,7 @@ class _Slots:
         rows = torch.bincount(latent, minlength=d_sae).nonzero().squeeze(1)  # sorted (torch.unique is slow on CPU)
         # The union: every slot of the affected rows (so each row keeps exactly n), then the candidates.
         union_key = torch.cat([self.key[rows].reshape(-1), key])
-        union_sequence = torch.cat([self.sequence[rows].reshape(-1), sequence])
+        union_sequence = torch.cat([self.sequence[rows].reshape(-1).to(torch.int64), sequence])
         union_position = torch.cat([self.position[rows].reshape(-1).to(torch.int64), position])
         union_latent = torch.cat([rows.repeat_interleave(n), latent])
         kept = _first_n_per_group(union_latent, _best_first(union_latent, union_key, union_sequence, union_position), n)
@@ -137,7 +137,7 @@ class _Slots:
         evicted = torch.ones(old_count, dtype=torch.bool, device=kept.device)
         evicted[kept[from_old]] = False
         value = torch.cat([self.value[rows].reshape(-1), torch.empty_like(key, dtype=self.value.dtype)])
-        pointer = torch.cat([old_pointer, torch.empty_like(key)])
+        pointer = torch.cat([old_pointer, torch.empty_like(key, dtype=old_pointer.dtype)])
         new = kept[~from_old]
         if new.numel():
             new_value, new_window = payload(new - old_count)
@@ -147,14 +147,14 @@ class _Slots:
             pointer[new] = freed
         shape = (rows.numel(), n)  # kept: rows in ascending latent order, n best each
         self.key[rows] = union_key[kept].view(shape)
-        self.sequence[rows] = union_sequence[kept].view(shape)
+        self.sequence[rows] = union_sequence[kept].view(shape).to(torch.int32)
         self.position[rows] = union_position[kept].view(shape).to(torch.int32)
         self.value[rows] = value[kept].view(shape)
         self.pointer[rows] = pointer[kept].view(shape)
 
     def windows(self) -> torch.Tensor:
         """(d_sae, n, 2·window + 1) activations around each kept firing."""
-        return self.pool[self.pointer]
+        return self.pool[self.pointer.long()]
 
     def entries(self) -> tuple[torch.Tensor, ...]:
         """(latent, key, sequence, position, value, window) of every kept firing, flattened."""
@@ -163,10 +163,10 @@ class _Slots:
         return (
             latent[full],
             self.key[full],
-            self.sequence[full],
+            self.sequence[full].to(torch.int64),
             self.position[full].to(torch.int64),
             self.value[full],
-            self.pool[self.pointer[full]],
+            self.pool[self.pointer[full].long()],
         )
 
 

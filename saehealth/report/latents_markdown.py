@@ -26,7 +26,12 @@ def latents_section(view: LatentView, folder_hint: str = "<folder>") -> list[str
         "",
     ]
     lines += [f"*{note}*" for note in view.notes] + ([""] if view.notes else [])
+    shown: list[list[int]] = []
     for group in view.groups:
+        first = group.latents[:PER_GROUP]
+        if group.key != "dead" and first in shown:
+            continue  # e.g. the highest-density latents when they are the dense group's first ones
+        shown.append(first)
         lines += [f"### {group.title}", "", group.finding + ".", ""]
         lines += _group_lines(group, view)
         lines.append("")

@@ -64,10 +64,10 @@ def test_dense_latents(architecture):
     check(architecture, rec)
     expected = {
         "topk": ["has no sparsity penalty to strengthen: lower k (now k = 64)", "`aux_loss_coefficient`, now 0.03125"],
-        "batchtopk": ["A BatchTopK SAE has no sparsity penalty", "lower k (now k = 64)"],
-        "jumprelu": ["Raise the L0 penalty (`l0_coefficient`, now 2)", "`jumprelu_init_threshold`, now 0.01"],
-        "gated": ["Strengthen the sparsity penalty (`l1_coefficient`, now 0.8)"],
-        "standard": ["Strengthen the sparsity penalty (`l1_coefficient`, now 5)"],
+        "batchtopk": ["a BatchTopK SAE has no sparsity penalty", "lower k (now k = 64)"],
+        "jumprelu": ["raise the L0 penalty (`l0_coefficient`, now 2)", "`jumprelu_init_threshold`, now 0.01"],
+        "gated": ["strengthen the sparsity penalty (`l1_coefficient`, now 0.8)"],
+        "standard": ["strengthen the sparsity penalty (`l1_coefficient`, now 5)"],
     }[architecture]
     assert all(phrase in rec for phrase in expected), rec
     assert "--group dense" in rec
