@@ -150,16 +150,18 @@ def test_markdown_section_lists_each_group():
             LatentGroup("dead", "Dead latents", "dead_fraction 0.500", list(range(100, 130))),
             LatentGroup("duplicates", "Near-duplicate latents", "pairs", [5, 6], pairs=[(5, 6, 0.97)]),
             LatentGroup(
-                "absorption", "Absorbed letters", "absorbed", [5, 6], letters=[LetterAbsorption("S", 0.31, [5], [6])]
+                "absorption", "Absorbed letters", "absorbed", [7, 6], letters=[LetterAbsorption("S", 0.31, [7], [6])]
             ),
+            LatentGroup("high", "Highest-density latents", "most often", [5]),  # the dense group's: not repeated
         ],
-        cards={5: _card(5), 6: _card(6)},
+        cards={5: _card(5), 6: _card(6), 7: _card(7)},
     )
     text = "\n".join(latents_section(view))
     assert "- **Latent 5**: density 0.01 · max 4.50 · promotes `␣the`" in text
     assert "Ids: 100, 101" in text and "and 10 more." in text
     assert "- **Latents 5 and 6**, decoder cosine 0.970:" in text
-    assert "- **S**: absorption fraction 0.310; main latent(s) 5; absorbing 6:" in text
+    assert "- **S**: absorption fraction 0.310; main latent(s) 7; absorbing 6:" in text
+    assert "Highest-density" not in text
     unavailable = latents_section(LatentView(unavailable="evaluated with --examples 0"))
     assert "No latent examples: evaluated with --examples 0." in unavailable
 
