@@ -342,15 +342,16 @@ def report_command(
         result.verdicts = assess(
             result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
         )
-    folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
+    source = result_path if result_path.is_dir() else result_path.parent
     _present(
         result,
-        folder,
+        out if out is not None else source,
         quiet=quiet,
         json_output=json_output,
         strict=strict,
         wandb_project=wandb_project,
         html_latents=html_latents,
+        source=source,
     )
 
 
@@ -364,9 +365,10 @@ def _present(
     wandb_project: str | None,
     verbose: bool = False,
     html_latents: int = DEFAULT_HTML_LATENTS,
+    source: Path | None = None,
 ) -> None:
-    """Write report.md (+ plots) and report.html beside the result, print the report (or JSON), log to W&B,
-    apply --strict."""
+    """Write report.md (+ plots) and report.html into `folder` (beside the result, whose files are read from
+    `source` when it is elsewhere), print the report (or JSON), log to W&B, apply --strict."""
     import dataclasses
     import json
 
@@ -376,8 +378,8 @@ def _present(
     from saehealth.result import load_details
     from saehealth.thresholds import headline_summary, is_unhealthy
 
-    details = load_details(folder)
-    report_path, html_path = write_reports(result, details, folder, html_latents=html_latents)
+    details = load_details(source or folder)
+    report_path, html_path = write_reports(result, details, folder, html_latents=html_latents, source=source)
     location = None
     if wandb_project:
         from saehealth.wandb_log import log_to_wandb
@@ -426,38 +428,9 @@ def latents_command(
     logit lens, and contexts with the firing tokens highlighted.
 
     Without --id or --group, lists the groups (each tied to the health finding it explains) and their ids."""
-    from saehealth.errors import ConfigError, suggest
-    from saehealth.latents.groups import GROUP_KEYS
-    from saehealth.latents.view import load_view
-    from saehealth.report.latent_cards import print_card, print_group, print_overview
-    from saehealth.result import load_result
+    from saehealth.report.latent_cards import show_latents
 
-    if group is not None and group not in GROUP_KEYS:
-        raise ConfigError(
-            f"No latent group {group!r}: choose from {', '.join(GROUP_KEYS)}.{suggest(group, GROUP_KEYS)}"
-        )
-    if limit < 1 or contexts < 0:
-        raise ConfigError("--limit must be 1 or more and --contexts 0 or more.")
-    result = load_result(result_path)
-    folder = result_path if result_path.is_dir() else result_path.parent
-    view = load_view(result, folder, cards=0)
-    if view.unavailable:
-        raise SaeHealthError(f"No latent examples in {folder}: {view.unavailable}.")
-    if ids:
-        view = load_view(result, folder, cards=0, ids=ids)
-        for latent in ids:
-            print_card(view.cards[latent], console, contexts)
-    elif group is not None:
-        chosen = view.group(group)
-        if chosen is None:
-            raise SaeHealthError(f"This result has no {group!r} group (its data was not measured).")
-        members = [] if group == "dead" else chosen.latents[:limit]
-        view = load_view(result, folder, cards=0, ids=members)
-        print_group(view, view.group(group), console, members, contexts)
-    else:
-        print_overview(view, console, str(folder))
-    for note in view.notes:
-        console.print(f"[dim]{note}[/]", highlight=False)
+    show_latents(result_path, console, ids=ids or [], group=group, limit=limit, contexts=contexts)
 
 
 @app.command("thresholds")

@@ -113,22 +113,29 @@ def examples_cost(args) -> dict:
     runs = {"with_examples": args.examples, "without": 0}
     for examples in runs.values():  # warm-up
         score_batches(model, site, [sae], batches, device=args.device, examples=examples)
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}  # process CPU time: steadier on a shared machine
     for _ in range(args.repeats):
         for name, examples in runs.items():
-            times[name].append(
+            start_cpu = time.process_time()
+            wall[name].append(
                 timed(lambda e=examples: score_batches(model, site, [sae], batches, device=args.device, examples=e))
             )
-    med = {k: statistics.median(v) for k, v in times.items()}
+            cpu[name].append(time.process_time() - start_cpu)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "device": args.device,
+        "threads": torch.get_num_threads(),
         "hook": sae.cfg.metadata.hook_name,
         "d_sae": int(sae.cfg.d_sae),
         "examples": args.examples,
         "tokens": sum(b.numel() for b in batches),
         "median_seconds": med,
+        "median_cpu_seconds": med_cpu,
         "collection_share_of_pass": (med["with_examples"] - med["without"]) / med["without"],
-        "all_seconds": times,
+        "collection_share_of_pass_cpu": (med_cpu["with_examples"] - med_cpu["without"]) / med_cpu["without"],
+        "all_seconds": wall,
     }
 
 
@@ -184,10 +191,13 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=20, help="latent examples per latent in the pass (0: off)")
     parser.add_argument("--examples-cost", action="store_true", help="time the pass with --examples vs with 0")
     parser.add_argument("--d-sae", type=int, default=1024, help="width of the random TopK SAE (default 1024)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--memory", action="store_true", help="measure peak memory at 50k vs 1M tokens")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.device)
         return

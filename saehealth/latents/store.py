@@ -64,10 +64,8 @@ def load_latents(folder: Path, request: dict | None = None) -> tuple[LatentsFile
     for another request (another evaluation in the same folder) is not returned."""
     path = Path(folder) / LATENTS_FILE
     if not path.is_file():
-        return (
-            None,
-            "no latent examples were saved with this result (evaluated with --examples 0, or before saehealth collected them)",
-        )
+        reason = f"this result has no {LATENTS_FILE} (evaluated with --examples 0, or by a saehealth that did not collect them)"
+        return None, reason
     from safetensors import safe_open
 
     try:

@@ -1,23 +1,60 @@
 """`saehealth latents`: latent cards in the terminal, drawn with rich from a result's latent view.
 
 A card shows the latent's firing density and activations (a sparkline of its histogram), the tokens its
-decoder direction promotes and suppresses, and its contexts: each token on a background as strong as the
-latent's activation on it, the firing token bold and underlined with its activation after the context.
+decoder direction promotes and suppresses, and its contexts: the firing's activation, then each token on a
+background as strong as the latent's activation on it, the firing token bold and underlined.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
 
-from saehealth.latents.groups import LatentGroup
+from saehealth.errors import ConfigError, SaeHealthError, suggest
+from saehealth.latents.groups import GROUP_KEYS, LatentGroup
 from saehealth.latents.tokens import visible
-from saehealth.latents.view import Context, LatentCard, LatentView
+from saehealth.latents.view import Context, LatentCard, LatentView, load_view
 from saehealth.report.text import format_activation, format_density
 
 SPARK = "▁▂▃▄▅▆▇█"
 LISTED_IDS = 24  # ids per group in the overview
+
+
+def show_latents(
+    result_path: Path, console: Console, *, ids: list[int], group: str | None, limit: int = 5, contexts: int = 5
+) -> None:
+    """`saehealth latents`: cards of `ids`, else of a group's first `limit` latents, else the group overview."""
+    from saehealth.result import load_result
+
+    if group is not None and group not in GROUP_KEYS:
+        raise ConfigError(
+            f"No latent group {group!r}: choose from {', '.join(GROUP_KEYS)}.{suggest(group, GROUP_KEYS)}"
+        )
+    if limit < 1 or contexts < 0:
+        raise ConfigError("--limit must be 1 or more and --contexts 0 or more.")
+    result = load_result(result_path)
+    folder = result_path if result_path.is_dir() else result_path.parent
+    view = load_view(result, folder, cards=0)
+    if view.unavailable:
+        raise SaeHealthError(f"No latent examples in {folder}: {view.unavailable}.")
+    if ids:
+        view = load_view(result, folder, cards=0, ids=ids)
+        for latent in ids:
+            print_card(view.cards[latent], console, contexts)
+    elif group is not None:
+        chosen = view.group(group)
+        if chosen is None:
+            raise SaeHealthError(f"This result has no {group!r} group (its data was not measured).")
+        members = [] if group == "dead" else chosen.latents[:limit]
+        view = load_view(result, folder, cards=0, ids=members)
+        print_group(view, view.group(group), console, members, contexts)
+    else:
+        print_overview(view, console, str(folder))
+    for note in view.notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
 
 
 def print_overview(view: LatentView, console: Console, folder: str) -> None:
@@ -89,10 +126,11 @@ def print_card(card: LatentCard, console: Console, contexts: int = 5) -> None:
 
 
 def context_text(context: Context, card: LatentCard) -> Text:
-    """One context: tokens on a background shaded by the latent's activation, the firing token bold and
-    underlined, its activation at the end."""
+    """One context: the firing's activation, then the tokens on a background shaded by the latent's
+    activation, the firing token bold and underlined."""
     scale = max((abs(a) for a in context.activations if a is not None), default=0.0) or 1.0
     line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(f"{format_activation(context.value):>7}  ", style="bold #b34700")  # first: long lines are cut
     if context.before:
         line.append("…", style="dim")
     if not any(context.tokens):
@@ -105,7 +143,6 @@ def context_text(context: Context, card: LatentCard) -> Text:
             line.append(visible(token), style=style)
     if context.after:
         line.append("…", style="dim")
-    line.append(f"  {format_activation(context.value)}", style="bold #b34700")
     return line
 
 

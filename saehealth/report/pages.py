@@ -13,12 +13,18 @@ from saehealth.result import EvalResult
 
 
 def write_reports(
-    result: EvalResult, details: dict | None, folder: Path, *, html_latents: int = DEFAULT_CARDS
+    result: EvalResult,
+    details: dict | None,
+    folder: Path,
+    *,
+    html_latents: int = DEFAULT_CARDS,
+    source: Path | None = None,
 ) -> tuple[Path, Path]:
     """Write report.md (+ plots/) and report.html into `folder`; (markdown path, html path).
-    `html_latents`: latents with full cards in report.html."""
+    `html_latents`: latents with full cards in report.html; `source`: the result's own folder, where its
+    latents file is, when the reports go elsewhere (`saehealth report --out`)."""
     details = details or {}
-    view = load_view(result, folder, details, cards=html_latents)
+    view = load_view(result, source or folder, details, cards=html_latents)
     images = plot_images(result, details)
     markdown = write_markdown_report(result, details, folder, view, images)
     html = render_report_html(result, details, view, images, folder_hint=str(folder))
