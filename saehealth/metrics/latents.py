@@ -130,7 +130,11 @@ class _Slots:
         union_sequence = torch.cat([self.sequence[rows].reshape(-1).to(torch.int64), sequence])
         union_position = torch.cat([self.position[rows].reshape(-1).to(torch.int64), position])
         union_latent = torch.cat([rows.repeat_interleave(n), latent])
-        kept = _first_n_per_group(union_latent, _best_first(union_latent, union_key, union_sequence, union_position), n)
+        union_location = (union_sequence << _POSITION_BITS) | union_position
+        old_location, new_location = union_location[: rows.numel() * n], union_location[rows.numel() * n :]
+        located = bool((new_location[1:] >= new_location[:-1]).all()) and bool(old_location.max() < new_location[0])
+        order = _best_first(union_latent, union_key, union_location, located)
+        kept = _first_n_per_group(union_latent, order, n)
         old_count = rows.numel() * n
         from_old = kept < old_count
         old_pointer = self.pointer[rows].reshape(-1)
@@ -191,12 +195,15 @@ def _reindexed(payload, index):
     return lambda i: payload(index[i])
 
 
-def _best_first(latent, key, sequence, position) -> torch.Tensor:
-    """Indices ordering entries by latent, then key descending, then (sequence, position) ascending."""
-    location = (sequence << _POSITION_BITS) | position  # empty slots (-1) sort first: their key is lowest anyway
-    order = torch.argsort(location, stable=True)
+def _best_first(latent, key, location, located: bool) -> torch.Tensor:
+    """Indices ordering entries by latent, then key descending, then location ((sequence, position))
+    ascending. `located`: the entries are already in location order wherever their keys tie (the stored
+    entries of a row are, and a chunk's candidates come after them, in token order): one sort suffices."""
     # key ∈ [-1, 2^32): 2^32 - 1 - key ∈ [0, 2^32] takes 33 bits; latent above them (d_sae < 2^30).
     composite = (latent << 33) | (_MASK32 - key)
+    if located:
+        return torch.argsort(composite, stable=True)
+    order = torch.argsort(location, stable=True)  # empty slots (-1) first: their key is the lowest anyway
     return order[torch.argsort(composite[order], stable=True)]
 
 
@@ -250,7 +257,6 @@ class LatentExamples:
         self.top = _Slots(d_sae, top, window, device)
         self.sample = _Slots(d_sae, sample_size(top) if sample is None else sample, window, device)
         self.tokens = 0
-        self.firing_counts = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.activation_sums = torch.zeros(d_sae, dtype=torch.float64, device=device)
         n_bins = (HIST_HIGH - HIST_LOW) * HIST_BINS_PER_OCTAVE
         self.histogram = torch.zeros(d_sae, n_bins, dtype=torch.int32, device=device)
@@ -280,8 +286,10 @@ class LatentExamples:
         value = acts.reshape(-1)[flat]
         self._statistics(latent, value)
 
+        location = (sequences << _POSITION_BITS) | positions
+
         def payload(index: torch.Tensor):
-            return value[index], self._windows(acts, mask, sequences, positions, token[index], latent[index])
+            return value[index], self._windows(acts, mask, location, token[index], latent[index])
 
         # Compared as floats first (an empty slot's value is NaN: -inf lets everything in), keyed after.
         floor = self.top.value[:, -1].nan_to_num(nan=-float("inf"))
@@ -303,23 +311,27 @@ class LatentExamples:
             lambda i, c=candidates: payload(c[i]),
         )
 
+    def firing_counts(self) -> torch.Tensor:
+        """Per latent, the firings seen (every firing falls in one histogram bin)."""
+        return self.histogram.sum(1, dtype=torch.int64)
+
     def _statistics(self, latent: torch.Tensor, value: torch.Tensor) -> None:
-        self.firing_counts.index_add_(0, latent, torch.ones_like(latent))
         self.activation_sums.index_add_(0, latent, value.to(torch.float64))
         n_bins = self.histogram.shape[1]
         bins = ((value.abs().float().log2() - HIST_LOW) * HIST_BINS_PER_OCTAVE).floor_().clamp_(0, n_bins - 1)
         self.histogram.view(-1).index_add_(0, latent * n_bins + bins.long(), torch.ones_like(latent, dtype=torch.int32))
 
-    def _windows(self, acts, mask, sequences, positions, token, latent) -> torch.Tensor:
+    def _windows(self, acts, mask, location, token, latent) -> torch.Tensor:
         """(n, 2·radius + 1) activations of `latent` around `token`; NaN beyond the sequence (or this chunk's
         part of it) and at masked positions."""
         offsets = torch.arange(-self.radius, self.radius + 1, device=token.device)
-        around = token[:, None] + offsets[None, :]
-        inside = (around >= 0) & (around < acts.shape[0])
-        at = around.clamp(0, acts.shape[0] - 1)
-        same = (sequences[at] == sequences[token][:, None]) & (positions[at] == positions[token][:, None] + offsets)
-        values = acts[at, latent[:, None]].float()
-        return torch.where(inside & same & mask[at], values, torch.full_like(values, float("nan")))
+        at = (token[:, None] + offsets).clamp(0, acts.shape[0] - 1)
+        # A neighbour counts when it is the token `offset` places on in the same sequence, and scored; a
+        # clamped index (beyond the chunk) holds another location, and a masked one a location no token has.
+        scored = torch.where(mask, location, torch.full_like(location, -(2**62)))
+        valid = scored[at] == location[token][:, None] + offsets
+        values = acts.reshape(-1)[at * acts.shape[1] + latent[:, None]].float()
+        return values.masked_fill_(~valid, float("nan"))
 
     def merge(self, other: LatentExamples) -> None:
         """Add another accumulator's state (over other tokens, same settings): exactly as if one pass had
@@ -333,7 +345,6 @@ class LatentExamples:
         ):
             raise ValueError("Cannot merge latent examples collected with different settings.")
         self.tokens += other.tokens
-        self.firing_counts += other.firing_counts.to(self.firing_counts.device)
         self.activation_sums += other.activation_sums.to(self.activation_sums.device)
         self.histogram += other.histogram.to(self.histogram.device)
         for mine, theirs in ((self.top, other.top), (self.sample, other.sample)):
@@ -342,7 +353,7 @@ class LatentExamples:
 
     def arrays(self) -> dict[str, torch.Tensor]:
         """The state as named CPU tensors (the latents file's layout; empty slots: NaN values, id -1)."""
-        counts = self.firing_counts.cpu()
+        counts = self.firing_counts().cpu()
         mean = (self.activation_sums.cpu() / counts.clamp_min(1)).float()
         mean[counts == 0] = float("nan")
         arrays = {
