@@ -22,7 +22,6 @@ from saehealth.latents.view import Context, LatentCard, LatentView
 from saehealth.report.definitions import DEFINITIONS, INTRODUCTION, UNCERTAINTY
 from saehealth.report.plots import PLOTS
 from saehealth.report.text import (
-    OTHER_KEYS,
     SEVERITY_MARK,
     STATUS_MARK,
     dead_bound_sentence,
@@ -31,13 +30,15 @@ from saehealth.report.text import (
     format_value,
     header_facts,
     label,
+    measurement_rows,
+    overall_status,
     standard_text,
     status_text,
     value_with_context,
     verdicts_of,
 )
 from saehealth.result import EvalResult, _atomic_write
-from saehealth.thresholds import HEALTHY, headline_summary, is_unhealthy
+from saehealth.thresholds import headline_summary
 
 REPORT_HTML = "report.html"
 COMPARISON_HTML = "comparison.html"
@@ -72,20 +73,6 @@ def render_report_html(
     findings = advise(result, details) if findings is None else findings
     headline = {k: v for k, v in verdicts.items() if v.get("headline")}
     secondary = {k: v for k, v in verdicts.items() if not v.get("headline")}
-    overall = (
-        "unhealthy"
-        if is_unhealthy(verdicts)
-        else "healthy"
-        if all(v["status"] == HEALTHY for v in headline.values())
-        else "borderline"
-    )
-    measurements = []
-    for key in [*verdicts, *[k for k in OTHER_KEYS if k not in verdicts]]:
-        value = verdicts[key]["value"] if key in verdicts else result.metrics.get(key)
-        note = result.not_measured.get(key, "") if value is None else ""
-        if key in verdicts and value is None:
-            note = verdicts[key].get("reason") or note
-        measurements.append((key, format_value(key, value, result.uncertainty.get(key)), note))
     return (
         _environment()
         .get_template("report.html.j2")
@@ -95,7 +82,7 @@ def render_report_html(
             headline=_verdict_rows(result, headline),
             secondary=_verdict_rows(result, secondary),
             summary=headline_summary(verdicts),
-            overall=overall,
+            overall=overall_status(verdicts),
             dead_bound=dead_bound_sentence(result),
             findings=[
                 {
@@ -109,7 +96,7 @@ def render_report_html(
             ],
             plots=[(PLOTS[name][1], _data_uri(png)) for name, png in (images or {}).items()],
             latents=_latents_context(latents, folder_hint),
-            measurements=measurements,
+            measurements=measurement_rows(result, verdicts),
             notes=result.notes,
             provenance=result.provenance,
             seed=result.eval.seed,

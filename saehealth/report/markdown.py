@@ -13,20 +13,20 @@ from saehealth.advice import advise
 from saehealth.report.definitions import markdown_definitions
 from saehealth.report.plots import PLOTS, make_plots
 from saehealth.report.text import (
-    OTHER_KEYS,
     SEVERITY_MARK,
     STATUS_EMOJI,
     dead_bound_sentence,
-    format_value,
     header_facts,
     label,
+    measurement_rows,
+    overall_status,
     standard_text,
     status_text,
     value_with_context,
     verdicts_of,
 )
 from saehealth.result import EvalResult
-from saehealth.thresholds import HEALTHY, headline_summary, is_unhealthy
+from saehealth.thresholds import headline_summary
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -72,11 +72,7 @@ def render_markdown(
         lines.append(f"- **{fact}**: {_code(value) if fact in ('SAE',) else value}")
     lines += ["", "## Health assessment", ""]
     lines += _verdict_table(result, {k: v for k, v in verdicts.items() if v.get("headline")})
-    mark = (
-        "❌"
-        if is_unhealthy(verdicts)
-        else ("✅" if all(v["status"] == HEALTHY for v in verdicts.values() if v.get("headline")) else "⚠️")
-    )
+    mark = STATUS_EMOJI[overall_status(verdicts)]
     lines += [
         "",
         f"### Overall assessment: {headline_summary(verdicts)} {mark}",
@@ -110,12 +106,8 @@ def render_markdown(
         lines += latents_section(latents)
 
     lines += ["## All measurements", "", "| Metric | Value | Note |", "| --- | ---: | --- |"]
-    for key in [*verdicts, *[k for k in OTHER_KEYS if k not in verdicts]]:
-        value = verdicts[key]["value"] if key in verdicts else result.metrics.get(key)
-        note = result.not_measured.get(key, "") if value is None else ""
-        if key in verdicts and value is None:
-            note = verdicts[key].get("reason") or note
-        lines.append(f"| `{key}` | {format_value(key, value, result.uncertainty.get(key))} | {_cell(note)} |")
+    for key, value, note in measurement_rows(result, verdicts):
+        lines.append(f"| `{key}` | {value} | {_cell(note)} |")
     lines.append("")
 
     if result.notes:

@@ -111,6 +111,28 @@ def format_density(value) -> str:
     return f"{value:.3g}" if value >= 1e-3 else f"{value:.2g}"
 
 
+def measurement_rows(result: EvalResult, verdicts: Mapping) -> list[tuple[str, str, str]]:
+    """(key, formatted value, note) for "All measurements": every judged metric, then the others; the note
+    says why a value is missing."""
+    rows = []
+    for key in [*verdicts, *[k for k in OTHER_KEYS if k not in verdicts]]:
+        value = verdicts[key]["value"] if key in verdicts else result.metrics.get(key)
+        note = result.not_measured.get(key, "") if value is None else ""
+        if key in verdicts and value is None:
+            note = verdicts[key].get("reason") or note
+        rows.append((key, format_value(key, value, result.uncertainty.get(key)), note))
+    return rows
+
+
+def overall_status(verdicts: Mapping) -> str:
+    """unhealthy when any headline metric is, healthy when all are, else borderline."""
+    from saehealth.thresholds import is_unhealthy
+
+    if is_unhealthy(verdicts):
+        return UNHEALTHY
+    return HEALTHY if all(v["status"] == HEALTHY for v in verdicts.values() if v.get("headline")) else BORDERLINE
+
+
 def value_with_context(result: EvalResult, key: str, verdict: Mapping) -> str:
     """The value ± uncertainty, plus the latent count behind a fraction ('0.888 (116,437 of 131,072)')."""
     text = format_value(key, verdict.get("value"), result.uncertainty.get(key))
