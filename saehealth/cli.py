@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from saehealth.config import DEFAULT_EXAMPLES, DEFAULT_HTML_LATENTS, check_html_latents
 from saehealth.errors import SaeHealthError
 
 
@@ -123,6 +124,16 @@ SaebenchOutOption = Annotated[
         help="Also write SAEBench 0.6 result files (DIR/core/, DIR/absorption/) for its graphing code.",
     ),
 ]
+ExamplesOption = Annotated[
+    int,
+    typer.Option(
+        "--examples",
+        help="Latent examples kept per latent: top activations (and a random sample of half as many); 0: none.",
+    ),
+]
+HtmlLatentsOption = Annotated[
+    int, typer.Option("--html-latents", help="Latents with full cards (contexts) in report.html.")
+]
 
 
 @app.command("eval")
@@ -149,6 +160,8 @@ def eval_command(
     thresholds: ThresholdsOption = None,
     activations: ActivationsOption = None,
     saebench_out: SaebenchOutOption = None,
+    examples: ExamplesOption = DEFAULT_EXAMPLES,
+    html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
     strict: StrictOption = False,
@@ -157,10 +170,11 @@ def eval_command(
 ) -> None:
     """Evaluate an SAE on real model activations: reconstruction, downstream loss, sparsity, absorption.
 
-    Writes result.json, its per-latent companion and report.md with plots to the result folder, prints
-    the health report, and with --strict exits 2 when a headline metric is unhealthy. A run folder holding
-    SAEs at several hooks (sparsify, SAELens multi-SAE, dictionary_learning trainers) is evaluated whole in one
-    pass: one result folder per SAE and run_report.md / run.json beside them."""
+    Writes result.json, its per-latent companions (details; latent examples and logit lens), report.md with
+    plots and report.html with the latent browser to the result folder, prints the health report, and with
+    --strict exits 2 when a headline metric is unhealthy. A run folder holding SAEs at several hooks (sparsify,
+    SAELens multi-SAE, dictionary_learning trainers) is evaluated whole in one pass: one result folder per SAE and
+    run_report.md / run.json beside them."""
     from saehealth.compare import evaluate_path
     from saehealth.comparison import Comparison
     from saehealth.config import EvalConfig
@@ -188,6 +202,8 @@ def eval_command(
         thresholds=thresholds,
         activations=activations,
         saebench_out=saebench_out,
+        examples=examples,
+        html_latents=html_latents,
         verbose=verbose,
     )
     outcome = evaluate_path(config, select, console=_console_for(quiet or json_output))
@@ -243,6 +259,8 @@ def compare_command(
     thresholds: ThresholdsOption = None,
     activations: ActivationsOption = None,
     saebench_out: SaebenchOutOption = None,
+    examples: ExamplesOption = DEFAULT_EXAMPLES,
+    html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
     quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print comparison.json instead of the table.")] = False,
     strict: Annotated[
@@ -283,6 +301,8 @@ def compare_command(
         thresholds=thresholds,
         activations=activations,
         saebench_out=saebench_out,
+        examples=examples,
+        html_latents=html_latents,
     )
     comparison = compare(config=config, console=_console_for(quiet or json_output))
     if comparison is not None:  # None on torchrun ranks other than 0: rank 0 reports
@@ -342,18 +362,20 @@ def demo_command(
     ),
     force: Annotated[bool, typer.Option("--force", help="Re-run the evaluation even if a result exists.")] = False,
     device: DeviceOption = "auto",
+    html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
     quiet: QuietOption = False,
     strict: StrictOption = False,
 ) -> None:
     """The whole job on the built-in model, offline: train the demo SAE (if missing), evaluate it, report.
 
     Trains with the packaged demo config through SAELens (under a minute on 2 CPU cores), then runs
-    `saehealth eval` on it and writes result.json and report.md with plots to --out."""
+    `saehealth eval` on it and writes result.json, report.md with plots and report.html to --out."""
     from saehealth import training
     from saehealth.config import EvalConfig
     from saehealth.evaluation import evaluate
     from saehealth.output import check_output_folder
 
+    check_html_latents(html_latents)
     check_output_folder(out, "result")  # before training, not after it
     trained_now = not (checkpoint / "cfg.json").is_file()
     if trained_now:
@@ -361,7 +383,9 @@ def demo_command(
         training.train("demo", {"output_path": str(checkpoint)})
     # A freshly trained SAE is always evaluated, so the demo runs the whole job even where a saved report
     # of identical weights exists (training is deterministic on one machine, so a fresh clone has one).
-    config = EvalConfig(sae_path=str(checkpoint), out=out, force=force or trained_now, device=device)
+    config = EvalConfig(
+        sae_path=str(checkpoint), out=out, force=force or trained_now, device=device, html_latents=html_latents
+    )
     result = evaluate(config=config, console=None if quiet else console)
     _present(result, out, quiet=quiet, json_output=False, strict=strict, wandb_project=None)
 
@@ -400,27 +424,38 @@ def report_command(
         Path | None, typer.Option(help="Folder for report.md and plots/ (default: the result's folder).")
     ] = None,
     thresholds: ThresholdsOption = None,
+    html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
     strict: StrictOption = False,
     wandb_project: WandbOption = None,
 ) -> None:
-    """Regenerate the terminal and markdown health reports from a saved result, without loading any model.
+    """Regenerate the terminal, markdown and HTML health reports from a saved result, without loading any model.
 
     Verdicts are recomputed when --thresholds is given; otherwise the saved ones are used."""
     from saehealth.output import check_output_folder, report_target, save_report_folder
     from saehealth.result import load_details, load_result
     from saehealth.thresholds import assess, load_thresholds
 
+    check_html_latents(html_latents)
     result = load_result(result_path)  # the input first: a missing result is the problem to name
-    folder = out if out is not None else (result_path if result_path.is_dir() else result_path.parent)
+    source = result_path if result_path.is_dir() else result_path.parent
+    folder = out if out is not None else source
     check_output_folder(*report_target(folder, result_path)[:2])
     if thresholds is not None or not result.verdicts:
         result.verdicts = assess(
             result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
         )
-    save_report_folder(folder, result, load_details(result_path), result_path)
-    _present(result, folder, quiet=quiet, json_output=json_output, strict=strict, wandb_project=wandb_project)
+    save_report_folder(folder, result, load_details(result_path), result_path, html_latents=html_latents)
+    _present(
+        result,
+        folder,
+        quiet=quiet,
+        json_output=json_output,
+        strict=strict,
+        wandb_project=wandb_project,
+        source=source,
+    )
 
 
 def _present(
@@ -432,19 +467,22 @@ def _present(
     strict: bool,
     wandb_project: str | None,
     verbose: bool = False,
+    source: Path | None = None,
 ) -> None:
-    """Print the report (or JSON) of a result whose folder is written, log to W&B, apply --strict."""
+    """Print the report (or JSON) of a result whose folder is written (its details read from `source` when the
+    reports went elsewhere), log to W&B, apply --strict."""
     import dataclasses
     import json
 
     from saehealth.advice import advise
     from saehealth.report import print_report
+    from saehealth.report.html import REPORT_HTML
     from saehealth.report.markdown import REPORT_FILE
     from saehealth.result import load_details
     from saehealth.thresholds import headline_summary, is_unhealthy
 
-    details = load_details(folder)
-    report_path = folder / REPORT_FILE
+    details = load_details(source or folder)
+    report_path, html_path = folder / REPORT_FILE, folder / REPORT_HTML
     location = None
     if wandb_project:
         from saehealth.wandb_log import log_to_wandb
@@ -457,13 +495,18 @@ def _present(
             "unhealthy": is_unhealthy(result.verdicts),
             "advice": [dataclasses.asdict(f) for f in advise(result, details)],
             "report": str(report_path),
+            "report_html": str(html_path),
             "wandb": location,
         }
         typer.echo(json.dumps(data, indent=2, allow_nan=False))
     else:
         print_report(result, details, console, quiet=quiet)
         if not quiet:
-            console.print(f"Result: {folder / 'result.json'}\nMarkdown report: {report_path}", highlight=False)
+            console.print(
+                f"Result: {folder / 'result.json'}\nMarkdown report: {report_path}\nHTML report (latent browser): "
+                f"{html_path}\nLatent cards in the terminal: saehealth latents {folder}",
+                highlight=False,
+            )
             if location:
                 console.print(f"W&B: {location}", highlight=False)
             if verbose:
@@ -471,6 +514,26 @@ def _present(
     if strict and is_unhealthy(result.verdicts):
         # SystemExit, not typer.Exit: main() runs typer with standalone_mode=False, which swallows Exit codes.
         raise SystemExit(2)
+
+
+@app.command("latents")
+def latents_command(
+    result_path: Annotated[Path, typer.Argument(help="A result folder (or its result.json).", show_default=False)],
+    ids: Annotated[list[int] | None, typer.Option("--id", help="Print this latent's card (repeatable).")] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Print the cards of a group: dense, dead, duplicates, absorption, high, low, random."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Cards printed for --group.")] = 5,
+    contexts: Annotated[int, typer.Option(help="Top and sampled contexts per card.")] = 5,
+) -> None:
+    """Latent cards in the terminal from a saved result, without loading the model: density, activations,
+    logit lens, and contexts with the firing tokens highlighted.
+
+    Without --id or --group, lists the groups (each tied to the health finding it explains) and their ids."""
+    from saehealth.report.latent_cards import show_latents
+
+    show_latents(result_path, console, ids=ids or [], group=group, limit=limit, contexts=contexts)
 
 
 @app.command("thresholds")

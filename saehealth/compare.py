@@ -318,6 +318,7 @@ class _Comparer:
                     options.device,
                     advance,
                     reference_sequence(some, options),
+                    options.examples,
                 )
         seconds = time.perf_counter() - t0
         self.timing["pass_s"] = seconds
@@ -344,9 +345,11 @@ class _Comparer:
         from saehealth.result import RESULT_FILE, load_details
 
         t0 = time.perf_counter()
+        options = self.config.evaluation
         for entry in comparison.entries:
-            if entry.reused and self.config.evaluation.thresholds is not None:
-                save_report_folder(entry.folder, entry.result, load_details(entry.folder), entry.folder / RESULT_FILE)
+            if entry.reused and options.thresholds is not None:
+                details, result_path = load_details(entry.folder), entry.folder / RESULT_FILE
+                save_report_folder(entry.folder, entry.result, details, result_path, html_latents=options.html_latents)
         summary = SUMMARY_JSON[comparison.view]
         with staged(comparison.out, "comparison", in_place=True) as staging:
             written = write_comparison_report(comparison, staging)

@@ -12,6 +12,8 @@ from saehealth.saebench import NEEDS_GEOMETRY, NEEDS_REPLAY
 SKIPPABLE = ("absorption", "geometry")
 DEFAULT_MAX_TOKENS = 200_000
 MAX_SEED = 2**32 - 1
+DEFAULT_EXAMPLES = 20  # top activations kept per latent (metrics/latents.py)
+DEFAULT_HTML_LATENTS = 200  # latents with full cards in report.html
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,22 @@ class EvalConfig:
     # An activation cache (minSAE folder, SAELens dataset, .safetensors/.npy) to score instead of a replay.
     activations: str | None = None
     saebench_out: Path | None = None  # also write SAEBench 0.6 result files under this folder
+    examples: int = DEFAULT_EXAMPLES  # top activations kept per latent (and a sample of half as many); 0: none
+    html_latents: int = DEFAULT_HTML_LATENTS  # latents with full cards in report.html (not part of the numbers)
     verbose: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("n_tokens", "num_samples", "context_length", "batch_size", "seed", "layer"):
+        for name in (
+            "n_tokens",
+            "num_samples",
+            "context_length",
+            "batch_size",
+            "seed",
+            "layer",
+            "examples",
+            "html_latents",
+        ):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{name} must be a whole number, got {value!r}.")
@@ -69,6 +82,9 @@ class EvalConfig:
                 )
         if self.out is not None and not isinstance(self.out, (str, os.PathLike)):
             raise ConfigError(f"out must be a folder path, got {self.out!r}.")
+        if self.examples < 0:
+            raise ConfigError(f"--examples must be 0 (no latent examples) or more, got {self.examples}.")
+        check_html_latents(self.html_latents)
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
         if self.activations is not None and (self.dataset is not None or self.split is not None):
@@ -105,6 +121,12 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and distributed.active():
         device = f"cuda:{distributed.ranks().local_rank}"
     return device
+
+
+def check_html_latents(count: int) -> None:
+    """--html-latents must be 0 or more (0: report.html lists the groups, with no cards)."""
+    if count < 0:
+        raise ConfigError(f"--html-latents must be 0 or more, got {count}.")
 
 
 def _check_device(device: str) -> None:

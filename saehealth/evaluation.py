@@ -19,7 +19,8 @@ from saehealth.config import EvalConfig
 from saehealth.data import load_dataset, sequence_batches
 from saehealth.errors import ConfigError, DataError
 from saehealth.fingerprint import weights_fingerprint
-from saehealth.finishing import finish_result
+from saehealth.finishing import finish_result, logit_lens_of
+from saehealth.latents.store import write_latents
 from saehealth.models import load_model
 from saehealth.output import check_output_folder, save_result_folder
 from saehealth.planning import Plan
@@ -41,6 +42,7 @@ REQUEST_KEYS = (
     "skip",
     "format",
     "absorption_min_letters",
+    "examples",
 )
 
 
@@ -197,6 +199,7 @@ class Evaluation:
                 self.config.device,
                 advance,
                 reference_sequence(plan, self.config),
+                self.config.examples,
             )
         return None if outputs is None else outputs[0]
 
@@ -238,9 +241,17 @@ class Evaluation:
             started_at=self.started_at,
             request=self._request(),
         )
+        t0 = time.perf_counter()
+        lens, lens_reason = logit_lens_of(plan) if output.latents is not None else (None, None)
+        self.timing["logit_lens_s"] = time.perf_counter() - t0
+
+        def latents(folder: Path) -> None:
+            write_latents(folder, output.latents, lens, lens_reason, result.request)
+
+        # result, details, latents, report.md with plots, report.html: all or nothing
         save_result_folder(
-            result_folder(self.config), result, details
-        )  # result, details, report.md, plots: all or nothing
+            result_folder(self.config), result, details, latents=latents, html_latents=self.config.html_latents
+        )
         return result
 
     def _request(self) -> dict:

@@ -53,9 +53,9 @@ def finish_result(
         for key in GEOMETRY_KEYS:
             not_measured[key] = "skipped with --skip geometry"
     else:
-        geometry, max_cos = geometry_metrics(sae.W_dec)
+        geometry, per_latent = geometry_metrics(sae.W_dec)
         metrics.update(geometry)
-        details["max_decoder_cosine"] = max_cos
+        details.update(per_latent)
         details.update(encoder_geometry(sae))
     timing["geometry_s"] = time.perf_counter() - t0
 
@@ -106,6 +106,17 @@ def finish_result(
     )
     assess(result, config.thresholds)
     return result, details
+
+
+def logit_lens_of(plan: Plan) -> tuple[dict | None, str | None]:
+    """The logit lens of the SAE's decoder rows (metrics/logit_lens.py), or None and why there is none."""
+    from saehealth.metrics.logit_lens import logit_lens
+
+    if plan.model is None:
+        return None, "no model was loaded (an activation cache): pass --model NAME for the logit lens"
+    if plan.site is None:  # an activation cache scored with --model (for absorption): the hook it was read at
+        return logit_lens(plan.model, plan.sae.W_dec, plan.hook, plan.loaded.hook_head_index)
+    return logit_lens(plan.model, plan.sae.W_dec, plan.site.hook_name, plan.site.head_index)
 
 
 def assess(result: EvalResult, thresholds: str | None) -> None:

@@ -24,6 +24,7 @@ from saehealth import distributed
 from saehealth.data import special_token_mask
 from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
+from saehealth.metrics.latents import LatentExamples, token_locations
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.replay import ReplayCache, SAEOutputs, SiteGroup, SpliceSite, readout, replay_batch, sae_view
@@ -62,6 +63,7 @@ class PassOutput:
     tokens_run: int
     tokens_scored: int
     saebench: dict = field(default_factory=dict)  # SAEBench's definitions, where they differ (saebench/sums.py)
+    latents: LatentExamples | None = None  # the latent examples (None with --examples 0)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Tally:
     downstream: DownstreamAccumulator
     sparsity: SparsityAccumulator
     saebench: SAEBenchSums
+    latents: LatentExamples | None = None
     totals: SequenceTotals = field(default_factory=lambda: SequenceTotals(SEQUENCE_QUANTITIES))
     n_sequences: int = 0
     tokens_run: int = 0
@@ -81,6 +84,8 @@ class Tally:
         self.downstream.merge(other.downstream)
         self.sparsity.merge(other.sparsity)
         self.saebench.merge(other.saebench)
+        if self.latents is not None:
+            self.latents.merge(other.latents)
         self.totals.merge(other.totals)
         self.n_sequences += other.n_sequences
         self.tokens_run += other.tokens_run
@@ -100,7 +105,9 @@ class Tally:
             **per_latent,
         }
         tokens = self.sparsity.tokens
-        return PassOutput(metrics, uncertainty, details, self.n_sequences, self.tokens_run, tokens, saebench)
+        return PassOutput(
+            metrics, uncertainty, details, self.n_sequences, self.tokens_run, tokens, saebench, self.latents
+        )
 
 
 def chunk_tokens(d_sae: int, device: str | torch.device) -> int:
@@ -112,21 +119,32 @@ def chunk_tokens(d_sae: int, device: str | torch.device) -> int:
 class SAEScorer:
     """One SAE during the pass: its chunked reconstruction (a `replay.Splice`) and its accumulators."""
 
-    def __init__(self, sae, device: str | torch.device = "cpu", chunk: int | None = None):
+    def __init__(self, sae, device: str | torch.device = "cpu", examples: int = 0, chunk: int | None = None):
         self.sae = sae
         d_out = int(getattr(sae.cfg, "d_out", sae.cfg.d_in))
         d_sae = int(sae.cfg.d_sae)
+        latents = LatentExamples(d_sae, examples, device=device) if examples else None
         self.tally = Tally(
-            ReconstructionAccumulator(d_out), DownstreamAccumulator(), SparsityAccumulator(d_sae), SAEBenchSums(d_sae)
+            ReconstructionAccumulator(d_out),
+            DownstreamAccumulator(),
+            SparsityAccumulator(d_sae),
+            SAEBenchSums(d_sae),
+            latents,
         )
-        self.chunk = chunk or chunk_tokens(int(sae.cfg.d_sae), device)
+        self.chunk = chunk or chunk_tokens(d_sae, device)
         self._l0: torch.Tensor | None = None  # this batch's per-position L0, from `reconstruct`
+        self._sequence_ids: torch.Tensor | None = None  # this batch's sequences in the evaluation's order
         # We flatten attention heads ourselves (and need the flat x for the metrics), as SAELens' evals do.
         self._reshaping = bool(getattr(sae, "hook_z_reshaping_mode", False))
         if self._reshaping:
             sae.turn_off_forward_pass_hook_z_reshaping()
         self._dense_activation = _use_sparse_topk(sae)
         sae.eval()
+
+    def begin(self, sequence_ids: torch.Tensor) -> None:
+        """The next batch's sequences (batch,), numbered in the evaluation's own order: where latent examples
+        are found, so that reports recover their tokens."""
+        self._sequence_ids = sequence_ids
 
     def reconstruct(self, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x̂ for x = `source` (batch, pos, d_in), encoded and decoded a chunk of whole sequences at a time (at least
@@ -135,6 +153,11 @@ class SAEScorer:
         flat, flat_mask = source.reshape(-1, source.shape[-1]).to(self.sae.dtype), mask.reshape(-1)
         step = max(1, self.chunk // length) * length  # whole sequences: per-sequence latent counts stay exact
         parts, l0 = [], []
+        examples = self.tally.latents
+        if examples is not None:
+            sequences, positions = token_locations(*mask.shape, 0, mask.device)
+            sequences = self._sequence_ids.to(mask.device)[sequences].reshape(-1)
+            positions = positions.reshape(-1)
         for start in range(0, flat.shape[0], step):
             chunk_mask = flat_mask[start : start + step]
             with warnings.catch_warnings():  # torch notes once that it skips checks of the sparse tensor's indices
@@ -143,6 +166,10 @@ class SAEScorer:
             parts.append(self.sae.decode(feature_acts))
             l0.append(self.tally.sparsity.update(feature_acts, chunk_mask))
             self.tally.saebench.update_latents(feature_acts, chunk_mask, length)
+            if examples is not None:
+                end = start + step
+                dense = feature_acts.to_dense() if feature_acts.is_sparse else feature_acts
+                examples.update(dense, chunk_mask, sequences[start:end], positions[start:end])
             del feature_acts
         self._l0 = torch.cat(l0).reshape(mask.shape)
         x_hat = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -193,13 +220,16 @@ def score_batches(
     device: str = "cpu",
     advance: Callable[[int], None] | None = None,
     reference: torch.Tensor | None = None,
+    examples: int = 0,
 ) -> list[PassOutput] | None:
     """The one pass over token batches for SAEs at any sites of one model: (site, SAE) pairs, in order.
 
     Each batch is replayed once (one clean forward, one zero ablation per site) and every SAE's spliced
     continuation feeds its own accumulators. Returns one `PassOutput` per member, in order. Under torchrun each
-    rank passes its own shard of the batches and the same `reference` (the evaluation's first sequence, (1, ctx));
-    the accumulators are merged on rank 0, which gets the outputs (the other ranks get None).
+    rank passes its own shard of the batches (sequence i to rank i mod N) and the same `reference` (the
+    evaluation's first sequence, (1, ctx)); the accumulators are merged on rank 0, which gets the outputs (the
+    other ranks get None). With `examples` above 0, each SAE keeps that many top activations per latent (and a
+    sample of half as many: metrics/latents.py).
     """
     with distributed.step():  # a rank that fails here stops every rank before the merge below
         batches = iter(batches)
@@ -208,14 +238,15 @@ def score_batches(
             batches = itertools.chain([first], batches)
             if reference is None:
                 reference = first[:1]
-        tallies = _local_pass(model, members, batches, include_special_tokens, device, advance, reference)
+        tallies = _local_pass(model, members, batches, include_special_tokens, device, advance, reference, examples)
     merged = distributed.merge_on_first_rank(tallies)
     return None if merged is None else [tally.output() for tally in merged]
 
 
-def _local_pass(model, members, batches, include_special_tokens, device, advance, reference) -> list[Tally]:
+def _local_pass(model, members, batches, include_special_tokens, device, advance, reference, examples) -> list[Tally]:
     """This process's share of the pass: the tallies of its batches."""
-    scorers = [SAEScorer(sae, device) for _, sae in members]
+    scorers = [SAEScorer(sae, device, examples) for _, sae in members]
+    here, local = distributed.ranks(), 0  # this rank's sequences so far: local j is sequence rank + j·world
     if reference is not None:
         _set_references(model, members, scorers, reference.to(device), include_special_tokens)
     sites: dict[SpliceSite, list[int]] = {}  # SAEs at one site share its zero ablation
@@ -227,6 +258,10 @@ def _local_pass(model, members, batches, include_special_tokens, device, advance
         for tokens in batches:
             tokens = tokens.to(device)
             mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
+            ids = here.rank + here.world_size * (local + torch.arange(tokens.shape[0], device=tokens.device))
+            local += tokens.shape[0]
+            for scorer in scorers:
+                scorer.begin(ids)
             out = replay_batch(model, groups, tokens, mask, cache)
             finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
             clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask)

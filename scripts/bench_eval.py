@@ -2,6 +2,7 @@
 """Benchmark: saehealth's one pass vs SAELens `run_evals` on the same tokens, in one process.
 
     python scripts/bench_eval.py [--sae PATH | --hook HOOK] [--tokens 50000] [--batch-size 16] [--device cpu] [--repeats 3]
+    python scripts/bench_eval.py --examples-cost   # the pass with latent examples (--examples 20) vs without (0)
     python scripts/bench_eval.py --memory      # peak memory of the saehealth pass at 50k vs 1M tokens
 
 Both evaluate the same SAE on identical token batches with every metric on (SAELens:
@@ -38,12 +39,12 @@ from saehealth.scoring import score_batches  # noqa: E402
 HOOK = "blocks.0.hook_resid_post"  # the middle of the built-in model's residual stream
 
 
-def demo_size_sae(folder: Path, hook: str = HOOK) -> Path:
+def demo_size_sae(folder: Path, hook: str = HOOK, d_sae: int = 1024) -> Path:
     """A randomly initialised TopK SAE of the demo's size (d_in 128, d_sae 1024, k 64) at a d_model-wide hook:
     speed only."""
     from sae_lens import TopKSAE, TopKSAEConfig
 
-    cfg = TopKSAEConfig(d_in=128, d_sae=1024, k=64)
+    cfg = TopKSAEConfig(d_in=128, d_sae=d_sae, k=64)
     cfg.metadata.model_name = saehealth.BUILTIN_MODEL
     cfg.metadata.hook_name = hook
     TopKSAE(cfg).save_model(folder)
@@ -64,14 +65,14 @@ def timed(fn) -> float:
 
 def speed(args) -> dict:
     model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=args.device)
-    sae_path = Path(args.sae) if args.sae else demo_size_sae(Path(tempfile.mkdtemp()) / "sae", args.hook)
+    sae_path = Path(args.sae) if args.sae else demo_size_sae(Path(tempfile.mkdtemp()) / "sae", args.hook, args.d_sae)
     sae = load_sae(sae_path, device=args.device)
     site = splice_site(sae.cfg.metadata.hook_name)
     batches = [b.to(args.device) for b in token_batches(model, args.tokens, args.batch_size)]
     n_tokens = sum(b.numel() for b in batches)
 
     def ours():
-        score_batches(model, [(site, sae)], batches, device=args.device)
+        score_batches(model, [(site, sae)], batches, device=args.device, examples=args.examples)
 
     def theirs():
         saelens_run_evals(model, sae, batches)
@@ -99,6 +100,44 @@ def speed(args) -> dict:
         "speedup_vs_saelens": med["saelens"] / med["saehealth"],
         "time_vs_3_forward_passes": med["saehealth"] / med["forward_x3"],
         "median_seconds": med,
+    }
+
+
+def examples_cost(args) -> dict:
+    """The pass with `--examples` latent examples collected vs without (examples 0), alternating."""
+    model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=args.device)
+    sae_path = Path(args.sae) if args.sae else demo_size_sae(Path(tempfile.mkdtemp()) / "sae", args.hook, args.d_sae)
+    sae = load_sae(sae_path, device=args.device)
+    site = splice_site(sae.cfg.metadata.hook_name)
+    batches = [b.to(args.device) for b in token_batches(model, args.tokens, args.batch_size)]
+    runs = {"with_examples": args.examples, "without": 0}
+    for examples in runs.values():  # warm-up
+        score_batches(model, [(site, sae)], batches, device=args.device, examples=examples)
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}  # process CPU time: steadier on a shared machine
+    for _ in range(args.repeats):
+        for name, examples in runs.items():
+            start_cpu = time.process_time()
+            wall[name].append(
+                timed(lambda e=examples: score_batches(model, [(site, sae)], batches, device=args.device, examples=e))
+            )
+            cpu[name].append(time.process_time() - start_cpu)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    return {
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "hook": sae.cfg.metadata.hook_name,
+        "d_sae": int(sae.cfg.d_sae),
+        "examples": args.examples,
+        "tokens": sum(b.numel() for b in batches),
+        "median_seconds": med,
+        "median_cpu_seconds": med_cpu,
+        "collection_share_of_pass": (med["with_examples"] - med["without"]) / med["without"],
+        "collection_share_of_pass_cpu": (med_cpu["with_examples"] - med_cpu["without"]) / med_cpu["without"],
+        # On a shared machine the fastest run of each is the one least disturbed.
+        "collection_share_of_fastest_pass": min(wall["with_examples"]) / min(wall["without"]) - 1,
+        "all_seconds": wall,
     }
 
 
@@ -151,14 +190,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--examples", type=int, default=20, help="latent examples per latent in the pass (0: off)")
+    parser.add_argument("--examples-cost", action="store_true", help="time the pass with --examples vs with 0")
+    parser.add_argument("--d-sae", type=int, default=1024, help="width of the random TopK SAE (default 1024)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--memory", action="store_true", help="measure peak memory at 50k vs 1M tokens")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.device)
         return
-    report = memory(args) if args.memory else speed(args)
+    report = memory(args) if args.memory else examples_cost(args) if args.examples_cost else speed(args)
     print(json.dumps(report, indent=2))
 
 

@@ -69,7 +69,7 @@ def score_cache(plans: Sequence, config, console=None) -> list | None:
     first = plans[0]
     here = distributed.ranks()
     with distributed.step():
-        scorers = [SAEScorer(plan.sae, config.device) for plan in plans]
+        scorers = [SAEScorer(plan.sae, config.device, config.examples) for plan in plans]
         dtype = DTYPES[parse_dtype(config.dtype)]
         batches = cache_batches(first.dataset, first.context, config.batch_size, config.device, dtype)
         total = len(range(here.rank, first.n_sequences, here.world_size)) * first.context
@@ -81,7 +81,9 @@ def score_cache(plans: Sequence, config, console=None) -> list | None:
                             scorer.tally.reconstruction.set_reference(x[:1], mask[:1])
                     if index % here.world_size != here.rank:
                         continue
+                    ids = index * config.batch_size + torch.arange(x.shape[0], device=x.device)
                     for scorer in scorers:
+                        scorer.begin(ids)
                         x_hat = scorer.reconstruct(x, mask).to(x.dtype)
                         scorer.update(SAEOutputs(x=x, x_hat=x_hat, final=None), None, mask)
                     advance(mask.numel())

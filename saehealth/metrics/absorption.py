@@ -449,6 +449,24 @@ def token_absorption(
     return fraction, full
 
 
+def absorber_tally(
+    latents: torch.Tensor,
+    decoder_cos: torch.Tensor,
+    main_ids: Sequence[int],
+    absorbed: torch.Tensor,
+    settings: AbsorptionSettings | None = None,
+) -> torch.Tensor:
+    """How often each latent is the largest absorber (a non-main latent aligned with the probe, by its
+    projection) on the `absorbed` tokens: (d_sae,) counts, for naming a letter's absorbing latents."""
+    settings = settings or AbsorptionSettings()
+    projections = latents * decoder_cos
+    candidate = (decoder_cos >= settings.absorber_cos_threshold) & (projections > 0)
+    candidate[:, list(main_ids)] = False
+    best = torch.where(candidate, projections, torch.zeros_like(projections)).max(dim=1)
+    chosen = best.indices[absorbed & (best.values > 0)]
+    return torch.bincount(chosen.cpu(), minlength=latents.shape[1])
+
+
 # ---------------------------------------------------------------- the SAE-level computation
 
 
@@ -469,7 +487,7 @@ def compute_absorption(
     """
     started = time.perf_counter()
     settings = settings or AbsorptionSettings()
-    per_letter = _empty_per_letter(settings.max_k)
+    per_letter = _empty_per_letter(settings.max_k, settings.max_absorbing_latents)
     per_letter["probe_f1"] = data.probes.f1.astype(np.float64)
     letters = usable_letters(data.probes, settings.min_probe_f1)
     metrics: dict[str, float | int | None] = dict.fromkeys(METRIC_KEYS)
@@ -500,19 +518,19 @@ def compute_absorption(
             continue
         direction = torch.from_numpy(data.probes.weights[letter]).to(device)
         cos = torch.nn.functional.cosine_similarity(decoder, direction[None, :], dim=-1)
-        fractions, full = [], []
+        fractions, full, tally = [], [], torch.zeros(decoder.shape[0], dtype=torch.int64)
         for start in range(0, len(rows), token_chunk):
             chunk = rows[start : start + token_chunk]
+            chunk_latents = torch.from_numpy(abs_latents[chunk].toarray()).to(device)
             frac_b, full_b = token_absorption(
-                torch.from_numpy(abs_inputs[chunk]).to(device),
-                torch.from_numpy(abs_latents[chunk].toarray()).to(device),
-                direction,
-                cos,
-                main.ids,
-                settings,
+                torch.from_numpy(abs_inputs[chunk]).to(device), chunk_latents, direction, cos, main.ids, settings
             )
+            tally += absorber_tally(chunk_latents, cos, main.ids, frac_b > 0, settings)
             fractions.append(frac_b.double().cpu())
             full.append(full_b.cpu())
+        top = tally.argsort(descending=True, stable=True)[: settings.max_absorbing_latents]
+        top = top[tally[top] > 0].numpy()
+        per_letter["absorbing_latents"][letter, : len(top)] = top
         n_full = int(torch.cat(full).sum())
         per_letter["absorption_fraction"][letter] = float(torch.cat(fractions).sum()) / len(rows)
         per_letter["num_full_absorption"][letter] = n_full
@@ -525,10 +543,12 @@ def compute_absorption(
     return AbsorptionResult(metrics, None, per_letter, time.perf_counter() - started)
 
 
-def _empty_per_letter(max_k: int) -> dict[str, np.ndarray]:
+def _empty_per_letter(max_k: int, absorbers: int) -> dict[str, np.ndarray]:
     """Per-letter arrays in A..Z order; NaN (or -1 for latent ids) where a letter was not scored."""
     arrays = {name: np.full(N_LETTERS, np.nan) for name in PER_LETTER_FLOATS}
     arrays["main_latents"] = np.full((N_LETTERS, max_k), -1, dtype=np.int64)
+    # The latents that most often take over on absorbed tokens (most often first), -1 padded.
+    arrays["absorbing_latents"] = np.full((N_LETTERS, absorbers), -1, dtype=np.int64)
     arrays["k_sparse_f1"] = np.full((N_LETTERS, max_k), np.nan)
     return arrays
 
@@ -562,7 +582,7 @@ def measure_absorption(
     settings = settings or AbsorptionSettings()
     reason = absorption_applicable(hook_name)
     if reason is not None:
-        per_letter = _empty_per_letter(settings.max_k)
+        per_letter = _empty_per_letter(settings.max_k, settings.max_absorbing_latents)
         return AbsorptionResult(dict.fromkeys(METRIC_KEYS), reason, per_letter, time.perf_counter() - started)
     check_hook(model, hook_name)
     if sae.cfg.d_in != model.cfg.d_model:
@@ -714,6 +734,7 @@ __all__ = [
     "LetterProbes",
     "MainLatents",
     "ProbeData",
+    "absorber_tally",
     "absorption_applicable",
     "build_probe_data",
     "compute_absorption",

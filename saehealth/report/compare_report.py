@@ -9,6 +9,7 @@ half-written report.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from saehealth.report.text import STATUS_EMOJI, STATUS_STYLE, format_value, verd
 from saehealth.result import _atomic_write
 
 REPORT_MD = {"comparison": "comparison.md", "run": "run_report.md"}
+REPORT_HTML = {"comparison": "comparison.html", "run": "run_report.html"}
 COMPARISON_MD = REPORT_MD["comparison"]
 HEADERS = {
     "l0": "L0",
@@ -118,7 +120,10 @@ def comparison_table(comparison: Comparison) -> Table:
 
 # ---------------------------------------------------------------------------------------------- files
 def write_comparison_report(comparison: Comparison, out: Path) -> dict[str, Path]:
-    """Write the plots and the markdown report into `out`; {"markdown": path, plot name: png path}."""
+    """Write the plots, the markdown report and its HTML page into `out`;
+    {"markdown": path, "html": path, plot name: png path}."""
+    from saehealth.report.html import render_comparison_html, write_comparison_html
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = {}
@@ -128,17 +133,22 @@ def write_comparison_report(comparison: Comparison, out: Path) -> dict[str, Path
     else:
         figures["by_layer"] = (LAYER_PLOT[0], layer_figure(comparison))
     files: dict[str, Path] = {}
+    images: dict[str, bytes] = {}
     for key, (file_name, fig) in figures.items():
         path = out / file_name
         if fig is None:
             path.unlink(missing_ok=True)  # a stale plot of an earlier comparison must not linger
             continue
-        _atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=DPI))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        images[key] = buffer.getvalue()
+        _atomic_write(path, lambda tmp, png=images[key]: Path(tmp).write_bytes(png))
         files[key] = path
     markdown = render_comparison_markdown(comparison, {k: p.name for k, p in files.items()})
     path = out / REPORT_MD[comparison.view]
     _atomic_write(path, lambda tmp: Path(tmp).write_text(markdown))
     files["markdown"] = path
+    files["html"] = write_comparison_html(out, render_comparison_html(comparison, images), REPORT_HTML[comparison.view])
     return files
 
 

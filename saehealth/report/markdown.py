@@ -10,35 +10,40 @@ import tempfile
 from pathlib import Path
 
 from saehealth.advice import advise
+from saehealth.report.definitions import markdown_definitions
 from saehealth.report.plots import PLOTS, make_plots
 from saehealth.report.text import (
-    OTHER_KEYS,
     SEVERITY_MARK,
     STATUS_EMOJI,
     dead_bound_sentence,
-    format_value,
     header_facts,
     label,
+    measurement_rows,
+    overall_status,
     standard_text,
     status_text,
     value_with_context,
     verdicts_of,
 )
 from saehealth.result import EvalResult
-from saehealth.thresholds import HEALTHY, headline_summary, is_unhealthy
+from saehealth.thresholds import headline_summary
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 
 
-def write_markdown_report(result: EvalResult, details: dict | None, out_dir: Path) -> Path:
-    """Write `out_dir/report.md` and `out_dir/plots/*.png`; return the report's path."""
+def write_markdown_report(
+    result: EvalResult, details: dict | None, out_dir: Path, latents=None, images: dict[str, bytes] | None = None
+) -> Path:
+    """Write `out_dir/report.md` and `out_dir/plots/*.png`; return the report's path. `latents` (a
+    `LatentView`) adds the "Latents to look at" section; `images` are the plots already drawn
+    (`plots.plot_images`), else they are drawn here."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".report-"))
     try:
-        plots = make_plots(result, details or {}, staging / PLOTS_DIR)
-        (staging / REPORT_FILE).write_text(render_markdown(result, details, plots))
+        plots = make_plots(result, details or {}, staging / PLOTS_DIR, images)
+        (staging / REPORT_FILE).write_text(render_markdown(result, details, plots, latents))
         # Swap the plots folder whole (stale plots of an earlier run must not linger), then the report.
         old = out_dir / PLOTS_DIR
         if old.exists():
@@ -55,8 +60,11 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(result: EvalResult, details: dict | None, plots: dict[str, Path] | None = None) -> str:
-    """The report's markdown; `plots` maps plot names to files in the plots folder."""
+def render_markdown(
+    result: EvalResult, details: dict | None, plots: dict[str, Path] | None = None, latents=None
+) -> str:
+    """The report's markdown; `plots` maps plot names to files in the plots folder, `latents` (a
+    `LatentView`) adds "Latents to look at"."""
     verdicts = verdicts_of(result)
     name = Path(result.sae.path).name or result.sae.path
     lines = [f"# SAE health report: {name}", ""]
@@ -64,11 +72,7 @@ def render_markdown(result: EvalResult, details: dict | None, plots: dict[str, P
         lines.append(f"- **{fact}**: {_code(value) if fact in ('SAE',) else value}")
     lines += ["", "## Health assessment", ""]
     lines += _verdict_table(result, {k: v for k, v in verdicts.items() if v.get("headline")})
-    mark = (
-        "❌"
-        if is_unhealthy(verdicts)
-        else ("✅" if all(v["status"] == HEALTHY for v in verdicts.values() if v.get("headline")) else "⚠️")
-    )
+    mark = STATUS_EMOJI[overall_status(verdicts)]
     lines += [
         "",
         f"### Overall assessment: {headline_summary(verdicts)} {mark}",
@@ -96,13 +100,14 @@ def render_markdown(result: EvalResult, details: dict | None, plots: dict[str, P
             caption = PLOTS[key][1]
             lines += [f"**{caption}**", "", f"![{caption}]({PLOTS_DIR}/{path.name})", ""]
 
+    if latents is not None:
+        from saehealth.report.latents_markdown import latents_section
+
+        lines += latents_section(latents)
+
     lines += ["## All measurements", "", "| Metric | Value | Note |", "| --- | ---: | --- |"]
-    for key in [*verdicts, *[k for k in OTHER_KEYS if k not in verdicts]]:
-        value = verdicts[key]["value"] if key in verdicts else result.metrics.get(key)
-        note = result.not_measured.get(key, "") if value is None else ""
-        if key in verdicts and value is None:
-            note = verdicts[key].get("reason") or note
-        lines.append(f"| `{key}` | {format_value(key, value, result.uncertainty.get(key))} | {_cell(note)} |")
+    for key, value, note in measurement_rows(result, verdicts):
+        lines.append(f"| `{key}` | {value} | {_cell(note)} |")
     lines.append("")
 
     if result.notes:
@@ -141,5 +146,9 @@ def _provenance(result: EvalResult) -> list[str]:
             + "."
         )
     lines.append("")
-    lines.append("Regenerate with `saehealth report <folder>/result.json`; metric definitions: METRICS.md.")
+    lines.append(
+        "Regenerate with `saehealth report <folder>/result.json`; what each number means: the metric definitions "
+        'below (the same table as the saehealth README\'s "Metric definitions").'
+    )
+    lines += ["", "<details><summary>Metric definitions</summary>", "", *markdown_definitions(), "", "</details>"]
     return lines

@@ -267,15 +267,30 @@ FIGURES: dict[str, Callable[[EvalResult, dict], Figure | None]] = {
 }
 
 
-def make_plots(result: EvalResult, details: dict | None, folder: Path) -> dict[str, Path]:
-    """Draw every plot the result has data for into `folder`; {name: png path}, in report order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
+def plot_images(result: EvalResult, details: dict | None) -> dict[str, bytes]:
+    """Every plot the result has data for, as PNG bytes: {name: png}, in report order."""
+    import io
+
+    images: dict[str, bytes] = {}
     for name, draw in FIGURES.items():
         fig = draw(result, details or {})
         if fig is None:
             continue
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        images[name] = buffer.getvalue()
+    return images
+
+
+def make_plots(
+    result: EvalResult, details: dict | None, folder: Path, images: dict[str, bytes] | None = None
+) -> dict[str, Path]:
+    """Write every plot the result has data for into `folder` (drawn now, or the `plot_images` given);
+    {name: png path}, in report order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, png in (plot_images(result, details) if images is None else images).items():
         path = folder / PLOTS[name][0]
-        fig.savefig(path, dpi=DPI)
+        path.write_bytes(png)
         paths[name] = path
     return paths

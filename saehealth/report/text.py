@@ -87,6 +87,52 @@ def format_value(key: str, value, se: float | None = None) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:,.1f}"
 
 
+def format_activation(value) -> str:
+    """A latent activation or logit: three significant figures ('4.51', '0.0123', '1.23e+04'); '—' for
+    none."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    value = float(value)
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e4:
+        decimals = max(0, 2 - math.floor(math.log10(abs(value))))
+        return f"{value:.{decimals}f}"
+    return f"{value:.2e}"
+
+
+def format_density(value) -> str:
+    """A firing density (share of tokens): '0.231', '0.0042', '3.1e-05'; '0' for a dead latent."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    value = float(value)
+    if value == 0:
+        return "0"
+    return f"{value:.3g}" if value >= 1e-3 else f"{value:.2g}"
+
+
+def measurement_rows(result: EvalResult, verdicts: Mapping) -> list[tuple[str, str, str]]:
+    """(key, formatted value, note) for "All measurements": every judged metric, then the others; the note
+    says why a value is missing."""
+    rows = []
+    for key in [*verdicts, *[k for k in OTHER_KEYS if k not in verdicts]]:
+        value = verdicts[key]["value"] if key in verdicts else result.metrics.get(key)
+        note = result.not_measured.get(key, "") if value is None else ""
+        if key in verdicts and value is None:
+            note = verdicts[key].get("reason") or note
+        rows.append((key, format_value(key, value, result.uncertainty.get(key)), note))
+    return rows
+
+
+def overall_status(verdicts: Mapping) -> str:
+    """unhealthy when any headline metric is, healthy when all are, else borderline."""
+    from saehealth.thresholds import is_unhealthy
+
+    if is_unhealthy(verdicts):
+        return UNHEALTHY
+    return HEALTHY if all(v["status"] == HEALTHY for v in verdicts.values() if v.get("headline")) else BORDERLINE
+
+
 def value_with_context(result: EvalResult, key: str, verdict: Mapping) -> str:
     """The value ± uncertainty, plus the latent count behind a fraction ('0.888 (116,437 of 131,072)')."""
     text = format_value(key, verdict.get("value"), result.uncertainty.get(key))

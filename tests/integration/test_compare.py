@@ -179,11 +179,15 @@ def test_every_sae_is_scored_on_identical_tokens_in_one_pass(compared, capsys):
 def test_files_of_the_comparison_and_of_each_sae(compared):
     out, paths, _ = compared
     markdown = (out / "comparison.md").read_text()
+    html = (out / "comparison.html").read_text()
     for name in paths:
         assert (out / name / "result.json").is_file()
         assert (out / name / "result.details.safetensors").is_file()
         assert (out / name / "report.md").is_file()
+        assert (out / name / "report.html").is_file() and (out / name / "result.latents.safetensors").is_file()
         assert f"]({name}/report.md)" in markdown
+        assert f'<a href="{name}/report.html">{name}</a>' in html
+    assert html.count("data:image/png;base64,") == 2  # both frontier plots inline
     for png in ("frontier_l0_loss_recovered.png", "frontier_l0_explained_variance.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in markdown

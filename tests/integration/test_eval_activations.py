@@ -117,7 +117,7 @@ def test_absorption_prompts_the_model_given_with_a_cache(tmp_path, saelens_cache
     def fake_absorption(model, sae, hook_name, **options):
         seen.update(model=model, hook=hook_name)
         return absorption.AbsorptionResult(
-            dict.fromkeys(absorption.METRIC_KEYS), "canned in this test", absorption._empty_per_letter(10), 0.0
+            dict.fromkeys(absorption.METRIC_KEYS), "canned in this test", absorption._empty_per_letter(10, 3), 0.0
         )
 
     monkeypatch.setattr(absorption, "measure_absorption", fake_absorption)

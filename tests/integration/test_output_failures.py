@@ -65,13 +65,13 @@ def test_a_full_disk_while_writing_the_report_leaves_nothing(tmp_path, monkeypat
 def test_a_signal_while_writing_exits_130_and_leaves_nothing(tmp_path, monkeypatch, capsys, signal_name):
     """A real signal to this process while the result folder is being staged (main() turns SIGTERM into the
     same unwinding as Ctrl-C, and puts the previous SIGTERM handler back when it returns)."""
-    import saehealth.report
+    import saehealth.report.pages
 
     def interrupted(*args, **kwargs):
         os.kill(os.getpid(), getattr(signal, signal_name))
         raise AssertionError("the signal should have interrupted the write")
 
-    monkeypatch.setattr(saehealth.report, "write_markdown_report", interrupted)
+    monkeypatch.setattr(saehealth.report.pages, "write_markdown_report", interrupted)
     monkeypatch.chdir(tmp_path)
     sae = _sae(tmp_path)
     before = _everything(tmp_path)

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from saehealth.latents.store import LATENTS_FILE
 from saehealth.result import METRIC_KEYS, load_result
 from tests.integration.test_run_folder import random_sae
 
@@ -64,6 +66,13 @@ def test_two_ranks_give_the_numbers_of_one_process(saes, tmp_path):
     assert_same_numbers(together, alone)
     assert together.provenance.world_size == 2 and alone.provenance.world_size == 1
     assert together.provenance.device == "cpu"
+    # The latent examples too: the ranks' top activations and samples merge into those of one pass.
+    from safetensors.torch import load_file
+
+    two, one = load_file(str(tmp_path / "two" / LATENTS_FILE)), load_file(str(tmp_path / "one" / LATENTS_FILE))
+    assert two.keys() == one.keys()
+    for name, array in one.items():
+        assert torch.equal(array.float().nan_to_num(-7.0), two[name].float().nan_to_num(-7.0)), name
 
 
 @pytest.mark.slow

@@ -143,6 +143,7 @@ def make_details(result: EvalResult, *, absorption: bool = True, seed: int = 0, 
         "firing_counts": torch.as_tensor(counts),
         "l0_histogram": torch.as_tensor(l0_hist),
         "max_decoder_cosine": torch.as_tensor(max_cos, dtype=torch.float32),
+        "nearest_decoder_latent": torch.as_tensor((np.arange(d_sae) + 1) % d_sae),
     }
     if absorption:
         per_letter = rng.uniform(0.0, 0.3, 26)

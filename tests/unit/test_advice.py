@@ -1,4 +1,4 @@
-"""The advice rules (saehealth/advice.py), each on a constructed result."""
+"""The advice rules (saehealth/advice/), each on a constructed result."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_undertrained_suggests_a_smaller_dictionary_when_affordable():
 @pytest.mark.parametrize(
     ("architecture", "training", "expected", "absent"),
     [
-        ("standard", {}, "switch to TopK or BatchTopK with the AuxK auxiliary loss", "aux_loss_coefficient"),
+        ("standard", {}, "warm the L1 penalty up over the first steps (`l1_warm_up_steps`)", "aux_loss_coefficient"),
         ("topk", {"k": 64, "aux_loss_coefficient": 1 / 32}, "`aux_loss_coefficient`, now 0.03125", "switch to TopK"),
     ],
 )
