@@ -68,6 +68,13 @@ IncludeSpecialTokensOption = Annotated[
     bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")
 ]
 SkipOption = Annotated[list[str] | None, typer.Option(help="Skip a metric group: absorption, geometry.")]
+AbsorptionProbesOption = Annotated[
+    str,
+    typer.Option(
+        "--absorption-probes",
+        help="Absorption probe schedule: converged (trained to convergence) or saebench-0.6 (SAEBench's epochs).",
+    ),
+]
 
 
 @app.command("eval")
@@ -89,6 +96,7 @@ def eval_command(
     force: Annotated[bool, typer.Option("--force", help="Re-run even if a result exists.")] = False,
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
+    absorption_probes: AbsorptionProbesOption = "converged",
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     thresholds: ThresholdsOption = None,
     quiet: QuietOption = False,
@@ -122,6 +130,7 @@ def eval_command(
         force=force,
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
+        absorption_probes=absorption_probes,
         format=format,
         thresholds=thresholds,
         verbose=verbose,
@@ -165,6 +174,7 @@ def compare_command(
     force: Annotated[bool, typer.Option("--force", help="Re-run SAEs whose results exist.")] = False,
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
+    absorption_probes: AbsorptionProbesOption = "converged",
     thresholds: ThresholdsOption = None,
     quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print comparison.json instead of the table.")] = False,
@@ -206,6 +216,7 @@ def compare_command(
         force=force,
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
+        absorption_probes=absorption_probes,
         thresholds=thresholds,
     )
     comparison = compare(config=config, console=None if quiet or json_output else console)

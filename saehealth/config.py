@@ -9,6 +9,8 @@ from saehealth.errors import ConfigError, suggest
 
 SKIPPABLE = ("absorption", "geometry")
 DEFAULT_MAX_TOKENS = 200_000
+# The absorption probe schedules (saehealth.absorption.probes.SCHEDULES; a test keeps the two equal).
+ABSORPTION_PROBES = ("converged", "saebench-0.6")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class EvalConfig:
     format: str | None = None
     thresholds: str | None = None
     absorption_min_letters: int = 20
+    absorption_probes: str = "converged"  # probe schedule: converged | saebench-0.6 (saehealth.absorption.SCHEDULES)
     verbose: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -57,6 +60,11 @@ class EvalConfig:
                 )
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
+        if self.absorption_probes not in ABSORPTION_PROBES:
+            raise ConfigError(
+                f"Unknown --absorption-probes {self.absorption_probes!r}: choose from {', '.join(ABSORPTION_PROBES)}."
+                + suggest(self.absorption_probes, ABSORPTION_PROBES)
+            )
         _check_device(self.device)
 
 

@@ -123,6 +123,7 @@ class Evaluation:
         self.timing: dict[str, float] = {}
         self.notes: list[str] = []
         self.not_measured: dict[str, str] = {}
+        self.absorption_uncertainty: dict[str, float] = {}
         self.started_at = datetime.now(timezone.utc)
         self._weights: str | None = None  # the SAE's weights fingerprint, computed once
 
@@ -234,9 +235,12 @@ class Evaluation:
                 seed=cfg.seed,
                 mask_special_tokens=not cfg.include_special_tokens,
                 n_sequences=output.n_sequences,
+                absorption_probes=cfg.absorption_probes,
             ),
             metrics={k: _clean_number(v) for k, v in metrics.items()},
-            uncertainty={k: v for k, v in output.uncertainty.items() if math.isfinite(v)},
+            uncertainty={
+                k: v for k, v in {**output.uncertainty, **self.absorption_uncertainty}.items() if math.isfinite(v)
+            },
             not_measured=self.not_measured,
             provenance=_provenance(cfg, self.started_at),
             timing={k: round(v, 4) for k, v in self.timing.items()},
@@ -267,6 +271,7 @@ class Evaluation:
             "skip",
             "format",
             "absorption_min_letters",
+            "absorption_probes",
         )
         request = {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in keys}
         if self._weights is None:
@@ -428,7 +433,7 @@ class Evaluation:
 
     # ------------------------------------------------------------------ optional parts
     def _absorption(self, model, sae, hook: str, details: dict) -> dict:
-        from saehealth.metrics.absorption import absorption_applicable, measure_absorption
+        from saehealth.absorption import AbsorptionSettings, absorption_applicable, measure_absorption
 
         keys = ABSORPTION_KEYS
         reason = "skipped with --skip absorption" if "absorption" in self.config.skip else absorption_applicable(hook)
@@ -437,13 +442,17 @@ class Evaluation:
                 model,
                 sae,
                 hook,
-                min_letters=self.config.absorption_min_letters,
                 seed=self.config.seed,
                 cache_dir=_cache_dir(),
                 device=self.config.device,
+                settings=AbsorptionSettings(
+                    schedule=self.config.absorption_probes, min_letters=self.config.absorption_min_letters
+                ),
             )
             for name, array in result.per_letter.items():
                 details[f"absorption_{name}"] = torch.as_tensor(array)
+            self.notes.extend(result.notes)
+            self.absorption_uncertainty = result.uncertainty
             if result.not_measured_reason is None:
                 return result.metrics
             reason = result.not_measured_reason

@@ -90,6 +90,8 @@ class EvalSettings:
     seed: int
     mask_special_tokens: bool
     n_sequences: int
+    # The absorption probe schedule (converged | saebench-0.6); results saved before it existed used neither.
+    absorption_probes: str | None = None
 
 
 @dataclass

@@ -78,7 +78,8 @@ def main() -> None:
     import torch
 
     import saehealth
-    from saehealth.metrics.absorption import LETTERS, measure_absorption
+    from saehealth.absorption import measure_absorption
+    from saehealth.absorption.words import LETTERS
 
     if args.threads:
         torch.set_num_threads(args.threads)
