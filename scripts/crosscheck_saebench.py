@@ -82,6 +82,9 @@ def saebench_python() -> Path:
     pin.write_text("torch==2.13.0\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(pin), "sae-bench==0.6.0"], check=True)
+    # The torchvision that resolves is built against another torch (its ops fail to register, and
+    # transformers then fails to import); the absorption eval never uses it.
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision"], check=True)
     (venv / ".complete").write_text("sae-bench==0.6.0 torch==2.13.0\n")
     return python
 
