@@ -1,9 +1,10 @@
 """The model-level half of absorption, cached on disk: it depends on the model, hook and seed, not the SAE.
 
-Two kinds of entry under the cache folder (`~/.cache/saehealth` or `$SAEHEALTH_CACHE`):
-- `absorption-words-*`: every SAEBench word's token id, letter and activation at the hook under two
-  independent prompts (one for the letter probes and k-sparse probes, one for the absorption step);
-- `absorption-probes-*`: the letter probes of each word split under one schedule, with their held-out F1.
+Two kinds of entry per word split under the cache folder (`~/.cache/saehealth` or `$SAEHEALTH_CACHE`):
+- `absorption-words-*`: the split's word indices and the hook's activations at every word (training
+  words prompted with training-word examples, test words with test-word examples) and at every test
+  word re-prompted for the absorption step;
+- `absorption-probes-*`: the split's 26 letter probes under one schedule, with their held-out F1.
 
 An entry is written to a temporary file and renamed, so parallel evaluations never see half an entry. An
 entry that cannot be read or does not hold what it should (truncated, garbage, missing or wrong-shaped
@@ -18,34 +19,39 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from saehealth.fingerprint import weights_fingerprint
 
 # Bump when anything stored in an entry changes meaning.
-CACHE_FORMAT = "absorption-v2"
+CACHE_FORMAT = "absorption-v3"
 
 
 @dataclass
-class WordData:
-    """Every SAEBench word of the model's tokenizer, prompted twice at one hook."""
+class SplitWords:
+    """One word split of the SAEBench words, prompted at one hook."""
 
-    word_ids: torch.Tensor  # (n,) int64 token ids
-    labels: torch.Tensor  # (n,) int64 first letter 0..25
-    probe_acts: torch.Tensor  # (n, d) float32: prompts for the letter and k-sparse probes
-    absorption_acts: torch.Tensor  # (n, d) float32: fresh prompts for the absorption step
+    train: torch.Tensor  # (n_train,) int64 indices into the word list
+    test: torch.Tensor  # (n_test,) int64
+    probe_acts: torch.Tensor  # (n_words, d) float32: the letter and k-sparse probes' prompts
+    absorption_acts: torch.Tensor  # (n_test, d) float32: fresh prompts of the test words for the absorption step
 
 
 @dataclass
 class LetterProbes:
-    """Per word split: letter probe weights (S, 26, d), biases (S, 26), held-out F1 (S, 26; NaN: no test word)."""
+    """One split's letter probes: weights (26, d), biases (26,), held-out F1 (26,; NaN: letter not probed)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
     f1: torch.Tensor  # float64 so an F1 of exactly 0.6 stays at, not above, the threshold
+
+
+Entry = TypeVar("Entry", SplitWords, LetterProbes)
 
 
 class CacheProblem(Exception):
@@ -59,47 +65,44 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def entry_stem(kind: str, model_key: str, hook_name: str, seed: int, extra: dict | None = None) -> str:
-    """File stem for an entry of `kind` ("words" or "probes")."""
+def entry_stem(kind: str, model_key: str, hook_name: str, seed: int, split: int, extra: dict | None = None) -> str:
+    """File stem for an entry of `kind` ("words" or "probes") of word split `split` of `seed`."""
     payload = json.dumps(
-        {"format": CACHE_FORMAT, "model": model_key, "hook_name": hook_name, "seed": seed, **(extra or {})},
+        {"format": CACHE_FORMAT, "model": model_key, "hook_name": hook_name, "seed": seed, "split": split}
+        | (extra or {}),
         sort_keys=True,
     )
     safe_hook = re.sub(r"[^A-Za-z0-9_.-]", "_", hook_name)
-    return f"absorption-{kind}-{safe_hook}-seed{seed}-{hashlib.sha256(payload.encode()).hexdigest()[:20]}"
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:20]
+    return f"absorption-{kind}-{safe_hook}-seed{seed}-split{split}-{digest}"
 
 
-def read_words(path: Path, d_model: int, vocab_size: int) -> WordData:
-    """A words entry, checked array by array; raises CacheProblem."""
+def read_words(path: Path, train: torch.Tensor, test: torch.Tensor, d_model: int) -> SplitWords:
+    """A words entry of the split (train, test), checked array by array; raises CacheProblem."""
     t = _load(path)
-    data = WordData(**{name: t.get(name) for name in ("word_ids", "labels", "probe_acts", "absorption_acts")})
+    data = SplitWords(**{name: t.get(name) for name in ("train", "test", "probe_acts", "absorption_acts")})
     for name, value in vars(data).items():
         if value is None:
             raise CacheProblem(f"it has no {name} array")
-    n = len(data.word_ids)
-    _expect(data.word_ids, (n,), torch.int64, "word_ids")
-    _expect(data.labels, (n,), torch.int64, "labels")
-    _expect(data.probe_acts, (n, d_model), torch.float32, "probe_acts")
-    _expect(data.absorption_acts, (n, d_model), torch.float32, "absorption_acts")
-    if n == 0 or int(data.labels.min()) < 0 or int(data.labels.max()) > 25:
-        raise CacheProblem("its letter labels are not 0..25")
-    if int(data.word_ids.min()) < 0 or int(data.word_ids.max()) >= vocab_size:
-        raise CacheProblem("its word ids are outside the tokenizer's vocabulary")
+    if not (torch.equal(data.train, train) and torch.equal(data.test, test)):
+        raise CacheProblem("its word split is not this split")
+    _expect(data.probe_acts, (len(train) + len(test), d_model), torch.float32, "probe_acts")
+    _expect(data.absorption_acts, (len(test), d_model), torch.float32, "absorption_acts")
     if not (torch.isfinite(data.probe_acts).all() and torch.isfinite(data.absorption_acts).all()):
         raise CacheProblem("its activations are not finite")
     return data
 
 
-def read_probes(path: Path, n_splits: int, d_model: int) -> LetterProbes:
+def read_probes(path: Path, d_model: int) -> LetterProbes:
     """A probes entry, checked; raises CacheProblem."""
     t = _load(path)
     probes = LetterProbes(**{name: t.get(name) for name in ("weight", "bias", "f1")})
     for name, value in vars(probes).items():
         if value is None:
             raise CacheProblem(f"it has no {name} array")
-    _expect(probes.weight, (n_splits, 26, d_model), torch.float32, "weight")
-    _expect(probes.bias, (n_splits, 26), torch.float32, "bias")
-    _expect(probes.f1, (n_splits, 26), torch.float64, "f1")
+    _expect(probes.weight, (26, d_model), torch.float32, "weight")
+    _expect(probes.bias, (26,), torch.float32, "bias")
+    _expect(probes.f1, (26,), torch.float64, "f1")
     if not (torch.isfinite(probes.weight).all() and torch.isfinite(probes.bias).all()):
         raise CacheProblem("its probe weights are not finite")
     return probes
@@ -133,3 +136,34 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 def _expect(tensor: torch.Tensor, shape: tuple, dtype: torch.dtype, name: str) -> None:
     if tuple(tensor.shape) != shape or tensor.dtype != dtype:
         raise CacheProblem(f"its {name} is {tuple(tensor.shape)} {tensor.dtype}, expected {shape} {dtype}")
+
+
+class Store:
+    """The cache folder for one (model, hook, seed); `folder` None: nothing is cached."""
+
+    def __init__(self, folder: Path | None, model, hook_name: str, seed: int, notes: list[str]):
+        self.folder, self.hook, self.seed, self.notes = folder, hook_name, seed, notes
+        self.key = model_fingerprint(model) if folder is not None else ""
+
+    def fetch(self, kind: str, split: int, extra: dict, read: Callable[[Path], Entry], build: Callable[[], Entry]):
+        """The entry read back, or built (and written) when it is missing or unusable; the notes say why."""
+        path = None
+        if self.folder is not None:
+            stem = entry_stem(kind, self.key, self.hook, self.seed, split, extra)
+            path = Path(self.folder) / f"{stem}.safetensors"
+        if path is not None and path.exists():
+            try:
+                return read(path)
+            except CacheProblem as exc:
+                self.notes.append(f"Absorption cache entry {path} was unusable ({exc}): rebuilt it.")
+        value = build()
+        if path is not None:
+            try:
+                tensors = {name: tensor.cpu() for name, tensor in vars(value).items()}
+                write_entry(path, tensors, {"hook_name": self.hook, "seed": str(self.seed), "split": str(split)})
+            except OSError as exc:
+                self.notes.append(
+                    f"Could not write the absorption cache in {self.folder} ({exc.strerror or exc}): ran without it."
+                )
+                self.folder = None  # one note, not one per entry
+        return value

@@ -1,10 +1,11 @@
 """`measure_absorption`: SAEBench 0.6's first-letter absorption of one SAE, averaged over word splits.
 
-Absorption depends on which words train the probes as much as on the SAE, so the metric is the mean
-over `n_splits` independent 80/20 splits of the vocabulary, and `uncertainty["absorption_fraction"]` is
-the standard error of that mean (standard deviation of the per-split values over sqrt(splits)). The
-model-level work (prompting, letter probes per split) is cached, so further SAEs at the hook pay only
-for the SAE-level half of each split.
+Absorption depends on which words train the probes and on the prompts' random examples as much as on
+the SAE, so each word split is a full, independent run of SAEBench's procedure (its own prompts, letter
+probes, k-sparse probes and absorption step), the metric is the mean over `n_splits` splits, and
+`uncertainty["absorption_fraction"]` is the standard error of that mean (standard deviation of the
+per-split values over sqrt(splits)). The model-level half of each split (prompting, letter probes) is
+cached, so further SAEs at the hook pay only for the SAE-level half.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ import numpy as np
 import torch
 
 from saehealth.absorption import cache, words
+from saehealth.absorption.cache import LetterProbes, SplitWords
 from saehealth.absorption.probes import DEFAULT_SCHEDULE, LETTER_PROBE, SCHEDULES, train_probes
-from saehealth.absorption.scoring import Thresholds, binary_f1, encode_words, find_main_latents, letter_absorption
+from saehealth.absorption.scoring import (
+    Thresholds,
+    binary_f1,
+    encode_words,
+    find_main_latents,
+    letter_absorption,
+    select_rows,
+)
 from saehealth.errors import IncompatibleSAEError
 
 METRIC_KEYS = ("absorption_fraction", "full_absorption_rate", "mean_num_split_features", "absorption_letters_scored")
@@ -38,18 +47,20 @@ PER_LETTER_FLOATS = (
 
 @dataclass(frozen=True)
 class AbsorptionSettings:
-    """How absorption is measured. `n_splits` = 5: see the README for the spread it was chosen from."""
+    """How absorption is measured. `n_splits`: see the README for the spread and cost it was chosen from."""
 
     schedule: str = DEFAULT_SCHEDULE
     n_splits: int = 5
     min_letters: int = 20  # min_feats_for_eval
     thresholds: Thresholds = field(default_factory=Thresholds)
-    prompt_batch_size: int = 64
+    prompt_batch_size: int = 16  # prompt prefixes per forward pass (x GROUP_SIZE prompts): 64 is 2x slower on CPU
     l1_max_steps: int = 60
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown probe schedule {self.schedule!r}: choose from {', '.join(SCHEDULES)}")
+        if self.n_splits < 1:
+            raise ValueError("absorption needs at least one word split")
 
 
 @dataclass
@@ -88,8 +99,8 @@ def measure_absorption(
 ) -> AbsorptionResult:
     """First-letter absorption of `sae` at `hook_name` of `model` (a HookedTransformer).
 
-    `splits` (indices into the word list of `words.saebench_vocab`) replaces the seeded splits, e.g. to
-    use SAEBench's own; such probes are not cached. `device` is where probes and projections run.
+    `splits` (train and test indices into `words.saebench_vocab`'s list) replaces the seeded splits,
+    e.g. to use SAEBench's own; such splits are not cached. `device` is where probes and projections run.
     """
     from saehealth.models import check_hook
 
@@ -106,56 +117,89 @@ def measure_absorption(
             f"The SAE reads {sae.cfg.d_in}-dimensional activations but {hook_name} has {model.cfg.d_model}: "
             "evaluate it on the model it was trained on."
         )
+    vocab = words.saebench_vocab(model.tokenizer)
+    word_ids = torch.tensor([i for i, _ in vocab], dtype=torch.int64)
+    labels = torch.tensor([words.letter_index(text) for _, text in vocab], dtype=torch.int64)
     notes: list[str] = []
-    store = _Store(cache_dir, model, hook_name, seed, notes)
-    data = store.words(lambda: gather_words(model, hook_name, seed=seed, batch_size=settings.prompt_batch_size))
+    store = cache.Store(None if splits is not None else cache_dir, model, hook_name, seed, notes)
     if splits is None:
-        splits = words.word_splits(len(data.word_ids), settings.n_splits, seed)
-        probes = store.probes(settings, lambda: train_letter_probes(data, splits, settings.schedule, seed=seed))
-    else:
-        probes = train_letter_probes(data, splits, settings.schedule, seed=seed)
-    result = compute_absorption(data, probes, splits, sae, settings=settings, device=device, seed=seed)
+        splits = words.word_splits(len(vocab), settings.n_splits, seed)
+    d = model.cfg.d_model
+    prompted, probes = [], []
+    for s, (train, test) in enumerate(splits):
+        train_t, test_t = torch.as_tensor(train, dtype=torch.int64), torch.as_tensor(test, dtype=torch.int64)
+        data = store.fetch(
+            "words",
+            s,
+            {"n_icl": words.N_ICL, "template": words.PROMPT_TEMPLATE, "group": words.GROUP_SIZE},
+            lambda path, tr=train_t, te=test_t: cache.read_words(path, tr, te, d),
+            lambda tr=train_t, te=test_t, s=s: prompt_split(
+                model,
+                hook_name,
+                word_ids,
+                tr,
+                te,
+                seed=words.split_seed(seed, s),
+                batch_size=settings.prompt_batch_size,
+            ),
+        )
+        fitted = store.fetch(
+            "probes",
+            s,
+            {"schedule": settings.schedule, "group": words.GROUP_SIZE},
+            lambda path: cache.read_probes(path, d),
+            lambda data=data, s=s: train_letter_probes(
+                data, labels, settings.schedule, seed=words.split_seed(seed, s), init=probes[-1] if probes else None
+            ),
+        )
+        prompted.append(data)
+        probes.append(fitted)
+    result = score_splits(labels, prompted, probes, sae, settings=settings, device=device, seed=seed)
     result.notes[:0] = notes
     result.seconds = time.perf_counter() - started
     return result
 
 
-def gather_words(model, hook_name: str, *, seed: int, batch_size: int = 64) -> cache.WordData:
-    """Prompt the model on every SAEBench word twice (probe prompts, absorption prompts) and read the hook."""
-    vocab = words.saebench_vocab(model.tokenizer)
-    ids = [i for i, _ in vocab]
-    labels = torch.tensor([words.letter_index(text) for _, text in vocab], dtype=torch.int64)
-    probe = words.word_activations(model, hook_name, ids, ids, seed=seed, batch_size=batch_size)
-    absorb = words.word_activations(model, hook_name, ids, ids, seed=seed + 1, batch_size=batch_size)
-    return cache.WordData(torch.tensor(ids, dtype=torch.int64), labels, probe, absorb)
+def prompt_split(
+    model, hook_name: str, word_ids: torch.Tensor, train: torch.Tensor, test: torch.Tensor, *, seed: int, batch_size=16
+) -> SplitWords:
+    """SAEBench's prompts for one split: training words with examples from the training words, test words
+    from the test words, and the test words again, with examples from every word, for the absorption step."""
+    ids = word_ids.tolist()
+    train_ids, test_ids = [ids[i] for i in train.tolist()], [ids[i] for i in test.tolist()]
+    acts = torch.zeros(len(ids), model.cfg.d_model)
+    for rows, chosen, part in ((train, train_ids, 0), (test, test_ids, 1)):
+        acts[rows] = words.word_activations(model, hook_name, chosen, chosen, seed=seed + part, batch_size=batch_size)
+    absorption = words.word_activations(model, hook_name, test_ids, ids, seed=seed + 2, batch_size=batch_size)
+    return SplitWords(train.clone(), test.clone(), acts, absorption)
 
 
 def train_letter_probes(
-    data: cache.WordData, splits: list[tuple[np.ndarray, np.ndarray]], schedule: str, *, seed: int
-) -> cache.LetterProbes:
-    """SAEBench's 26 one-vs-rest letter probes on each split's training words, and their held-out F1."""
+    data: SplitWords, labels: torch.Tensor, schedule: str, *, seed: int, init: LetterProbes | None = None
+) -> LetterProbes:
+    """SAEBench's 26 one-vs-rest letter probes on the split's training words, and their held-out F1.
+
+    `init` (another split's probes) starts the converged schedule closer to its optimum; the optimum
+    does not depend on it.
+    """
     d = data.probe_acts.shape[1]
-    weight = torch.zeros(len(splits), 26, d)
-    bias = torch.zeros(len(splits), 26)
-    f1 = torch.full((len(splits), 26), float("nan"), dtype=torch.float64)
-    for s, (train, test) in enumerate(splits):
-        train_t, test_t = torch.as_tensor(train), torch.as_tensor(test)
-        y = torch.nn.functional.one_hot(data.labels[train_t], 26).bool()
-        trainable = torch.nonzero(y.any(0) & ~y.all(0)).flatten()
-        probes = train_probes(data.probe_acts[train_t], y[:, trainable], LETTER_PROBE, schedule, seed=seed + s)
-        weight[s, trainable], bias[s, trainable] = probes.weight.cpu(), probes.bias.cpu()
-        test_y = torch.nn.functional.one_hot(data.labels[test_t], 26).bool()
-        predicted = (data.probe_acts[test_t] @ weight[s].T + bias[s]) > 0
-        scored = test_y.any(0)
-        scored[[i for i in range(26) if i not in set(trainable.tolist())]] = False
-        f1[s] = torch.where(scored, binary_f1(test_y, predicted), torch.full((26,), float("nan"), dtype=torch.float64))
-    return cache.LetterProbes(weight, bias, f1)
+    weight, bias = torch.zeros(26, d), torch.zeros(26)
+    y = torch.nn.functional.one_hot(labels[data.train], 26).bool()
+    trainable = torch.nonzero(y.any(0) & ~y.all(0)).flatten()
+    start = None if init is None else (init.weight[trainable], init.bias[trainable])
+    fitted = train_probes(data.probe_acts[data.train], y[:, trainable], LETTER_PROBE, schedule, seed=seed, init=start)
+    weight[trainable], bias[trainable] = fitted.weight.cpu(), fitted.bias.cpu()
+    test_y = torch.nn.functional.one_hot(labels[data.test], 26).bool()
+    predicted = (data.probe_acts[data.test] @ weight.T + bias) > 0
+    scored = test_y.any(0) & torch.isin(torch.arange(26), trainable)
+    f1 = torch.where(scored, binary_f1(test_y, predicted), torch.full((26,), float("nan"), dtype=torch.float64))
+    return LetterProbes(weight, bias, f1)
 
 
-def compute_absorption(
-    data: cache.WordData,
-    probes: cache.LetterProbes,
-    splits: list[tuple[np.ndarray, np.ndarray]],
+def score_splits(
+    labels: torch.Tensor,
+    prompted: list[SplitWords],
+    probes: list[LetterProbes],
     sae,
     *,
     settings: AbsorptionSettings | None = None,
@@ -164,53 +208,19 @@ def compute_absorption(
 ) -> AbsorptionResult:
     """The SAE-level half on every split, and their mean with its standard error."""
     settings = settings or AbsorptionSettings()
-    th = settings.thresholds
     device = torch.device(device)
-    latents, _ = encode_words(sae, data.probe_acts, device)
-    abs_latents, abs_inputs = encode_words(sae, data.absorption_acts, device)
-    decoder = sae.W_dec.detach().float().to(device)
-    labels = data.labels.to(device)
     per_split, notes, reason = [], [], None
     l1_fits = l1_unconverged = 0
-    for s, (train, test) in enumerate(splits):
-        f1 = probes.f1[s]
-        letters = [i for i in range(26) if f1[i] > th.min_probe_f1]
-        values = _split_arrays(f1)
-        if len(letters) < settings.min_letters:
-            reason = f"only {len(letters)} letters had probe F1 > {th.min_probe_f1} (minimum {settings.min_letters})"
-            per_split.append(values)
-            continue
-        train_t, test_t = torch.as_tensor(train, device=device), torch.as_tensor(test, device=device)
-        main = find_main_latents(
-            _rows(latents, train_t),
-            labels[train_t],
-            _rows(latents, test_t),
-            labels[test_t],
-            letters,
-            schedule=settings.schedule,
-            seed=seed + s,
-            thresholds=th,
-            l1_max_steps=settings.l1_max_steps,
+    warm = None  # the previous split's L1 probes (26, d_sae + 1): the next split starts from them
+    for s, (data, fitted) in enumerate(zip(prompted, probes, strict=True)):
+        values, warm, missing = _score_split(
+            labels, data, fitted, sae, settings=settings, device=device, seed=words.split_seed(seed, s), warm=warm
         )
-        l1_fits += len(letters)
-        l1_unconverged += int((~main.l1_converged).sum())
-        scores = data.probe_acts[test] @ probes.weight[s].T + probes.bias[s]  # (n_test, 26)
-        for j, letter in enumerate(letters):
-            main_ids = [int(i) for i in main.ids[j] if i >= 0]
-            values["num_split_features"][letter] = len(main_ids)
-            tp = torch.as_tensor(test)[(data.labels[test] == letter) & (scores[:, letter] > 0)].to(device)
-            values["num_probe_true_positives"][letter] = len(tp)
-            if len(tp) == 0:
-                continue
-            total, n_full = letter_absorption(
-                abs_inputs[tp], _rows(abs_latents, tp), probes.weight[s, letter], decoder, main_ids, th
-            )
-            values["absorption_fraction"][letter] = total / len(tp)
-            values["num_full_absorption"][letter] = n_full
-            values["full_absorption_rate"][letter] = n_full / len(tp)
-        values["main_latents"] = main.ids
-        values["letters"] = letters
         per_split.append(values)
+        reason = missing or reason
+        if "l1_converged" in values:
+            l1_fits += len(values["l1_converged"])
+            l1_unconverged += int((~values["l1_converged"]).sum())
     if l1_unconverged:
         notes.append(
             f"Absorption: {l1_unconverged} of {l1_fits} L1 probe fits stopped at the {settings.l1_max_steps}-step "
@@ -219,14 +229,54 @@ def compute_absorption(
     return _combine(per_split, settings, reason, notes)
 
 
-def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return x.to_sparse_coo().index_select(0, rows.to(x.device)).coalesce().to_sparse_csr()
-
-
-def _split_arrays(f1: torch.Tensor) -> dict:
+def _score_split(labels, data: SplitWords, fitted: LetterProbes, sae, *, settings, device, seed, warm):
+    """One split's per-letter arrays, the L1 probes to start the next split from, and why it was not scored."""
+    th = settings.thresholds
+    letters = [i for i in range(26) if fitted.f1[i] > th.min_probe_f1]
     values = {name: np.full(26, np.nan) for name in PER_LETTER_FLOATS}
-    values["probe_f1"] = f1.numpy().astype(np.float64)
-    return values
+    values["probe_f1"] = fitted.f1.numpy().astype(np.float64)
+    if len(letters) < settings.min_letters:
+        reason = f"only {len(letters)} letters had probe F1 > {th.min_probe_f1} (minimum {settings.min_letters})"
+        return values, warm, reason
+    latents, _ = encode_words(sae, data.probe_acts, device)
+    abs_latents, abs_inputs = encode_words(sae, data.absorption_acts, device)
+    if abs_latents.shape[0] * abs_latents.shape[1] <= 2**22:  # small enough to hold dense: cheaper row reads
+        abs_latents = abs_latents.to_dense()
+    decoder = sae.W_dec.detach().float().to(device)
+    labels_d = labels.to(device)
+    train, test = data.train.to(device), data.test.to(device)
+    main = find_main_latents(
+        select_rows(latents, train),
+        labels_d[train],
+        select_rows(latents, test),
+        labels_d[test],
+        letters,
+        schedule=settings.schedule,
+        seed=seed,
+        thresholds=th,
+        l1_max_steps=settings.l1_max_steps,
+        warm=warm,
+    )
+    test_labels = labels[data.test]
+    scores = data.probe_acts[data.test] @ fitted.weight.T + fitted.bias  # (n_test, 26)
+    for j, letter in enumerate(letters):
+        main_ids = [int(i) for i in main.ids[j] if i >= 0]
+        values["num_split_features"][letter] = len(main_ids)
+        # SAEBench's potential false negatives: held-out words of the letter that its probe detects.
+        tp = torch.nonzero((test_labels == letter) & (scores[:, letter] > 0)).flatten().to(device)
+        values["num_probe_true_positives"][letter] = len(tp)
+        if len(tp) == 0:
+            continue
+        total, n_full = letter_absorption(
+            abs_inputs[tp], select_rows(abs_latents, tp), fitted.weight[letter], decoder, main_ids, th
+        )
+        values["absorption_fraction"][letter] = total / len(tp)
+        values["num_full_absorption"][letter] = n_full
+        values["full_absorption_rate"][letter] = n_full / len(tp)
+    values["main_latents"] = main.ids
+    values["letters"] = letters
+    values["l1_converged"] = main.l1_converged
+    return values, main.l1_warm, None
 
 
 def _combine(per_split: list[dict], settings: AbsorptionSettings, reason: str | None, notes: list[str]):
@@ -269,44 +319,3 @@ def _empty_per_letter(settings: AbsorptionSettings) -> dict[str, np.ndarray]:
     arrays = {name: np.full(26, np.nan) for name in PER_LETTER_FLOATS}
     arrays["main_latents"] = np.full((26, settings.thresholds.max_k), -1, dtype=np.int64)
     return arrays
-
-
-class _Store:
-    """The cache folder for one (model, hook, seed), or nothing when there is none or it cannot be used."""
-
-    def __init__(self, folder: Path | None, model, hook_name: str, seed: int, notes: list[str]):
-        self.folder, self.model, self.hook, self.seed, self.notes = folder, model, hook_name, seed, notes
-        self.key = cache.model_fingerprint(model) if folder is not None else ""
-
-    def words(self, build) -> cache.WordData:
-        d, vocab = self.model.cfg.d_model, len(self.model.tokenizer)
-        path = self._path("words", {"n_icl": words.N_ICL, "template": words.PROMPT_TEMPLATE})
-        return self._get(path, lambda p: cache.read_words(p, d, vocab), build, lambda data: vars(data))
-
-    def probes(self, settings: AbsorptionSettings, build) -> cache.LetterProbes:
-        extra = {"schedule": settings.schedule, "n_splits": settings.n_splits, "n_icl": words.N_ICL}
-        path = self._path("probes", extra)
-        d = self.model.cfg.d_model
-        return self._get(path, lambda p: cache.read_probes(p, settings.n_splits, d), build, lambda pr: vars(pr))
-
-    def _path(self, kind: str, extra: dict) -> Path | None:
-        if self.folder is None:
-            return None
-        return Path(self.folder) / f"{cache.entry_stem(kind, self.key, self.hook, self.seed, extra)}.safetensors"
-
-    def _get(self, path: Path | None, read, build, tensors):
-        if path is not None and path.exists():
-            try:
-                return read(path)
-            except cache.CacheProblem as exc:
-                self.notes.append(f"Absorption cache entry {path} was unusable ({exc}): rebuilt it.")
-        value = build()
-        if path is not None:
-            try:
-                write = {k: v.cpu() for k, v in tensors(value).items()}
-                cache.write_entry(path, write, {"hook_name": self.hook, "seed": str(self.seed)})
-            except OSError as exc:
-                self.notes.append(
-                    f"Could not write the absorption cache in {self.folder} ({exc.strerror or exc}): ran without it."
-                )
-        return value

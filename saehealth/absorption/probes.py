@@ -15,9 +15,10 @@ which is what both schedules minimise: the letter probe with weight_decay 1e-4 a
 (k-sparse selection) probe with l1 0.01 and weight_decay 1e-6 (`k_sparse_probing.py`).
 
 Two schedules of one trainer:
-- `converged` (default): full-batch proximal gradient (FISTA with restarts) in float64, in
-  coordinates scaled by each input's root mean square, until the objective stops improving or a cap on
-  steps is reached; the probe is then a function of the data, not of the step budget.
+- `converged` (default): full batch, float64, until the optimality conditions hold or a cap on steps is
+  reached, so a probe is a function of the data and not of the step budget: L-BFGS for the smooth
+  letter probe; for the L1 probe, proximal Newton steps on a working set of latents (as glmnet does).
+  A start (`init`, e.g. another word split's solution) only saves steps.
 - `saebench-0.6`: SAEBench's own schedule, for comparability with published numbers: nn.Linear's
   initialisation, Adam from lr 1e-2 decayed exponentially to 1e-5 over 50 epochs, shuffled mini-batches
   of 64 words (letter probe) or 4,096 (L1 probe).
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 SCHEDULES = ("converged", "saebench-0.6")
+DENSE_ABOVE = 0.25  # fraction of non-zero inputs above which the converged schedule works on dense inputs
 DEFAULT_SCHEDULE = "converged"
 N_LETTER_PROBES = 26  # SAEBench averages its probe loss over all 26 letters
 
@@ -88,10 +90,12 @@ def train_probes(
     seed: int = 42,
     max_steps: int = 2000,
     tol: float = 1e-7,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainedProbes:
     """One-vs-rest probes: x (n, d) dense or sparse COO/CSR, labels (n, P) bool; one probe per column.
 
-    Every column needs at least one positive and one negative word.
+    Every column needs at least one positive and one negative word. `init` (weights (P, d), biases
+    (P,)) is where the converged schedule starts; saebench-0.6 starts from nn.Linear's initialisation.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown probe schedule {schedule!r}: choose from {', '.join(SCHEDULES)}")
@@ -101,7 +105,7 @@ def train_probes(
         raise ValueError("every probe needs positive and negative words")
     pos_weight = (len(y) - positives) / positives
     if schedule == "converged":
-        return _train_converged(x, y, pos_weight, objective, max_steps=max_steps, tol=tol)
+        return _train_converged(x, y, pos_weight, objective, max_steps=max_steps, tol=tol, init=init)
     return _train_saebench(x, y, pos_weight, objective, seed=seed)
 
 
@@ -131,17 +135,24 @@ def _transpose(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- converged
 
 
-def _train_converged(x, y, pos_weight, objective: ProbeObjective, *, max_steps: int, tol: float) -> TrainedProbes:
+def _train_converged(x, y, pos_weight, objective: ProbeObjective, *, max_steps: int, tol: float, init):
     """Full batch, float64: L-BFGS for the smooth letter probe, working-set Newton for the L1 probe."""
     x = x.to(torch.float64)
     if x.is_sparse:
         x = x.coalesce()
     x = x.to_sparse_csr() if x.is_sparse else x
+    if x.layout == torch.sparse_csr and x.values().numel() > DENSE_ABOVE * x.shape[0] * x.shape[1]:
+        x = x.to_dense()  # latents that mostly fire: dense products are several times faster
     xt = _transpose(x)
     sample_weight = torch.where(y > 0, pos_weight, torch.ones_like(y))  # d BCE_pw / dz = a * (sigmoid - y)
+    n_probes, d = y.shape[1], x.shape[1]
+    w = torch.zeros(n_probes, d, dtype=torch.float64, device=x.device)
+    b = torch.zeros(n_probes, dtype=torch.float64, device=x.device)
+    if init is not None:
+        w, b = init[0].to(w), init[1].to(b)
     if objective.l1:
-        return _l1_newton(x, xt, y, sample_weight, objective, max_steps=max_steps, tol=tol)
-    return _smooth_lbfgs(x, xt, y, sample_weight, objective, max_steps=max_steps, tol=tol)
+        return _l1_newton(x, xt, y, sample_weight, objective, w, b, max_steps=max_steps, tol=tol)
+    return _smooth_lbfgs(x, xt, y, sample_weight, objective, w, b, max_steps=max_steps, tol=tol)
 
 
 def _per_probe_objective(z, y, a, w, b, objective: ProbeObjective) -> torch.Tensor:
@@ -151,11 +162,10 @@ def _per_probe_objective(z, y, a, w, b, objective: ProbeObjective) -> torch.Tens
     return loss.mean(0) + objective.l1 * w.abs().sum(1) + rho / 2 * (w.pow(2).sum(1) + b.pow(2))
 
 
-def _smooth_lbfgs(x, xt, y, a, objective: ProbeObjective, *, max_steps: int, tol: float) -> TrainedProbes:
+def _smooth_lbfgs(x, xt, y, a, objective: ProbeObjective, w0, b0, *, max_steps: int, tol: float) -> TrainedProbes:
     n, d = x.shape
-    n_probes = y.shape[1]
     rho = objective.n_probes * objective.weight_decay
-    theta = torch.zeros(n_probes, d + 1, dtype=torch.float64, device=x.device, requires_grad=True)
+    theta = torch.cat([w0, b0[:, None]], dim=1).requires_grad_()
     optimizer = torch.optim.LBFGS(
         [theta],
         lr=1,
@@ -185,7 +195,7 @@ def _smooth_lbfgs(x, xt, y, a, objective: ProbeObjective, *, max_steps: int, tol
     return TrainedProbes(w.float(), b.float(), int(steps), converged.cpu(), grad.float())
 
 
-def _l1_newton(x, xt, y, a, objective: ProbeObjective, *, max_steps: int, tol: float) -> TrainedProbes:
+def _l1_newton(x, xt, y, a, objective: ProbeObjective, w, b, *, max_steps: int, tol: float) -> TrainedProbes:
     """Proximal Newton steps on a working set of latents, for every letter at once (as glmnet does).
 
     The solution is sparse (a few dozen latents per letter), so each step builds the quadratic model of
@@ -199,9 +209,8 @@ def _l1_newton(x, xt, y, a, objective: ProbeObjective, *, max_steps: int, tol: f
     rho = objective.n_probes * objective.weight_decay
     lam = objective.l1
     device = x.device
-    w = torch.zeros(n_probes, d, dtype=torch.float64, device=device)
-    b = torch.zeros(n_probes, dtype=torch.float64, device=device)
     rows = torch.arange(n_probes, device=device)[:, None]
+    columns = _ColumnReader(xt)
     converged = torch.zeros(n_probes, dtype=torch.bool, device=device)
     z = _matmul(x, w.T) + b
     value = _per_probe_objective(z, y, a, w, b, objective)
@@ -221,16 +230,12 @@ def _l1_newton(x, xt, y, a, objective: ProbeObjective, *, max_steps: int, tol: f
         score = torch.where(w != 0, torch.full_like(w, math.inf), pseudo.abs())
         size = int(min(d, int((w != 0).sum(1).max()) + WORKING_SET_GROWTH, MAX_WORKING_SET))
         top = score.topk(size, dim=1)
-        ids, in_set = top.indices, top.values > 0  # (P, m)
-        cols = _gather_columns(x, ids) * in_set[:, None, :]  # (P, n, m)
-        xb = torch.cat([cols, torch.ones(n_probes, n, 1, dtype=cols.dtype, device=device)], dim=2)
-        curvature = a * sig * (1 - sig) / n  # (n, P)
-        hess = torch.einsum("pnk,np,pnj->pkj", xb, curvature, xb)
+        ids = top.indices  # (P, m); latents past the violators only widen the (still exact) subproblem
+        hess = _working_set_hessian(columns, ids, (a * sig * (1 - sig) / n).T)
         hess = hess + rho * torch.eye(size + 1, dtype=hess.dtype, device=device)
         v0 = torch.cat([torch.gather(w, 1, ids), b[:, None]], dim=1)
         g = torch.cat([torch.gather(grad, 1, ids), grad_b[:, None]], dim=1)
-        mask = torch.cat([in_set, torch.ones(n_probes, 1, dtype=torch.bool, device=device)], dim=1)
-        v = _lasso_coordinate_descent(hess, g, v0, mask, lam)
+        v = _lasso_coordinate_descent(hess, g, v0, lam)
         delta = v - v0
         decrease = (g * delta).sum(1) + lam * (v[:, :-1].abs().sum(1) - v0[:, :-1].abs().sum(1))
         # Backtracking (Armijo) per letter along the proximal Newton direction.
@@ -240,7 +245,7 @@ def _l1_newton(x, xt, y, a, objective: ProbeObjective, *, max_steps: int, tol: f
         for _ in range(30):
             trial = v0 + step[:, None] * delta
             trial_w = w.clone()
-            trial_w[rows, ids] = torch.where(in_set, trial[:, :-1], trial_w[rows, ids])
+            trial_w[rows, ids] = trial[:, :-1]
             trial_b = trial[:, -1]
             trial_z = _matmul(x, trial_w.T) + trial_b
             trial_value = _per_probe_objective(trial_z, y, a, trial_w, trial_b, objective)
@@ -261,33 +266,34 @@ def _l1_newton(x, xt, y, a, objective: ProbeObjective, *, max_steps: int, tol: f
     return TrainedProbes(w.float(), b.float(), steps, converged.cpu(), grad.float())
 
 
-def _lasso_coordinate_descent(hess, g, v0, mask, lam: float, sweeps: int = 30, tol: float = 1e-9) -> torch.Tensor:
-    """argmin_v g.(v - v0) + (v - v0).H.(v - v0)/2 + lam * ||v[:-1]||_1 over the masked coordinates.
+def _lasso_coordinate_descent(hess, g, v0, lam: float, sweeps: int = 30, tol: float = 1e-9) -> torch.Tensor:
+    """argmin_v g.(v - v0) + (v - v0).H.(v - v0)/2 + lam * ||v[:-1]||_1.
 
     Batched over probes; the last coordinate (the bias) carries no L1 term. The problems are tiny
     (a few dozen coordinates), so the sequential sweeps run in numpy, whose per-call cost is a tenth of
     torch's, wherever the tensors live.
     """
     h = hess.detach().cpu().numpy()
-    v = v0.detach().cpu().numpy().copy()
-    residual = g.detach().cpu().numpy().copy()  # g + H (v - v0)
-    allowed = mask.detach().cpu().numpy()
-    diagonal = np.maximum(np.diagonal(h, axis1=1, axis2=2), 1e-300)
-    n_coords = v.shape[1]
+    columns = np.ascontiguousarray(h.transpose(2, 0, 1))  # columns[j] = H[:, :, j], (P, m)
+    v = np.ascontiguousarray(v0.detach().cpu().numpy().T)  # (m, P): coordinate j of every probe is v[j]
+    residual = g.detach().cpu().numpy().copy()  # (P, m): g + H (v - v0)
+    diagonal = np.ascontiguousarray(np.maximum(np.diagonal(h, axis1=1, axis2=2), 1e-300).T)
+    scale = np.sqrt(diagonal)
+    threshold = lam / diagonal
+    n_coords = v.shape[0]
     for _ in range(sweeps):
-        biggest = 0.0
+        biggest = np.zeros(v.shape[1])
         for j in range(n_coords):
-            current = v[:, j]
-            target = current - residual[:, j] / diagonal[:, j]
+            target = v[j] - residual[:, j] / diagonal[j]
             if j < n_coords - 1:
-                target = np.sign(target) * np.maximum(np.abs(target) - lam / diagonal[:, j], 0.0)
-            change = np.where(allowed[:, j], target - current, 0.0)
-            v[:, j] = current + change
-            residual += h[:, :, j] * change[:, None]
-            biggest = max(biggest, float(np.max(np.abs(change) * np.sqrt(diagonal[:, j]))))
-        if biggest <= tol:
+                target = np.sign(target) * np.maximum(np.abs(target) - threshold[j], 0.0)
+            change = target - v[j]
+            v[j] += change
+            residual += columns[j] * change[:, None]
+            np.maximum(biggest, np.abs(change) * scale[j], out=biggest)
+        if biggest.max() <= tol:
             break
-    return torch.from_numpy(v).to(v0.device)
+    return torch.from_numpy(np.ascontiguousarray(v.T)).to(v0.device)
 
 
 WORKING_SET_GROWTH = 16
@@ -300,14 +306,40 @@ def _pseudo_gradient(grad: torch.Tensor, w: torch.Tensor, lam: float) -> torch.T
     return torch.where(w != 0, grad + lam * torch.sign(w), at_zero)
 
 
-def _gather_columns(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """x[:, ids[p]] for each probe p, dense (P, n, m), from a dense or CSR x."""
-    unique, inverse = torch.unique(ids, return_inverse=True)
-    if x.layout == torch.sparse_csr:
-        dense = x.to_sparse_coo().index_select(1, unique).to_dense()
-    else:
-        dense = x[:, unique]
-    return dense[:, inverse].permute(1, 0, 2)
+class _ColumnReader:
+    """Latent columns of x for each probe's working set, from x's transpose (d, n), in float32.
+
+    Held dense when that is small (a dense gather is three times faster than a sparse one), else sparse.
+    """
+
+    DENSE_LIMIT = 2**23  # elements: 32 MB of float32
+
+    def __init__(self, xt: torch.Tensor):
+        if xt.layout == torch.sparse_csr or xt.is_sparse:
+            small = xt.shape[0] * xt.shape[1] <= self.DENSE_LIMIT
+            self.xt = xt.to_dense().float() if small else xt.to_sparse_coo().coalesce().float()
+        else:
+            self.xt = xt.float().contiguous()
+
+    def gather(self, ids: torch.Tensor) -> torch.Tensor:
+        """(P, m, n): row j of probe p is latent ids[p, j]'s column."""
+        if not self.xt.is_sparse:
+            return self.xt[ids]
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        return self.xt.index_select(0, unique).to_dense()[inverse]
+
+
+def _working_set_hessian(columns: _ColumnReader, ids: torch.Tensor, curvature: torch.Tensor) -> torch.Tensor:
+    """(P, m + 1, m + 1): X' diag(curvature) X on each probe's working set plus the bias (last)."""
+    # float32 halves the cost; the Hessian only shapes the step, which the float64 line search then checks.
+    x = columns.gather(ids)  # (P, m, n) float32
+    weighted = x * curvature[:, None, :].float()
+    n_probes, size = ids.shape
+    hess = torch.empty(n_probes, size + 1, size + 1, dtype=torch.float64, device=x.device)
+    hess[:, :size, :size] = torch.bmm(weighted, x.transpose(1, 2))
+    hess[:, :size, size] = hess[:, size, :size] = weighted.sum(2)
+    hess[:, size, size] = curvature.sum(1)
+    return hess
 
 
 # ---------------------------------------------------------------- saebench-0.6
@@ -391,13 +423,12 @@ def fit_balanced_logistic(
         # Backtracking per problem: halve the step until the objective does not increase.
         step = torch.ones(n_probes, dtype=x.dtype, device=x.device)
         for _ in range(30):
-            trial = objective(theta - step[:, None] * direction)
+            trial_theta = theta - step[:, None] * direction
+            trial = objective(trial_theta)
             worse = trial > value
             if not bool(worse.any()):
                 break
             step = torch.where(worse, step / 2, step)
-        trial_theta = theta - step[:, None] * direction
-        trial = objective(trial_theta)
         better = trial <= value
         theta = torch.where(better[:, None], trial_theta, theta)
         value = torch.where(better, trial, value)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
 import saehealth
-from saehealth.absorption import AbsorptionSettings, absorption_applicable, measure_absorption
+from saehealth.absorption import AbsorptionSettings, absorption_applicable, measure_absorption, words
 from saehealth.data import sequence_batches
 from saehealth.errors import IncompatibleSAEError
 
@@ -93,16 +95,38 @@ def test_absorption_on_the_builtin_model(model, cache_dir):
     assert (cold.per_letter["main_latents"][:, 0] >= 0).sum() >= 20
     assert cold.per_letter["main_latents"].max() < sae.cfg.d_sae
 
-    # The model-level work (words, letter probes) is cached once per (model, hook, seed) and reused.
-    assert len(list(cache_dir.iterdir())) == 2
+    # The model-level work (prompts, letter probes) is cached per (model, hook, seed, split) and reused.
+    assert len(list(cache_dir.iterdir())) == 2 * SETTINGS.n_splits
     warm = measure_absorption(model, sae, HOOK, cache_dir=cache_dir, settings=SETTINGS)
     assert warm.metrics == cold.metrics
     assert warm.seconds < cold.seconds
 
 
+def test_shared_prefixes_give_the_activations_of_whole_prompts(model):
+    """A group's words continue one prompt prefix from its cached keys and values; each must read what
+    running its whole prompt reads, and no word may be among its own examples."""
+    vocab = [i for i, _ in words.saebench_vocab(model.tokenizer)]
+    chosen = vocab[:40]
+    acts = words.word_activations(model, HOOK, chosen, vocab, seed=5, group_size=8, batch_size=2)
+
+    builder = words.PromptBuilder(model.tokenizer)
+    n_icl = words.icl_examples_that_fit(builder, model.cfg.n_ctx)
+    rng = random.Random(5)  # replays word_activations' draws
+    order = list(range(len(chosen)))
+    rng.shuffle(order)
+    for start in range(0, len(order), 8):
+        group = order[start : start + 8]
+        examples = words._draw_examples(rng, vocab, n_icl, {chosen[i] for i in group})
+        assert len(examples) == n_icl and not {chosen[i] for i in group} & set(examples)
+        prompts = torch.tensor([[*builder.prefix(examples), chosen[i]] for i in group])
+        with torch.no_grad():
+            _, run = model.run_with_cache(prompts, names_filter=HOOK, stop_at_layer=1)
+        torch.testing.assert_close(acts[group], run[HOOK][:, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_an_all_firing_sae_with_huge_activations_finishes(model, cache_dir):
     """Every latent fires near 100 on every word (an identity encoder and its negative, shifted by 100):
-    the probes' step caps bound the time (liblinear took over 7 minutes here)."""
+    the L1 probe's step cap bounds the time (liblinear took over 7 minutes here), and the note says so."""
     d = model.cfg.d_model
     sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=2 * d, apply_b_dec_to_input=False))
     eye = torch.eye(d)
@@ -118,6 +142,7 @@ def test_an_all_firing_sae_with_huge_activations_finishes(model, cache_dir):
     assert result.metrics["absorption_letters_scored"] >= 20
     assert result.metrics["absorption_fraction"] is not None
     assert 0.0 <= result.metrics["absorption_fraction"] <= 1.0
+    assert any("60-step cap" in note for note in result.notes)
 
 
 def test_absorption_not_measured_below_the_letter_minimum(model, cache_dir):

@@ -9,13 +9,8 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from saehealth.absorption import cache
-from saehealth.absorption.measure import (
-    AbsorptionSettings,
-    _Store,
-    absorption_applicable,
-    compute_absorption,
-    train_letter_probes,
-)
+from saehealth.absorption.cache import SplitWords
+from saehealth.absorption.measure import AbsorptionSettings, absorption_applicable, score_splits, train_letter_probes
 from saehealth.absorption.scoring import token_absorption
 
 D_IN = 64
@@ -85,18 +80,14 @@ def _planted_sae(with_absorbers: bool) -> StandardSAE:
     return sae
 
 
-def _word_data(acts, labels) -> cache.WordData:
-    ids = torch.arange(len(labels))
-    return cache.WordData(ids, torch.as_tensor(labels), torch.as_tensor(acts), torch.as_tensor(acts).clone())
-
-
 def _score(acts, labels, train, test, sae, min_letters: int = 20, schedule: str = "converged"):
     """Absorption on one given word split; the absorption step reads the same activations as the probes."""
-    data = _word_data(acts, labels)
-    splits = [(train, test)]
-    probes = train_letter_probes(data, splits, schedule, seed=0)
+    train, test = torch.as_tensor(train), torch.as_tensor(test)
+    data = SplitWords(train, test, torch.as_tensor(acts), torch.as_tensor(acts)[test])
+    labels = torch.as_tensor(labels)
+    probes = train_letter_probes(data, labels, schedule, seed=0)
     settings = AbsorptionSettings(schedule=schedule, n_splits=1, min_letters=min_letters)
-    return data, probes, compute_absorption(data, probes, splits, sae, settings=settings)
+    return data, probes, score_splits(labels, [data], [probes], sae, settings=settings)
 
 
 @pytest.fixture(scope="module")
@@ -105,21 +96,22 @@ def absorbed():
     acts, labels, absorber, train, test = _planted_words(0.25)
     sae = _planted_sae(with_absorbers=True)
     data, probes, result = _score(acts, labels, train, test, sae)
-    return data, probes, test, absorber, sae, result
+    return data, probes, torch.as_tensor(labels), absorber, sae, result
 
 
-def _true_positives(data, probes, test, letter):
-    scores = data.probe_acts[test] @ probes.weight[0].T + probes.bias[0]
-    return torch.as_tensor(test)[(data.labels[test] == letter) & (scores[:, letter] > 0)]
+def _true_positives(data, probes, labels, letter):
+    """Positions in the test words (and rows of absorption_acts) of the letter's probe true positives."""
+    scores = data.probe_acts[data.test] @ probes.weight.T + probes.bias
+    return torch.nonzero((labels[data.test] == letter) & (scores[:, letter] > 0)).flatten()
 
 
 def test_planted_absorption_fraction_is_recovered(absorbed):
-    data, probes, test, _, _, result = absorbed
+    data, probes, labels, _, _, result = absorbed
 
     assert result.not_measured_reason is None
     assert result.metrics["absorption_letters_scored"] == 26
-    tp_rows = _true_positives(data, probes, test, A)
-    assert len(tp_rows) == int((data.labels[test] == A).sum())  # the probe finds every held-out A-word
+    tp_rows = _true_positives(data, probes, labels, A)
+    assert len(tp_rows) == int((labels[data.test] == A).sum())  # the probe finds every held-out A-word
     assert result.per_letter["absorption_fraction"][A] == pytest.approx(0.25, abs=0.05)
     # Only A has absorbers, so the other letters score ~0 and the mean is A's share over 26 letters.
     others = np.delete(result.per_letter["absorption_fraction"], A)
@@ -131,13 +123,13 @@ def test_planted_absorption_fraction_is_recovered(absorbed):
 
 
 def test_full_absorption_counts_exactly_the_words_where_the_main_latent_is_silent(absorbed):
-    data, probes, test, absorber, sae, result = absorbed
+    data, probes, labels, absorber, sae, result = absorbed
 
-    tp_rows = _true_positives(data, probes, test, A)
+    tp_rows = _true_positives(data, probes, labels, A)
     with torch.no_grad():
         main_act = sae.encode(data.absorption_acts[tp_rows])[:, A]
     silent = int((main_act == 0).sum())
-    assert silent == int((absorber[tp_rows.numpy()] >= 0).sum()) > 0
+    assert silent == int((absorber[data.test[tp_rows].numpy()] >= 0).sum()) > 0
     assert result.per_letter["num_full_absorption"][A] == silent
     assert result.per_letter["full_absorption_rate"][A] == pytest.approx(silent / len(tp_rows))
     assert np.nansum(np.delete(result.per_letter["num_full_absorption"], A)) == 0
@@ -215,11 +207,12 @@ def _tiny_model():
     return HookedTransformer(cfg, tokenizer=load_builtin_tokenizer())
 
 
-def _tiny_words(n: int = 40) -> cache.WordData:
+TRAIN, TEST = torch.arange(32), torch.arange(32, 40)
+
+
+def _tiny_words() -> SplitWords:
     gen = torch.Generator().manual_seed(0)
-    return cache.WordData(
-        torch.arange(n), torch.arange(n) % 26, torch.randn(n, 16, generator=gen), torch.randn(n, 16, generator=gen)
-    )
+    return SplitWords(TRAIN, TEST, torch.randn(40, 16, generator=gen), torch.randn(8, 16, generator=gen))
 
 
 @pytest.fixture(scope="module")
@@ -229,13 +222,13 @@ def tiny_model():
 
 def _words_entry(store_folder, model, build_count):
     notes: list[str] = []
-    store = _Store(store_folder, model, "blocks.0.hook_resid_post", 42, notes)
+    store = cache.Store(store_folder, model, "blocks.0.hook_resid_post", 42, notes)
 
     def build():
         build_count.append(1)
         return _tiny_words()
 
-    return store.words(build), notes
+    return store.fetch("words", 0, {}, lambda path: cache.read_words(path, TRAIN, TEST, 16), build), notes
 
 
 @pytest.mark.parametrize(
@@ -271,7 +264,7 @@ def test_a_cache_folder_that_is_a_file_runs_without_caching(tmp_path, tiny_model
     folder.write_text("not a folder")
     built: list[int] = []
     data, notes = _words_entry(folder, tiny_model, built)
-    assert len(built) == 1 and len(data.word_ids) == 40
+    assert len(built) == 1 and len(data.probe_acts) == 40
     assert len(notes) == 1 and "Could not write the absorption cache" in notes[0] and "ran without it" in notes[0]
 
 
@@ -288,14 +281,15 @@ def _rewrite(path, drop=None, reshape=None, nan=None):
     save_file(tensors, str(path))
 
 
-def test_cache_entry_names_change_with_the_model_weights_hook_and_seed(tiny_model):
+def test_cache_entry_names_change_with_the_model_weights_hook_seed_and_split(tiny_model):
     key = cache.model_fingerprint(tiny_model)
-    stem = cache.entry_stem("words", key, "blocks.0.hook_resid_post", 42)
-    assert cache.entry_stem("words", key, "blocks.0.hook_resid_post", 42) == stem
-    assert cache.entry_stem("words", key, "blocks.0.hook_resid_pre", 42) != stem
-    assert cache.entry_stem("words", key, "blocks.0.hook_resid_post", 7) != stem
-    assert cache.entry_stem("probes", key, "blocks.0.hook_resid_post", 42, {"schedule": "converged"}) != (
-        cache.entry_stem("probes", key, "blocks.0.hook_resid_post", 42, {"schedule": "saebench-0.6"})
+    stem = cache.entry_stem("words", key, "blocks.0.hook_resid_post", 42, 0)
+    assert cache.entry_stem("words", key, "blocks.0.hook_resid_post", 42, 0) == stem
+    assert cache.entry_stem("words", key, "blocks.0.hook_resid_pre", 42, 0) != stem
+    assert cache.entry_stem("words", key, "blocks.0.hook_resid_post", 7, 0) != stem
+    assert cache.entry_stem("words", key, "blocks.0.hook_resid_post", 42, 1) != stem
+    assert cache.entry_stem("probes", key, "blocks.0.hook_resid_post", 42, 0, {"schedule": "converged"}) != (
+        cache.entry_stem("probes", key, "blocks.0.hook_resid_post", 42, 0, {"schedule": "saebench-0.6"})
     )
     with torch.no_grad():
         tiny_model.blocks[0].mlp.W_out[3, 5] += 1e-3  # one weight of one layer
