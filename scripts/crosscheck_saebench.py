@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+TORCH = "2.13.0"  # the local CPU wheel; pinned so that nothing pulls a CUDA build
 CHILD = r"""
 import json, os, random, shutil, sys, time
 import torch
@@ -76,16 +78,22 @@ def saebench_python() -> Path:
     python = venv / "bin" / "python"
     if (venv / ".complete").is_file():
         return python
+    if venv.exists():
+        shutil.rmtree(venv)  # a half-built one from an interrupted run
     print(f"Building the SAEBench virtualenv in {venv} (once; several minutes) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pin = venv / "torch-pin.txt"
-    pin.write_text("torch==2.13.0\n")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+    pin.write_text(f"torch=={TORCH}\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={TORCH}"], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(pin), "sae-bench==0.6.0"], check=True)
-    # The torchvision that resolves is built against another torch (its ops fail to register, and
-    # transformers then fails to import); the absorption eval never uses it.
+    # The torchvision that resolves is built against another torch build (its C++ ops fail to register
+    # and transformers then fails to import); the absorption eval never uses it, so it goes.
     subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision"], check=True)
-    (venv / ".complete").write_text("sae-bench==0.6.0 torch==2.13.0\n")
+    check = "import sae_bench.evals.absorption.main, transformers; transformers.BertForPreTraining; print('ok')"
+    probe = subprocess.run([str(python), "-c", check], capture_output=True, text=True)
+    if probe.stdout.strip() != "ok":
+        sys.exit(f"The SAEBench virtualenv in {venv} does not import SAEBench:\n{probe.stderr[-2000:]}")
+    (venv / ".complete").write_text(f"sae-bench==0.6.0 torch=={TORCH}\n")
     return python
 
 
@@ -175,6 +183,13 @@ def compare(args, seeds, saebench: dict) -> None:
         print(
             f"{seed:4d}  {_f(theirs)}    {_f(a)}                            {_f(b)} ± {_f(se)}        {s1:6.1f}      {s2:6.1f}"
         )
+    if len(rows) >= 2:
+        columns = list(zip(*rows, strict=True))
+        print("\nover seeds, mean ± standard deviation:")
+        for name, values in (("SAEBench", columns[1]), ("saebench-0.6", columns[2]), ("converged", columns[3])):
+            kept = np.array([v for v in values if v is not None], dtype=float)
+            print(f"  {name:<13} {kept.mean():.3f} ± {kept.std(ddof=1):.3f}  ({len(kept)} seeds)")
+        print(f"  wall time     SAEBench {np.mean(columns[5]):.1f} s, saehealth cold {np.mean(columns[6]):.1f} s")
 
 
 def _f(value) -> str:

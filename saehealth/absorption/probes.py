@@ -170,7 +170,7 @@ def _smooth_lbfgs(x, xt, y, a, objective: ProbeObjective, w0, b0, *, max_steps: 
         [theta],
         lr=1,
         max_iter=max_steps,
-        tolerance_grad=1e-12,
+        tolerance_grad=max(tol, 1e-6),  # the convergence test below
         tolerance_change=tol * 1e-3,
         history_size=30,
         line_search_fn="strong_wolfe",
