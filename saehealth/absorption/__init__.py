@@ -2,8 +2,9 @@
 
 A latent that should fire on every word starting with S stays silent on " short" because a
 token-specific latent has absorbed the direction. `words` (word list, splits, prompts), `probes` (the
-probe trainer and its two schedules), `scoring` (main latents, per-word absorption), `cache` (the
-model-level half on disk) and `measure` (`measure_absorption`, the entry point).
+probe trainer and its two schedules), `ksparse` (main latents by k-sparse probing), `scoring` (latents,
+per-word absorption), `cache` (the model-level half on disk) and `measure` (`measure_absorption`, the
+entry point).
 """
 
 from saehealth.absorption.measure import (

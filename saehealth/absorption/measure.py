@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,15 +23,9 @@ import torch
 
 from saehealth.absorption import cache, words
 from saehealth.absorption.cache import LetterProbes, SplitWords
+from saehealth.absorption.ksparse import find_main_latents
 from saehealth.absorption.probes import DEFAULT_SCHEDULE, LETTER_PROBE, SCHEDULES, train_probes
-from saehealth.absorption.scoring import (
-    Thresholds,
-    binary_f1,
-    encode_words,
-    find_main_latents,
-    letter_absorption,
-    select_rows,
-)
+from saehealth.absorption.scoring import Thresholds, binary_f1, encode_words, letter_absorption, select_rows
 from saehealth.errors import IncompatibleSAEError
 
 METRIC_KEYS = ("absorption_fraction", "full_absorption_rate", "mean_num_split_features", "absorption_letters_scored")
@@ -148,39 +144,33 @@ def measure_absorption(
             s,
             {"schedule": settings.schedule, "group": words.GROUP_SIZE},
             lambda path: cache.read_probes(path, d),
-            lambda data=data, s=s: _on_one_thread(
-                "cpu",
-                train_letter_probes,
-                data,
-                labels,
-                settings.schedule,
-                seed=words.split_seed(seed, s),
-                init=probes[-1] if probes else None,
+            lambda data=data, s=s: train_letter_probes(
+                data, labels, settings.schedule, seed=words.split_seed(seed, s), init=probes[-1] if probes else None
             ),
         )
         prompted.append(data)
         probes.append(fitted)
-    result = _on_one_thread(
-        device, score_splits, labels, prompted, probes, sae, settings=settings, device=device, seed=seed
-    )
+    result = score_splits(labels, prompted, probes, sae, settings=settings, device=device, seed=seed)
     result.notes[:0] = notes
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _on_one_thread(where, function, *args, **kwargs):
-    """`function(*args, **kwargs)` with one torch thread when it runs on the CPU.
+@contextmanager
+def _one_cpu_thread(device) -> Iterator[None]:
+    """One torch thread while the probes run on the CPU.
 
     The probes are thousands of small tensor operations: CPU threads synchronising cost more than they
     gain (demo SAE, 5 splits, 2 cores shared with other jobs: 29 s of CPU cold with 2 threads, 7.7 s
     with one). The model's forward passes keep the caller's threads.
     """
-    if torch.device(where).type != "cpu":
-        return function(*args, **kwargs)
+    if torch.device(device).type != "cpu":
+        yield
+        return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return function(*args, **kwargs)
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -207,6 +197,11 @@ def train_letter_probes(
     `init` (another split's probes) starts the converged schedule closer to its optimum; the optimum
     does not depend on it.
     """
+    with _one_cpu_thread("cpu"):
+        return _train_letter_probes(data, labels, schedule, seed=seed, init=init)
+
+
+def _train_letter_probes(data: SplitWords, labels: torch.Tensor, schedule: str, *, seed: int, init) -> LetterProbes:
     d = data.probe_acts.shape[1]
     weight, bias = torch.zeros(26, d), torch.zeros(26)
     y = torch.nn.functional.one_hot(labels[data.train], 26).bool()
@@ -232,7 +227,11 @@ def score_splits(
     seed: int = 42,
 ) -> AbsorptionResult:
     """The SAE-level half on every split, and their mean with its standard error."""
-    settings = settings or AbsorptionSettings()
+    with _one_cpu_thread(device):
+        return _score_splits(labels, prompted, probes, sae, settings or AbsorptionSettings(), device, seed)
+
+
+def _score_splits(labels, prompted, probes, sae, settings: AbsorptionSettings, device, seed: int) -> AbsorptionResult:
     device = torch.device(device)
     per_split, notes, reason = [], [], None
     l1_fits = l1_unconverged = 0
@@ -267,7 +266,7 @@ def _score_split(labels, data: SplitWords, fitted: LetterProbes, sae, *, setting
     abs_latents, abs_inputs = encode_words(sae, data.absorption_acts, device)
     if abs_latents.shape[0] * abs_latents.shape[1] <= 2**22:  # small enough to hold dense: cheaper row reads
         abs_latents = abs_latents.to_dense()
-    decoder = sae.W_dec.detach().float().to(device)
+    unit_decoder = torch.nn.functional.normalize(sae.W_dec.detach().float().to(device), dim=-1)
     labels_d = labels.to(device)
     train, test = data.train.to(device), data.test.to(device)
     main = find_main_latents(
@@ -293,7 +292,7 @@ def _score_split(labels, data: SplitWords, fitted: LetterProbes, sae, *, setting
         if len(tp) == 0:
             continue
         total, n_full = letter_absorption(
-            abs_inputs[tp], select_rows(abs_latents, tp), fitted.weight[letter], decoder, main_ids, th
+            abs_inputs[tp], select_rows(abs_latents, tp), fitted.weight[letter], unit_decoder, main_ids, th
         )
         values["absorption_fraction"][letter] = total / len(tp)
         values["num_full_absorption"][letter] = n_full

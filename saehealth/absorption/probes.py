@@ -22,10 +22,6 @@ Two schedules of one trainer:
 - `saebench-0.6`: SAEBench's own schedule, for comparability with published numbers: nn.Linear's
   initialisation, Adam from lr 1e-2 decayed exponentially to 1e-5 over 50 epochs, shuffled mini-batches
   of 64 words (letter probe) or 4,096 (L1 probe).
-
-The k-sparse probes on the top k latents are scikit-learn `LogisticRegression(class_weight="balanced")`
-fits in SAEBench (C = 1, unpenalised intercept, run to convergence); `fit_balanced_logistic` solves
-the same objective by batched Newton steps, for every letter at once.
 """
 
 from __future__ import annotations
@@ -380,56 +376,3 @@ def _train_saebench(x, y, pos_weight, objective: ProbeObjective, *, seed: int) -
         _, dz = _bce_terms(_matmul(x32, weight.T) + bias, y32, pw)
         grad = _matmul(_transpose(x32), dz).T / n
     return TrainedProbes(weight, bias, steps, torch.ones(n_probes, dtype=torch.bool), grad)
-
-
-# ---------------------------------------------------------------- k-sparse probes
-
-
-def fit_balanced_logistic(
-    x: torch.Tensor, labels: torch.Tensor, *, max_iter: int = 100, tol: float = 1e-10
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's `LogisticRegression(class_weight="balanced")` (C = 1, lbfgs) for a batch of problems.
-
-    x (P, n, k), labels (P, n) bool: minimises sum_i c_i * logloss_i + ||w||^2 / 2 with balanced class
-    weights c_i = n / (2 * n_class(i)) and an unpenalised intercept, by damped Newton steps (the problems
-    have at most a few dozen unknowns). Returns weights (P, k) and intercepts (P,), float32.
-    """
-    x = x.to(torch.float64)
-    y = labels.to(device=x.device, dtype=torch.float64)
-    n_probes, n, k = x.shape
-    pos = y.sum(1, keepdim=True)
-    c = torch.where(y > 0, n / (2 * pos), n / (2 * (n - pos)))
-    xb = torch.cat([x, torch.ones(n_probes, n, 1, dtype=x.dtype, device=x.device)], dim=2)
-    penalty = torch.ones(k + 1, dtype=x.dtype, device=x.device)
-    penalty[-1] = 0
-    theta = torch.zeros(n_probes, k + 1, dtype=x.dtype, device=x.device)
-
-    def objective(th):
-        z = torch.einsum("pnk,pk->pn", xb, th)
-        return (c * (torch.nn.functional.softplus(z) - y * z)).sum(1) + 0.5 * (penalty * th * th).sum(1)
-
-    value = objective(theta)
-    for _ in range(max_iter):
-        z = torch.einsum("pnk,pk->pn", xb, theta)
-        sig = torch.sigmoid(z)
-        grad = torch.einsum("pnk,pn->pk", xb, c * (sig - y)) + penalty * theta
-        curvature = c * sig * (1 - sig)
-        hess = torch.einsum("pnk,pn,pnj->pkj", xb, curvature, xb) + torch.diag_embed(penalty)
-        hess = hess + 1e-12 * torch.eye(k + 1, dtype=x.dtype, device=x.device)
-        direction = torch.linalg.solve(hess, grad)
-        decrement = (grad * direction).sum(1)
-        if bool((decrement <= tol * value.abs().clamp_min(1.0)).all()):
-            break
-        # Backtracking per problem: halve the step until the objective does not increase.
-        step = torch.ones(n_probes, dtype=x.dtype, device=x.device)
-        for _ in range(30):
-            trial_theta = theta - step[:, None] * direction
-            trial = objective(trial_theta)
-            worse = trial > value
-            if not bool(worse.any()):
-                break
-            step = torch.where(worse, step / 2, step)
-        better = trial <= value
-        theta = torch.where(better[:, None], trial_theta, theta)
-        value = torch.where(better, trial, value)
-    return theta[:, :k].float(), theta[:, k].float()
