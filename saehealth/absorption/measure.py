@@ -29,6 +29,7 @@ from saehealth.absorption.scoring import Thresholds, binary_f1, encode_words, le
 from saehealth.errors import IncompatibleSAEError
 
 METRIC_KEYS = ("absorption_fraction", "full_absorption_rate", "mean_num_split_features", "absorption_letters_scored")
+SMALL_MODEL = 512  # d_model below which the prompts run on one CPU thread (see _one_cpu_thread)
 RESIDUAL_HOOK = re.compile(r"^blocks\.\d+\.hook_resid_(pre|mid|post)$")
 # Per-letter arrays (float64, (26,), A..Z, mean over the splits that scored the letter, NaN where none did).
 PER_LETTER_FLOATS = (
@@ -157,14 +158,15 @@ def measure_absorption(
 
 
 @contextmanager
-def _one_cpu_thread(device) -> Iterator[None]:
-    """One torch thread while the probes run on the CPU.
+def _one_cpu_thread(device, applies: bool = True) -> Iterator[None]:
+    """One torch thread while small work runs on the CPU (and `applies`).
 
-    The probes are thousands of small tensor operations: CPU threads synchronising cost more than they
-    gain (demo SAE, 5 splits, 2 cores shared with other jobs: 29 s of CPU cold with 2 threads, 7.7 s
-    with one). The model's forward passes keep the caller's threads.
+    The probes, and a narrow model's prompts, are thousands of small tensor operations: CPU threads
+    synchronising cost more than they gain. Demo SAE, 5 splits, 2 cores shared with other jobs: probes
+    29 s of CPU cold with 2 threads against 4 s with one; the built-in model's (d_model 128) prompts
+    74 s against 2.6 s. A model of width SMALL_MODEL or more prompts on the caller's threads.
     """
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu" or not applies:
         yield
         return
     threads = torch.get_num_threads()
@@ -183,9 +185,12 @@ def prompt_split(
     ids = word_ids.tolist()
     train_ids, test_ids = [ids[i] for i in train.tolist()], [ids[i] for i in test.tolist()]
     acts = torch.zeros(len(ids), model.cfg.d_model)
-    for rows, chosen, part in ((train, train_ids, 0), (test, test_ids, 1)):
-        acts[rows] = words.word_activations(model, hook_name, chosen, chosen, seed=seed + part, batch_size=batch_size)
-    absorption = words.word_activations(model, hook_name, test_ids, ids, seed=seed + 2, batch_size=batch_size)
+    with _one_cpu_thread(model.cfg.device, applies=model.cfg.d_model < SMALL_MODEL):
+        for rows, chosen, part in ((train, train_ids, 0), (test, test_ids, 1)):
+            acts[rows] = words.word_activations(
+                model, hook_name, chosen, chosen, seed=seed + part, batch_size=batch_size
+            )
+        absorption = words.word_activations(model, hook_name, test_ids, ids, seed=seed + 2, batch_size=batch_size)
     return SplitWords(train.clone(), test.clone(), acts, absorption)
 
 
