@@ -4,7 +4,7 @@
     python scripts/bench_absorption.py [--d-sae 1024,65536] [--k 32] [--threads 1] [--splits 5]
 
 For each width, fits a TopK SAE (d_in 128) on the built-in corpus's activations at the hook (not part
-of the metric; decoder rows start at data points, so a few dozen Adam steps give a usable dictionary),
+of the metric; decoder rows start at data points, so a few hundred Adam steps give a usable dictionary),
 then runs `measure_absorption` twice with one cache folder: cold (prompts the model, trains the letter
 probes, writes the cache) and warm (reads the cache; only the SAE-level k-sparse probing and absorption
 run). Prints one row per width: wall and CPU seconds cold and warm, and the metric with its standard error.
@@ -47,7 +47,7 @@ def fit_topk_sae(acts, d_sae: int, k: int, steps: int, seed: int = 0):
     d_in = acts.shape[1]
     start = acts[torch.randint(0, len(acts), (d_sae,), generator=gen)] - acts.mean(0)
     w_dec = torch.nn.functional.normalize(start, dim=1).requires_grad_()
-    w_enc = w_dec.detach().T.clone().requires_grad_()
+    w_enc = (w_dec.detach().T / k).requires_grad_()  # k aligned latents at first: keep their sum near x
     b_enc = torch.zeros(d_sae, requires_grad=True)
     b_dec = acts.mean(0).clone().requires_grad_()
     optimizer = torch.optim.Adam([w_enc, b_enc, w_dec, b_dec], lr=2e-3)
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--d-sae", default="1024,65536", help="comma-separated widths, one row each")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument(
-        "--steps", type=int, default=None, help="Adam steps fitting each SAE (default 60 at d_sae 1,024, fewer wider)"
+        "--steps", type=int, default=None, help="Adam steps fitting each SAE (default 300 at d_sae 1,024, fewer wider)"
     )
     parser.add_argument("--sequences", type=int, default=256)
     parser.add_argument("--splits", type=int, default=None, help="word splits (default: the metric's default)")
@@ -93,7 +93,7 @@ def main() -> None:
     print("d_sae   k   fit s  FVU    cold wall/cpu s  warm wall/cpu s  absorption        letters  notes")
     for d_sae in (int(w) for w in args.d_sae.split(",")):
         started = time.perf_counter()
-        steps = args.steps if args.steps is not None else max(5, 60 * 1024 // d_sae)  # a wide fit step is slow
+        steps = args.steps if args.steps is not None else max(30, 300 * 1024 // d_sae)  # a wide step is slow
         sae, fvu = fit_topk_sae(acts, d_sae, args.k, steps)
         fit_s = time.perf_counter() - started
         times = []

@@ -9,9 +9,10 @@
   token ids (the model's BOS first when it prepends one) so the word is exactly the probed token;
   on a byte-level BPE tokenizer that is the same token sequence as tokenizing SAEBench's string.
 
-One deliberate difference: SAEBench draws a training prompt's examples from the training words and a
-test prompt's from the test words; here every word is prompted once with examples from the whole
-vocabulary (as SAEBench's absorption step prompts), so one prompting serves every word split.
+One deliberate difference: SAEBench draws each prompt's examples on its own; here GROUP_SIZE words share
+one draw (each word's examples are still a uniform draw of other words), so the shared prefix runs once
+and its keys and values serve the whole group: prompting is 5-10x cheaper, and on the demo SAE the
+metric over five seeds is 0.270 against 0.269 with one draw per word.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ PROMPT_TEMPLATE = "{word} has the first letter:"
 N_ICL = 10  # max_icl_examples
 TEST_FRACTION = 0.2  # train_test_fraction 0.8
 # Words whose prompts share one draw of examples: the shared prefix runs once for the group. 16 makes
-# prompting ~15x cheaper than one prefix per word; see the module docstring for what it changes.
+# prompting 5-10x cheaper than one prefix per word; see the module docstring for what it changes.
 GROUP_SIZE = 16
 
 
