@@ -294,3 +294,15 @@ def test_cache_entry_names_change_with_the_model_weights_hook_seed_and_split(tin
     with torch.no_grad():
         tiny_model.blocks[0].mlp.W_out[3, 5] += 1e-3  # one weight of one layer
     assert cache.model_fingerprint(tiny_model) != key
+
+
+def test_the_cli_offers_exactly_the_probe_schedules():
+    from saehealth.absorption import SCHEDULES
+    from saehealth.config import ABSORPTION_PROBES, EvalConfig
+    from saehealth.errors import ConfigError
+
+    assert ABSORPTION_PROBES == SCHEDULES
+    assert EvalConfig(sae_path="x", absorption_probes="saebench-0.6").absorption_probes == "saebench-0.6"
+    with pytest.raises(ConfigError, match="Unknown --absorption-probes 'saebench'") as error:
+        EvalConfig(sae_path="x", absorption_probes="saebench")
+    assert "\n" not in str(error.value)
