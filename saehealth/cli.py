@@ -134,6 +134,13 @@ ExamplesOption = Annotated[
 HtmlLatentsOption = Annotated[
     int, typer.Option("--html-latents", help="Latents with full cards (contexts) in report.html.")
 ]
+AbsorptionProbesOption = Annotated[
+    str,
+    typer.Option(
+        "--absorption-probes",
+        help="Absorption probe schedule: converged (trained to convergence) or saebench-0.6 (SAEBench's epochs).",
+    ),
+]
 
 
 @app.command("eval")
@@ -155,6 +162,7 @@ def eval_command(
     force: Annotated[bool, typer.Option("--force", help="Re-run even if a result exists.")] = False,
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
+    absorption_probes: AbsorptionProbesOption = "converged",
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     select: SelectOption = None,
     thresholds: ThresholdsOption = None,
@@ -198,6 +206,7 @@ def eval_command(
         force=force,
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
+        absorption_probes=absorption_probes,
         format=format,
         thresholds=thresholds,
         activations=activations,
@@ -256,6 +265,7 @@ def compare_command(
     force: Annotated[bool, typer.Option("--force", help="Re-run SAEs whose results exist.")] = False,
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
+    absorption_probes: AbsorptionProbesOption = "converged",
     thresholds: ThresholdsOption = None,
     activations: ActivationsOption = None,
     saebench_out: SaebenchOutOption = None,
@@ -298,6 +308,7 @@ def compare_command(
         force=force,
         include_special_tokens=include_special_tokens,
         skip=tuple(skip or ()),
+        absorption_probes=absorption_probes,
         thresholds=thresholds,
         activations=activations,
         saebench_out=saebench_out,

@@ -14,6 +14,8 @@ DEFAULT_MAX_TOKENS = 200_000
 MAX_SEED = 2**32 - 1
 DEFAULT_EXAMPLES = 20  # top activations kept per latent (metrics/latents.py)
 DEFAULT_HTML_LATENTS = 200  # latents with full cards in report.html
+# The absorption probe schedules (saehealth.absorption.probes.SCHEDULES; a test keeps the two equal).
+ABSORPTION_PROBES = ("converged", "saebench-0.6")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class EvalConfig:
     saebench_out: Path | None = None  # also write SAEBench 0.6 result files under this folder
     examples: int = DEFAULT_EXAMPLES  # top activations kept per latent (and a sample of half as many); 0: none
     html_latents: int = DEFAULT_HTML_LATENTS  # latents with full cards in report.html (not part of the numbers)
+    absorption_probes: str = "converged"  # probe schedule: converged | saebench-0.6 (saehealth.absorption.SCHEDULES)
     verbose: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -87,6 +90,11 @@ class EvalConfig:
         check_html_latents(self.html_latents)
         if self.absorption_min_letters < 1:
             raise ConfigError("The minimum number of absorption letters must be at least 1.")
+        if self.absorption_probes not in ABSORPTION_PROBES:
+            raise ConfigError(
+                f"Unknown --absorption-probes {self.absorption_probes!r}: choose from {', '.join(ABSORPTION_PROBES)}."
+                + suggest(self.absorption_probes, ABSORPTION_PROBES)
+            )
         if self.activations is not None and (self.dataset is not None or self.split is not None):
             raise ConfigError("--activations and --dataset/--split both name the evaluation data: give one of them.")
         if self.saebench_out is not None and self.activations is not None:

@@ -42,6 +42,7 @@ REQUEST_KEYS = (
     "skip",
     "format",
     "absorption_min_letters",
+    "absorption_probes",
     "examples",
 )
 

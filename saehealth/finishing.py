@@ -60,7 +60,8 @@ def finish_result(
     timing["geometry_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    metrics.update(_absorption(config, plan, details, not_measured))
+    absorption, absorption_uncertainty = _absorption(config, plan, details, not_measured, notes)
+    metrics.update(absorption)
     timing["absorption_s"] = time.perf_counter() - t0
 
     for key in METRIC_KEYS:
@@ -92,9 +93,10 @@ def finish_result(
             mask_special_tokens=not config.include_special_tokens and plan.special_tokens_known,
             n_sequences=output.n_sequences,
             activations=plan.activations,
+            absorption_probes=config.absorption_probes,
         ),
         metrics={k: _clean_number(v) for k, v in metrics.items()},
-        uncertainty={k: v for k, v in output.uncertainty.items() if math.isfinite(v)},
+        uncertainty={k: v for k, v in {**output.uncertainty, **absorption_uncertainty}.items() if math.isfinite(v)},
         not_measured=not_measured,
         provenance=provenance(config, started_at),
         timing={k: round(v, 4) for k, v in timing.items()},
@@ -129,8 +131,9 @@ def assess(result: EvalResult, thresholds: str | None) -> None:
     )
 
 
-def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dict[str, str]) -> dict:
-    from saehealth.metrics.absorption import absorption_applicable, measure_absorption
+def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dict[str, str], notes: list[str]):
+    """(absorption metrics, their uncertainty), the per-letter arrays put into `details`."""
+    from saehealth.absorption import AbsorptionSettings, absorption_applicable, measure_absorption
 
     keys = ABSORPTION_KEYS
     reason = "skipped with --skip absorption" if "absorption" in config.skip else absorption_applicable(plan.hook)
@@ -141,24 +144,25 @@ def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dic
             plan.model,
             plan.sae,
             plan.hook,
-            min_letters=config.absorption_min_letters,
             seed=config.seed,
             cache_dir=cache_dir(),
             device=config.device,
+            settings=AbsorptionSettings(schedule=config.absorption_probes, min_letters=config.absorption_min_letters),
         )
         for name, array in result.per_letter.items():
             details[f"absorption_{name}"] = torch.as_tensor(array)
+        notes.extend(result.notes)
         if result.not_measured_reason is None:
-            return result.metrics
+            return result.metrics, result.uncertainty
         reason = result.not_measured_reason
         measured = {k: v for k, v in result.metrics.items() if v is not None}
         for key in keys:
             if key not in measured:
                 not_measured[key] = reason
-        return {**dict.fromkeys(keys), **measured}
+        return {**dict.fromkeys(keys), **measured}, result.uncertainty
     for key in keys:
         not_measured[key] = reason
-    return dict.fromkeys(keys)
+    return dict.fromkeys(keys), {}
 
 
 def cache_dir() -> Path:

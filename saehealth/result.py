@@ -96,6 +96,8 @@ class EvalSettings:
     # The activation cache's layout ("minsae", "saelens", "tensor") when the SAE was scored from a cache
     # (`dataset` is then its path) instead of a replay through the model.
     activations: str | None = None
+    # The absorption probe schedule (converged | saebench-0.6); results saved before it existed used neither.
+    absorption_probes: str | None = None
 
 
 @dataclass

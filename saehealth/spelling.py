@@ -1,7 +1,8 @@
 """The first-letter task: which tokens count as words, and how they are prompted.
 
-Shared by the built-in model's spelling curriculum, the spelling probe check and the absorption
-metric, so that all three agree on the vocabulary and the prompt (SAEBench's first-letter template).
+Shared by the built-in model's spelling curriculum and the spelling probe check of its asset build, so
+that both agree on the vocabulary and the prompt (SAEBench's first-letter template). The absorption
+metric uses SAEBench's own word list instead (single letters included): saehealth/absorption/words.py.
 """
 
 from __future__ import annotations

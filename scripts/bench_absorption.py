@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Time the first-letter absorption metric on the built-in model with a demo-size SAE.
+"""Time the first-letter absorption metric on the built-in model, one row per SAE width.
 
-    python scripts/bench_absorption.py [--hook blocks.0.hook_resid_post] [--d-sae 1024] [--k 32] [--threads N]
+    python scripts/bench_absorption.py [--d-sae 1024,65536] [--k 32] [--threads 1] [--splits 5]
 
-Fits a TopK SAE (d_in 128, d_sae 1024) on the built-in corpus's activations at the hook (not timed as
-part of the metric), then runs `measure_absorption` twice with one cache folder: cold (prompts the
-model, trains the ground-truth probes, writes the cache) and warm (reads the cache; only the SAE-level
-k-sparse probing and absorption run). Prints the phase times and the metric values.
+For each width, fits a TopK SAE (d_in 128) on the built-in corpus's activations at the hook (not part
+of the metric; decoder rows start at data points, so a few hundred Adam steps give a usable dictionary),
+then runs `measure_absorption` twice with one cache folder: cold (prompts the model, trains the letter
+probes, writes the cache) and warm (reads the cache; only the SAE-level k-sparse probing and absorption
+run). Prints one row per width: wall and CPU seconds cold and warm, and the metric with its standard error.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ def hook_activations(model, hook_name: str, n_sequences: int):
 
 
 def fit_topk_sae(acts, d_sae: int, k: int, steps: int, seed: int = 0):
-    """Adam on MSE for a TopK SAE; returns a sae_lens TopKSAE holding the fitted weights."""
+    """Adam on MSE for a TopK SAE; returns a sae_lens TopKSAE holding the fitted weights and its FVU."""
     import torch
     from sae_lens import TopKSAE, TopKSAEConfig
 
     gen = torch.Generator().manual_seed(seed)
     d_in = acts.shape[1]
-    w_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=gen), dim=1).requires_grad_()
-    w_enc = w_dec.detach().T.clone().requires_grad_()
+    start = acts[torch.randint(0, len(acts), (d_sae,), generator=gen)] - acts.mean(0)
+    w_dec = torch.nn.functional.normalize(start, dim=1).requires_grad_()
+    w_enc = (w_dec.detach().T / k).requires_grad_()  # k aligned latents at first: keep their sum near x
     b_enc = torch.zeros(d_sae, requires_grad=True)
     b_dec = acts.mean(0).clone().requires_grad_()
     optimizer = torch.optim.Adam([w_enc, b_enc, w_dec, b_dec], lr=2e-3)
@@ -67,50 +69,50 @@ def fit_topk_sae(acts, d_sae: int, k: int, steps: int, seed: int = 0):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hook", default="blocks.0.hook_resid_post")
-    parser.add_argument("--d-sae", type=int, default=1024)
+    parser.add_argument("--d-sae", default="1024,65536", help="comma-separated widths, one row each")
     parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Adam steps fitting each SAE (default 300 at d_sae 1,024, fewer wider)"
+    )
     parser.add_argument("--sequences", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temporary folder")
+    parser.add_argument("--splits", type=int, default=None, help="word splits (default: the metric's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice)")
     args = parser.parse_args()
 
     import torch
 
     import saehealth
-    from saehealth.metrics.absorption import LETTERS, measure_absorption
+    from saehealth.absorption import AbsorptionSettings, measure_absorption
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    settings = AbsorptionSettings() if args.splits is None else AbsorptionSettings(n_splits=args.splits)
     model = saehealth.load_model(saehealth.BUILTIN_MODEL)
-    load_s = time.perf_counter() - started
-
-    started = time.perf_counter()
     acts = hook_activations(model, args.hook, args.sequences)
-    sae, fvu = fit_topk_sae(acts, args.d_sae, args.k, args.steps)
-    fit_s = time.perf_counter() - started
-    print(
-        f"model load {load_s:.1f}s; SAE fit (not part of the metric) {fit_s:.1f}s on {len(acts):,} tokens, FVU {fvu:.3f}"
-    )
-    print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cache_dir = args.cache_dir or Path(tmp)
-        for label in ("cold cache", "warm cache"):
-            result = measure_absorption(model, sae, args.hook, cache_dir=cache_dir)
-            values = ", ".join(
-                f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
-                for key, value in result.metrics.items()
-            )
-            print(f"{label}: {result.seconds:.2f}s  {values}")
-            if result.not_measured_reason:
-                print(f"  not measured: {result.not_measured_reason}")
-        per_letter = result.per_letter
-        print("per letter (probe F1 / absorption fraction / main latents):")
-        for i, letter in enumerate(LETTERS):
-            main = [int(j) for j in per_letter["main_latents"][i] if j >= 0]
-            print(f"  {letter}  {per_letter['probe_f1'][i]:.2f}  {per_letter['absorption_fraction'][i]:.3f}  {main}")
+    print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, {settings.n_splits} word splits")
+    print("d_sae   k   fit s  FVU    cold wall/cpu s  warm wall/cpu s  absorption        letters  notes")
+    for d_sae in (int(w) for w in args.d_sae.split(",")):
+        started = time.perf_counter()
+        steps = args.steps if args.steps is not None else max(30, 300 * 1024 // d_sae)  # a wide step is slow
+        sae, fvu = fit_topk_sae(acts, d_sae, args.k, steps)
+        fit_s = time.perf_counter() - started
+        times = []
+        with tempfile.TemporaryDirectory() as cache_dir:
+            for _ in ("cold", "warm"):
+                cpu = time.process_time()
+                result = measure_absorption(model, sae, args.hook, cache_dir=Path(cache_dir), settings=settings)
+                times.append(f"{result.seconds:6.1f}/{time.process_time() - cpu:5.1f}")
+        value = result.metrics["absorption_fraction"]
+        shown = (
+            "not measured"
+            if value is None
+            else f"{value:.3f} ± {result.uncertainty.get('absorption_fraction', float('nan')):.3f}"
+        )
+        print(
+            f"{d_sae:<7d} {args.k:<3d} {fit_s:5.1f}  {fvu:.3f}  {times[0]:>15}  {times[1]:>15}  {shown:<16}  "
+            f"{result.metrics['absorption_letters_scored']:<7}  {'; '.join(result.notes) or '-'}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def cite(ctx: AdviceContext, key: str) -> str:
     return f"{key} {num(ctx.value(key))} ({verdict.get('status', '?')}; healthy {verdict.get('band', '?')})"
 
 
-# The eval engine saves per-letter absorption as `absorption_<name>` (names from metrics/absorption.py);
+# The eval engine saves per-letter absorption as `absorption_<name>` (names: PER_LETTER_FLOATS in absorption/measure.py);
 # `absorption_per_letter` is accepted as an alias of the per-letter absorption fraction.
 PER_LETTER_ABSORPTION_KEYS = ("absorption_absorption_fraction", "absorption_per_letter")
 

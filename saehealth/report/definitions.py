@@ -37,11 +37,16 @@ DEFINITIONS: tuple[tuple[tuple[str, ...], str], ...] = (
     ),
     (
         ("absorption_fraction", "full_absorption_rate", "mean_num_split_features", "absorption_letters_scored"),
-        "SAEBench 0.6's first-letter absorption; null with the reason when fewer than 20 letters have a probe "
-        "with F1 > 0.6",
+        "SAEBench 0.6's first-letter absorption (lower is better), mean over 5 independent word splits (each with its "
+        "own prompts and probes), standard error in `uncertainty`; split features counted over letters with a true "
+        "positive, as SAEBench; letters scored is the median over splits; probe schedule in `eval.absorption_probes`; "
+        "null with the reason when fewer than 20 letters have a probe with F1 > 0.6",
     ),
 )
-UNCERTAINTY = "`uncertainty[key]` holds the standard error of loss recovered, ΔCE, KL score, explained variance and L0."
+UNCERTAINTY = (
+    "`uncertainty[key]` holds the standard error of loss recovered, ΔCE, KL score, explained variance and L0 "
+    "(over sequences) and of `absorption_fraction` (over word splits)."
+)
 
 
 def markdown_definitions() -> list[str]:

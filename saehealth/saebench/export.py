@@ -202,18 +202,19 @@ def _absorption_config(result: EvalResult) -> dict:
     """The AbsorptionEvalConfig fields that describe saehealth's run; the schema requires none of them, so the
     ones for SAEBench's own probe optimiser (epochs, batch sizes) and its fixed token position are left out:
     saehealth fits its probes to convergence and builds prompts from token ids."""
-    from saehealth import spelling
-    from saehealth.metrics.absorption import AbsorptionSettings
+    from saehealth.absorption import words
+    from saehealth.absorption.probes import L1_PROBE
+    from saehealth.absorption.scoring import Thresholds
 
-    s = AbsorptionSettings()
+    s = Thresholds()
     return {
         "model_name": result.eval.model,
         "random_seed": result.eval.seed,
-        "f1_jump_threshold": s.f1_jump_threshold,
+        "f1_jump_threshold": s.f1_jump,
         "max_k_value": s.max_k,
-        "prompt_template": spelling.PROMPT_TEMPLATE,
+        "prompt_template": words.PROMPT_TEMPLATE,
         "llm_dtype": result.provenance.dtype,
-        "k_sparse_probe_l1_decay": s.k_sparse_l1_decay,
+        "k_sparse_probe_l1_decay": L1_PROBE.l1,
         "min_GT_probe_f1": s.min_probe_f1,
         "min_feats_for_eval": int(result.request.get("absorption_min_letters") or 20),
     }

@@ -110,15 +110,14 @@ def test_saelens_cache_scores_as_the_replay(tmp_path, saelens_cache, builtin_mod
 
 
 def test_absorption_prompts_the_model_given_with_a_cache(tmp_path, saelens_cache, monkeypatch):
-    from saehealth.metrics import absorption
+    from saehealth import absorption
+    from saehealth.absorption.measure import AbsorptionResult
 
     seen = {}
 
     def fake_absorption(model, sae, hook_name, **options):
         seen.update(model=model, hook=hook_name)
-        return absorption.AbsorptionResult(
-            dict.fromkeys(absorption.METRIC_KEYS), "canned in this test", absorption._empty_per_letter(10, 3), 0.0
-        )
+        return AbsorptionResult(dict.fromkeys(absorption.METRIC_KEYS), {}, "canned in this test", {}, [], "converged")
 
     monkeypatch.setattr(absorption, "measure_absorption", fake_absorption)
     result = saehealth.evaluate(

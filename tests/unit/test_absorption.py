@@ -8,15 +8,10 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from saehealth.metrics.absorption import (
-    AbsorptionSettings,
-    absorption_applicable,
-    build_probe_data,
-    cache_key,
-    compute_absorption,
-    model_fingerprint,
-    token_absorption,
-)
+from saehealth.absorption import cache
+from saehealth.absorption.cache import SplitWords
+from saehealth.absorption.measure import AbsorptionSettings, absorption_applicable, score_splits, train_letter_probes
+from saehealth.absorption.scoring import token_absorption
 
 D_IN = 64
 N_ABSORBERS = 20  # each absorbs a handful of A-words, like a token-specific latent ("short" for S)
@@ -85,27 +80,38 @@ def _planted_sae(with_absorbers: bool) -> StandardSAE:
     return sae
 
 
-def _probe_data(absorbed_share: float, letters: int = 26):
-    acts, labels, absorber, train, test = _planted_words(absorbed_share, letters)
-    data = build_probe_data(acts[train], labels[train], acts[test], labels[test])
-    return data, absorber[test]
+def _score(acts, labels, train, test, sae, min_letters: int = 20, schedule: str = "converged"):
+    """Absorption on one given word split; the absorption step reads the same activations as the probes."""
+    train, test = torch.as_tensor(train), torch.as_tensor(test)
+    data = SplitWords(train, test, torch.as_tensor(acts), torch.as_tensor(acts)[test])
+    labels = torch.as_tensor(labels)
+    probes = train_letter_probes(data, labels, schedule, seed=0)
+    settings = AbsorptionSettings(schedule=schedule, n_splits=1, min_letters=min_letters)
+    return data, probes, score_splits(labels, [data], [probes], sae, settings=settings)
 
 
 @pytest.fixture(scope="module")
 def absorbed():
-    """A quarter of the A-words absorbed: (probe data, absorber per held-out word, SAE, result)."""
-    data, test_absorber = _probe_data(absorbed_share=0.25)
+    """A quarter of the A-words absorbed: (word data, probes, test rows, absorber per word, SAE, result)."""
+    acts, labels, absorber, train, test = _planted_words(0.25)
     sae = _planted_sae(with_absorbers=True)
-    return data, test_absorber, sae, compute_absorption(data, sae)
+    data, probes, result = _score(acts, labels, train, test, sae)
+    return data, probes, torch.as_tensor(labels), absorber, sae, result
+
+
+def _true_positives(data, probes, labels, letter):
+    """Positions in the test words (and rows of absorption_acts) of the letter's probe true positives."""
+    scores = data.probe_acts[data.test] @ probes.weight.T + probes.bias
+    return torch.nonzero((labels[data.test] == letter) & (scores[:, letter] > 0)).flatten()
 
 
 def test_planted_absorption_fraction_is_recovered(absorbed):
-    data, _, _, result = absorbed
+    data, probes, labels, _, _, result = absorbed
 
     assert result.not_measured_reason is None
     assert result.metrics["absorption_letters_scored"] == 26
-    tp_rows = data.true_positive_rows(A)
-    assert len(tp_rows) == int((data.test_labels == A).sum())  # the probe finds every held-out A-word
+    tp_rows = _true_positives(data, probes, labels, A)
+    assert len(tp_rows) == int((labels[data.test] == A).sum())  # the probe finds every held-out A-word
     assert result.per_letter["absorption_fraction"][A] == pytest.approx(0.25, abs=0.05)
     # Only A has absorbers, so the other letters score ~0 and the mean is A's share over 26 letters.
     others = np.delete(result.per_letter["absorption_fraction"], A)
@@ -117,21 +123,21 @@ def test_planted_absorption_fraction_is_recovered(absorbed):
 
 
 def test_full_absorption_counts_exactly_the_words_where_the_main_latent_is_silent(absorbed):
-    data, test_absorber, sae, result = absorbed
+    data, probes, labels, absorber, sae, result = absorbed
 
-    tp_rows = data.true_positive_rows(A)
+    tp_rows = _true_positives(data, probes, labels, A)
     with torch.no_grad():
-        main_act = sae.encode(torch.from_numpy(data.absorption_acts[tp_rows]))[:, A]
+        main_act = sae.encode(data.absorption_acts[tp_rows])[:, A]
     silent = int((main_act == 0).sum())
-    assert silent == int((test_absorber[data.absorption_rows[tp_rows]] >= 0).sum()) > 0
+    assert silent == int((absorber[data.test[tp_rows].numpy()] >= 0).sum()) > 0
     assert result.per_letter["num_full_absorption"][A] == silent
     assert result.per_letter["full_absorption_rate"][A] == pytest.approx(silent / len(tp_rows))
     assert np.nansum(np.delete(result.per_letter["num_full_absorption"], A)) == 0
 
 
 def test_no_absorber_means_no_absorption():
-    data, _ = _probe_data(absorbed_share=0.0)
-    result = compute_absorption(data, _planted_sae(with_absorbers=False))
+    acts, labels, _, train, test = _planted_words(0.0)
+    _, _, result = _score(acts, labels, train, test, _planted_sae(with_absorbers=False))
 
     assert result.metrics["absorption_fraction"] == pytest.approx(0.0, abs=0.005)
     assert result.metrics["full_absorption_rate"] == 0.0
@@ -143,8 +149,7 @@ def test_too_few_letters_is_not_measured_with_the_count():
     acts, labels, _, train, test = _planted_words(0.0, letters=26)
     noise_only = labels >= 12
     acts[noise_only] = NOISE * np.random.default_rng(5).normal(size=(int(noise_only.sum()), D_IN))
-    data = build_probe_data(acts[train], labels[train], acts[test], labels[test])
-    result = compute_absorption(data, _planted_sae(with_absorbers=False), min_letters=20)
+    _, _, result = _score(acts, labels, train, test, _planted_sae(with_absorbers=False), min_letters=20)
 
     assert result.metrics["absorption_fraction"] is None
     assert result.metrics["full_absorption_rate"] is None
@@ -202,31 +207,102 @@ def _tiny_model():
     return HookedTransformer(cfg, tokenizer=load_builtin_tokenizer())
 
 
-def test_probe_cache_key_changes_with_the_model_weights_hook_and_seed():
-    model = _tiny_model()
-    settings = AbsorptionSettings()
-    key = cache_key(model, "blocks.0.hook_resid_post", 42, settings)
-    assert cache_key(model, "blocks.0.hook_resid_post", 42, settings) == key
-    assert cache_key(model, "blocks.0.hook_resid_pre", 42, settings) != key
-    assert cache_key(model, "blocks.0.hook_resid_post", 7, settings) != key
-    before = model_fingerprint(model)
+TRAIN, TEST = torch.arange(32), torch.arange(32, 40)
+
+
+def _tiny_words() -> SplitWords:
+    gen = torch.Generator().manual_seed(0)
+    return SplitWords(TRAIN, TEST, torch.randn(40, 16, generator=gen), torch.randn(8, 16, generator=gen))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return _tiny_model()
+
+
+def _words_entry(store_folder, model, build_count):
+    notes: list[str] = []
+    store = cache.Store(store_folder, model, "blocks.0.hook_resid_post", 42, notes)
+
+    def build():
+        build_count.append(1)
+        return _tiny_words()
+
+    return store.fetch("words", 0, {}, lambda path: cache.read_words(path, TRAIN, TEST, 16), build), notes
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable safetensors"),
+        (lambda p: p.write_bytes(b"\x00garbage" * 10), "not a readable safetensors"),
+        (lambda p: _rewrite(p, drop="absorption_acts"), "no absorption_acts"),
+        (lambda p: _rewrite(p, reshape="probe_acts"), "probe_acts is"),
+        (lambda p: _rewrite(p, nan="probe_acts"), "not finite"),
+    ],
+    ids=["truncated", "garbage", "incomplete", "wrong-shaped", "not-finite"],
+)
+def test_a_bad_cache_entry_is_rebuilt_with_a_note_and_healed(tmp_path, tiny_model, damage, problem):
+    built: list[int] = []
+    first, notes = _words_entry(tmp_path, tiny_model, built)
+    assert len(built) == 1 and not notes
+    entry = next(tmp_path.glob("absorption-words-*.safetensors"))
+    damage(entry)
+
+    again, notes = _words_entry(tmp_path, tiny_model, built)
+    assert len(built) == 2  # rebuilt, not crashed
+    assert len(notes) == 1 and problem in notes[0] and "rebuilt" in notes[0]
+    torch.testing.assert_close(again.probe_acts, first.probe_acts)
+
+    healed, notes = _words_entry(tmp_path, tiny_model, built)
+    assert len(built) == 2 and not notes  # the rewritten entry is read back
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # no temporary file left
+
+
+def test_a_cache_folder_that_is_a_file_runs_without_caching(tmp_path, tiny_model):
+    folder = tmp_path / "cache"
+    folder.write_text("not a folder")
+    built: list[int] = []
+    data, notes = _words_entry(folder, tiny_model, built)
+    assert len(built) == 1 and len(data.probe_acts) == 40
+    assert len(notes) == 1 and "Could not write the absorption cache" in notes[0] and "ran without it" in notes[0]
+
+
+def _rewrite(path, drop=None, reshape=None, nan=None):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    if drop:
+        del tensors[drop]
+    if reshape:
+        tensors[reshape] = tensors[reshape][:, :-1].contiguous()
+    if nan:
+        tensors[nan][0, 0] = float("nan")
+    save_file(tensors, str(path))
+
+
+def test_cache_entry_names_change_with_the_model_weights_hook_seed_and_split(tiny_model):
+    key = cache.model_fingerprint(tiny_model)
+    stem = cache.entry_stem("words", key, "blocks.0.hook_resid_post", 42, 0)
+    assert cache.entry_stem("words", key, "blocks.0.hook_resid_post", 42, 0) == stem
+    assert cache.entry_stem("words", key, "blocks.0.hook_resid_pre", 42, 0) != stem
+    assert cache.entry_stem("words", key, "blocks.0.hook_resid_post", 7, 0) != stem
+    assert cache.entry_stem("words", key, "blocks.0.hook_resid_post", 42, 1) != stem
+    assert cache.entry_stem("probes", key, "blocks.0.hook_resid_post", 42, 0, {"schedule": "converged"}) != (
+        cache.entry_stem("probes", key, "blocks.0.hook_resid_post", 42, 0, {"schedule": "saebench-0.6"})
+    )
     with torch.no_grad():
-        model.blocks[0].mlp.W_out[3, 5] += 1e-3  # one weight of one layer
-    assert model_fingerprint(model) != before
-    assert cache_key(model, "blocks.0.hook_resid_post", 42, settings) != key
+        tiny_model.blocks[0].mlp.W_out[3, 5] += 1e-3  # one weight of one layer
+    assert cache.model_fingerprint(tiny_model) != key
 
 
-def test_probe_data_survives_the_cache_round_trip(tmp_path, absorbed):
-    from saehealth.metrics.absorption import _read_probe_data, _write_probe_data
+def test_the_cli_offers_exactly_the_probe_schedules():
+    from saehealth.absorption import SCHEDULES
+    from saehealth.config import ABSORPTION_PROBES, EvalConfig
+    from saehealth.errors import ConfigError
 
-    data, _, sae, result = absorbed
-    path = tmp_path / "probe.safetensors"
-    _write_probe_data(path, data, {"model": "planted", "hook_name": "blocks.0.hook_resid_post", "seed": "42"})
-    loaded = _read_probe_data(path)
-
-    assert [p.name for p in tmp_path.iterdir()] == ["probe.safetensors"]  # no temporary file left
-    for name in ("train_acts", "train_labels", "test_acts", "test_labels", "absorption_acts", "absorption_rows"):
-        np.testing.assert_array_equal(getattr(loaded, name), getattr(data, name))
-    np.testing.assert_array_equal(loaded.probes.weights, data.probes.weights)
-    np.testing.assert_array_equal(loaded.probes.f1, data.probes.f1)
-    assert compute_absorption(loaded, sae).metrics == result.metrics
+    assert ABSORPTION_PROBES == SCHEDULES
+    assert EvalConfig(sae_path="x", absorption_probes="saebench-0.6").absorption_probes == "saebench-0.6"
+    with pytest.raises(ConfigError, match="Unknown --absorption-probes 'saebench'") as error:
+        EvalConfig(sae_path="x", absorption_probes="saebench")
+    assert "\n" not in str(error.value)

@@ -61,6 +61,39 @@ def test_explained_variance_is_pooled_and_streams_across_batches():
     assert m["mse"] == pytest.approx(expected_mse, rel=1e-6)
 
 
+def _saebench_06_explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """SAEBench 0.6's core-eval explained variance (`get_sparsity_and_variance_metrics`), restated for
+    one batch of tokens (n, d): 1 - mean ||x - x_hat||^2 / (mean ||x||^2 - (mean over tokens and
+    dimensions of x^2)^2). The subtracted term is (mean ||x||^2 / d)^2, not ||mean x||^2."""
+    residual = (x - x_hat).pow(2).sum(-1).mean()
+    total = x.pow(2).sum(-1).mean() - x.pow(2).mean(0).mean() ** 2
+    return float(1 - residual / total)
+
+
+def test_explained_variance_against_saebench_06s_formula_by_hand():
+    # Two tokens (3, 1) and (1, 3): mean ||x||^2 = 10, mean x = (2, 2), so the variance about the mean
+    # is 10 - 8 = 2 per token; the error (0.5, 0.5) or (-0.5, -0.5) costs 0.5 per token.
+    x = torch.tensor([[3.0, 1.0], [1.0, 3.0]])
+    x_hat = x + torch.tensor([[0.5, 0.5], [-0.5, -0.5]])
+    acc = ReconstructionAccumulator(2)
+    acc.update(x[None], x_hat[None], torch.ones(1, 2, dtype=torch.bool))
+    assert acc.result()["explained_variance"] == pytest.approx(1 - 0.5 / 2)
+    # SAEBench subtracts (10 / 2)^2 = 25 instead of 8: a "variance" of 10 - 25 = -15, EV 1 + 0.5/15.
+    assert _saebench_06_explained_variance(x, x_hat) == pytest.approx(1 + 0.5 / 15)
+
+
+def test_saebench_06s_formula_is_not_the_variance_on_residual_like_data():
+    """On data with a large common mean (as residual streams have) the two formulas part."""
+    x = _random_x(3, (1, 200, 4))[0]
+    x_hat = x + 0.3 * (_random_x(4, (1, 200, 4))[0] - 3.0)
+    acc = ReconstructionAccumulator(4)
+    acc.update(x[None], x_hat[None], torch.ones(1, 200, dtype=torch.bool))
+    xs, rs = x.double(), x_hat.double()
+    correct = 1 - (xs - rs).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
+    assert acc.result()["explained_variance"] == pytest.approx(float(correct), rel=1e-6)
+    assert abs(_saebench_06_explained_variance(xs, rs) - float(correct)) > 0.05
+
+
 def _downstream(clean, sae, zero, tokens, mask):
     """Score logits directly (an identity readout): the accumulator after one batch."""
     site = SiteFinals(zero, None, [sae])

@@ -1,0 +1,378 @@
+"""The probes of SAEBench 0.6's absorption eval, trained in torch and vectorised over letters.
+
+One objective (SAEBench's `train_multi_probe`, `probing.py`): for probes l = 1..P over words n,
+
+    mean over (n, l) of BCE_pw(x_n . w_l + b_l, y_nl)  +  l1 * mean over l of ||w_l||_1
+    +  weight_decay / 2 * (||W||^2 + ||b||^2)
+
+with BCE weighted by pos_weight_l = negatives / positives of probe l (`_calc_pos_weights`) and the
+weight decay applied, as Adam's `weight_decay` does, to weights and biases alike. The loss is averaged
+over all 26 letters but the decay is not, so per letter it is the objective
+
+    mean_n BCE_pw + l1 * ||w_l||_1 + (26 * weight_decay) / 2 * (||w_l||^2 + b_l^2)
+
+which is what both schedules minimise: the letter probe with weight_decay 1e-4 and no L1, the L1
+(k-sparse selection) probe with l1 0.01 and weight_decay 1e-6 (`k_sparse_probing.py`).
+
+Two schedules of one trainer:
+- `converged` (default): full batch, float64, until the optimality conditions hold or a cap on steps is
+  reached, so a probe is a function of the data and not of the step budget: L-BFGS for the smooth
+  letter probe; for the L1 probe, proximal Newton steps on a working set of latents (as glmnet does).
+  A start (`init`, e.g. another word split's solution) only saves steps.
+- `saebench-0.6`: SAEBench's own schedule, for comparability with published numbers: nn.Linear's
+  initialisation, Adam from lr 1e-2 decayed exponentially to 1e-5 over 50 epochs, shuffled mini-batches
+  of 64 words (letter probe) or 4,096 (L1 probe).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SCHEDULES = ("converged", "saebench-0.6")
+DENSE_ABOVE = 0.25  # fraction of non-zero inputs above which the converged schedule works on dense inputs
+DEFAULT_SCHEDULE = "converged"
+N_LETTER_PROBES = 26  # SAEBench averages its probe loss over all 26 letters
+
+
+@dataclass(frozen=True)
+class ProbeObjective:
+    """SAEBench's probe loss terms (see the module docstring)."""
+
+    weight_decay: float
+    l1: float = 0.0
+    n_probes: int = N_LETTER_PROBES
+    # SAEBench's schedule for this probe: mini-batch size, epochs, start and end learning rates.
+    batch_size: int = 4096
+    epochs: int = 50
+    lr: float = 1e-2
+    end_lr: float = 1e-5
+
+
+# probing.py `train_linear_probe_for_task` as called by `train_and_save_probes` (batch 64, 50 epochs).
+LETTER_PROBE = ProbeObjective(weight_decay=1e-4, batch_size=64)
+# k_sparse_probing.py `train_sparse_multi_probe` with eval_config's defaults.
+L1_PROBE = ProbeObjective(weight_decay=1e-6, l1=0.01, batch_size=4096)
+
+
+@dataclass
+class TrainedProbes:
+    """Probe weights (P, d) and biases (P,), float32, and how the training ended.
+
+    `data_gradient` (P, d) is the gradient of the data term at the solution: for an L1 probe it orders
+    the latents whose weight is exactly zero (the one that would enter first as the penalty eases).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    steps: int
+    converged: torch.Tensor  # (P,) bool; always True for the fixed saebench-0.6 schedule
+    data_gradient: torch.Tensor
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, P) logits of inputs x (n, d), dense or sparse."""
+        return _matmul(x, self.weight.T.to(x.dtype)) + self.bias.to(x.dtype)
+
+
+def train_probes(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    objective: ProbeObjective,
+    schedule: str = DEFAULT_SCHEDULE,
+    *,
+    seed: int = 42,
+    max_steps: int = 2000,
+    tol: float = 1e-7,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> TrainedProbes:
+    """One-vs-rest probes: x (n, d) dense or sparse COO/CSR, labels (n, P) bool; one probe per column.
+
+    Every column needs at least one positive and one negative word. `init` (weights (P, d), biases
+    (P,)) is where the converged schedule starts; saebench-0.6 starts from nn.Linear's initialisation.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown probe schedule {schedule!r}: choose from {', '.join(SCHEDULES)}")
+    y = labels.to(device=x.device, dtype=torch.float64)
+    positives = y.sum(0)
+    if bool(((positives == 0) | (positives == len(y))).any()):
+        raise ValueError("every probe needs positive and negative words")
+    pos_weight = (len(y) - positives) / positives
+    if schedule == "converged":
+        return _train_converged(x, y, pos_weight, objective, max_steps=max_steps, tol=tol, init=init)
+    return _train_saebench(x, y, pos_weight, objective, seed=seed)
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.sparse.mm(x, w) if x.is_sparse or x.layout == torch.sparse_csr else x @ w
+
+
+def _bce_terms(z: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (word, probe): pos-weighted BCE and its derivative in the logit (torch's BCEWithLogits)."""
+    log_sig = torch.nn.functional.logsigmoid(z)
+    log_one_minus = torch.nn.functional.logsigmoid(-z)
+    loss = -(pos_weight * y * log_sig + (1 - y) * log_one_minus)
+    sig = torch.sigmoid(z)
+    dz = pos_weight * y * (sig - 1) + (1 - y) * sig
+    return loss, dz
+
+
+def _transpose(x: torch.Tensor) -> torch.Tensor:
+    if x.is_sparse or x.layout == torch.sparse_csr:
+        return x.to_sparse_coo().t().coalesce().to_sparse_csr()
+    return x.T
+
+
+# ---------------------------------------------------------------- converged
+
+
+def _train_converged(x, y, pos_weight, objective: ProbeObjective, *, max_steps: int, tol: float, init):
+    """Full batch, float64: L-BFGS for the smooth letter probe, working-set Newton for the L1 probe."""
+    x = x.to(torch.float64)
+    if x.is_sparse:
+        x = x.coalesce()
+    x = x.to_sparse_csr() if x.is_sparse else x
+    if x.layout == torch.sparse_csr and x.values().numel() > DENSE_ABOVE * x.shape[0] * x.shape[1]:
+        x = x.to_dense()  # latents that mostly fire: dense products are several times faster
+    xt = _transpose(x)
+    sample_weight = torch.where(y > 0, pos_weight, torch.ones_like(y))  # d BCE_pw / dz = a * (sigmoid - y)
+    n_probes, d = y.shape[1], x.shape[1]
+    w = torch.zeros(n_probes, d, dtype=torch.float64, device=x.device)
+    b = torch.zeros(n_probes, dtype=torch.float64, device=x.device)
+    if init is not None:
+        w, b = init[0].to(w), init[1].to(b)
+    if objective.l1:
+        return _l1_newton(x, xt, y, sample_weight, objective, w, b, max_steps=max_steps, tol=tol)
+    return _smooth_lbfgs(x, xt, y, sample_weight, objective, w, b, max_steps=max_steps, tol=tol)
+
+
+def _per_probe_objective(z, y, a, w, b, objective: ProbeObjective) -> torch.Tensor:
+    """(P,) per-letter objective: mean_n a * BCE + l1 ||w||_1 + rho/2 (||w||^2 + b^2)."""
+    rho = objective.n_probes * objective.weight_decay
+    loss = a * (torch.nn.functional.softplus(z) - y * z)
+    return loss.mean(0) + objective.l1 * w.abs().sum(1) + rho / 2 * (w.pow(2).sum(1) + b.pow(2))
+
+
+def _smooth_lbfgs(x, xt, y, a, objective: ProbeObjective, w0, b0, *, max_steps: int, tol: float) -> TrainedProbes:
+    n, d = x.shape
+    rho = objective.n_probes * objective.weight_decay
+    theta = torch.cat([w0, b0[:, None]], dim=1).requires_grad_()
+    optimizer = torch.optim.LBFGS(
+        [theta],
+        lr=1,
+        max_iter=max_steps,
+        tolerance_grad=max(tol, 1e-6),  # the convergence test below
+        tolerance_change=tol * 1e-3,
+        history_size=30,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        w, b = theta[:, :d], theta[:, d]
+        value = _per_probe_objective(_matmul(x, w.T) + b, y, a, w, b, objective).sum()
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    steps = optimizer.state[optimizer._params[0]].get("n_iter", 0)
+    with torch.no_grad():
+        w, b = theta[:, :d].detach(), theta[:, d].detach()
+        z = _matmul(x, w.T) + b
+        dz = a * (torch.sigmoid(z) - y)
+        grad = _matmul(xt, dz).T / n
+        gradient_norm = (grad + rho * w).abs().amax(1)
+    converged = gradient_norm <= max(tol, 1e-6)
+    return TrainedProbes(w.float(), b.float(), int(steps), converged.cpu(), grad.float())
+
+
+def _l1_newton(x, xt, y, a, objective: ProbeObjective, w, b, *, max_steps: int, tol: float) -> TrainedProbes:
+    """Proximal Newton steps on a working set of latents, for every letter at once (as glmnet does).
+
+    The solution is sparse (a few dozen latents per letter), so each step builds the quadratic model of
+    the smooth part only on the current non-zero latents plus the largest violators of the optimality
+    conditions, minimises model + L1 by coordinate descent, and backtracks along that direction. It stops
+    when no latent violates the optimality conditions by more than `tol` times the L1 strength, or after
+    `max_steps` steps.
+    """
+    n, d = x.shape
+    n_probes = y.shape[1]
+    rho = objective.n_probes * objective.weight_decay
+    lam = objective.l1
+    device = x.device
+    rows = torch.arange(n_probes, device=device)[:, None]
+    columns = _ColumnReader(xt)
+    converged = torch.zeros(n_probes, dtype=torch.bool, device=device)
+    z = _matmul(x, w.T) + b
+    value = _per_probe_objective(z, y, a, w, b, objective)
+    steps = 0
+    while steps < max_steps:
+        steps += 1
+        sig = torch.sigmoid(z)
+        dz = a * (sig - y)
+        grad = _matmul(xt, dz).T / n + rho * w  # (P, d) smooth part, weights
+        grad_b = dz.mean(0) + rho * b
+        pseudo = _pseudo_gradient(grad, w, lam)
+        violation = torch.maximum(pseudo.abs().amax(1), grad_b.abs())
+        converged = violation <= tol * max(lam, 1e-12)
+        if bool(converged.all()):
+            break
+        # Working set: the non-zero latents and up to WORKING_SET_GROWTH of the worst violators at zero.
+        score = torch.where(w != 0, torch.full_like(w, math.inf), pseudo.abs())
+        size = int(min(d, int((w != 0).sum(1).max()) + WORKING_SET_GROWTH, MAX_WORKING_SET))
+        top = score.topk(size, dim=1)
+        ids = top.indices  # (P, m); latents past the violators only widen the (still exact) subproblem
+        hess = _working_set_hessian(columns, ids, (a * sig * (1 - sig) / n).T)
+        hess = hess + rho * torch.eye(size + 1, dtype=hess.dtype, device=device)
+        v0 = torch.cat([torch.gather(w, 1, ids), b[:, None]], dim=1)
+        g = torch.cat([torch.gather(grad, 1, ids), grad_b[:, None]], dim=1)
+        v = _lasso_coordinate_descent(hess, g, v0, lam)
+        delta = v - v0
+        decrease = (g * delta).sum(1) + lam * (v[:, :-1].abs().sum(1) - v0[:, :-1].abs().sum(1))
+        # Backtracking (Armijo) per letter along the proximal Newton direction.
+        step = torch.ones(n_probes, dtype=torch.float64, device=device)
+        accepted = converged.clone()
+        new_w, new_b, new_z, new_value = w, b, z, value
+        for _ in range(30):
+            trial = v0 + step[:, None] * delta
+            trial_w = w.clone()
+            trial_w[rows, ids] = trial[:, :-1]
+            trial_b = trial[:, -1]
+            trial_z = _matmul(x, trial_w.T) + trial_b
+            trial_value = _per_probe_objective(trial_z, y, a, trial_w, trial_b, objective)
+            ok = (trial_value <= value + 1e-4 * step * decrease) & ~accepted
+            new_w = torch.where(ok[:, None], trial_w, new_w)
+            new_b = torch.where(ok, trial_b, new_b)
+            new_z = torch.where(ok[None, :], trial_z, new_z)
+            new_value = torch.where(ok, trial_value, new_value)
+            accepted |= ok
+            if bool(accepted.all()):
+                break
+            step = torch.where(accepted, step, step / 2)
+        w, b, z, value = new_w, new_b, new_z, new_value
+        if not bool((accepted & ~converged).any()):
+            break  # no descent left at float64 precision: as converged as it gets
+    dz = a * (torch.sigmoid(z) - y)
+    grad = _matmul(xt, dz).T / n
+    return TrainedProbes(w.float(), b.float(), steps, converged.cpu(), grad.float())
+
+
+def _lasso_coordinate_descent(hess, g, v0, lam: float, sweeps: int = 30, tol: float = 1e-9) -> torch.Tensor:
+    """argmin_v g.(v - v0) + (v - v0).H.(v - v0)/2 + lam * ||v[:-1]||_1.
+
+    Batched over probes; the last coordinate (the bias) carries no L1 term. The problems are tiny
+    (a few dozen coordinates), so the sequential sweeps run in numpy, whose per-call cost is a tenth of
+    torch's, wherever the tensors live.
+    """
+    h = hess.detach().cpu().numpy()
+    columns = np.ascontiguousarray(h.transpose(2, 0, 1))  # columns[j] = H[:, :, j], (P, m)
+    v = np.ascontiguousarray(v0.detach().cpu().numpy().T)  # (m, P): coordinate j of every probe is v[j]
+    residual = g.detach().cpu().numpy().copy()  # (P, m): g + H (v - v0)
+    diagonal = np.ascontiguousarray(np.maximum(np.diagonal(h, axis1=1, axis2=2), 1e-300).T)
+    scale = np.sqrt(diagonal)
+    threshold = lam / diagonal
+    n_coords = v.shape[0]
+    for _ in range(sweeps):
+        biggest = np.zeros(v.shape[1])
+        for j in range(n_coords):
+            target = v[j] - residual[:, j] / diagonal[j]
+            if j < n_coords - 1:
+                target = np.sign(target) * np.maximum(np.abs(target) - threshold[j], 0.0)
+            change = target - v[j]
+            v[j] += change
+            residual += columns[j] * change[:, None]
+            np.maximum(biggest, np.abs(change) * scale[j], out=biggest)
+        if biggest.max() <= tol:
+            break
+    return torch.from_numpy(np.ascontiguousarray(v.T)).to(v0.device)
+
+
+WORKING_SET_GROWTH = 16
+MAX_WORKING_SET = 64
+
+
+def _pseudo_gradient(grad: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:
+    """The minimum-norm subgradient of smooth + lam * ||w||_1: zero exactly where w is optimal."""
+    at_zero = torch.where(grad + lam < 0, grad + lam, torch.where(grad - lam > 0, grad - lam, torch.zeros_like(grad)))
+    return torch.where(w != 0, grad + lam * torch.sign(w), at_zero)
+
+
+class _ColumnReader:
+    """Latent columns of x for each probe's working set, from x's transpose (d, n), in float32.
+
+    Held dense when that is small (a dense gather is three times faster than a sparse one), else sparse.
+    """
+
+    DENSE_LIMIT = 2**23  # elements: 32 MB of float32
+
+    def __init__(self, xt: torch.Tensor):
+        if xt.layout == torch.sparse_csr or xt.is_sparse:
+            small = xt.shape[0] * xt.shape[1] <= self.DENSE_LIMIT
+            self.xt = xt.to_dense().float() if small else xt.to_sparse_coo().coalesce().float()
+        else:
+            self.xt = xt.float().contiguous()
+
+    def gather(self, ids: torch.Tensor) -> torch.Tensor:
+        """(P, m, n): row j of probe p is latent ids[p, j]'s column."""
+        if not self.xt.is_sparse:
+            return self.xt[ids]
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        return self.xt.index_select(0, unique).to_dense()[inverse]
+
+
+def _working_set_hessian(columns: _ColumnReader, ids: torch.Tensor, curvature: torch.Tensor) -> torch.Tensor:
+    """(P, m + 1, m + 1): X' diag(curvature) X on each probe's working set plus the bias (last)."""
+    # float32 halves the cost; the Hessian only shapes the step, which the float64 line search then checks.
+    x = columns.gather(ids)  # (P, m, n) float32
+    weighted = x * curvature[:, None, :].float()
+    n_probes, size = ids.shape
+    hess = torch.empty(n_probes, size + 1, size + 1, dtype=torch.float64, device=x.device)
+    hess[:, :size, :size] = torch.bmm(weighted, x.transpose(1, 2))
+    hess[:, :size, size] = hess[:, size, :size] = weighted.sum(2)
+    hess[:, size, size] = curvature.sum(1)
+    return hess
+
+
+# ---------------------------------------------------------------- saebench-0.6
+
+
+def _train_saebench(x, y, pos_weight, objective: ProbeObjective, *, seed: int) -> TrainedProbes:
+    """SAEBench's `_run_probe_training`: Adam with L2 weight decay, exponential lr decay per epoch."""
+    n, d = x.shape
+    n_probes = y.shape[1]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    bound = 1 / math.sqrt(d)  # nn.Linear's default initialisation, weights and bias alike
+    weight = ((torch.rand(n_probes, d, generator=gen) * 2 - 1) * bound).to(x.device).requires_grad_()
+    bias = ((torch.rand(n_probes, generator=gen) * 2 - 1) * bound).to(x.device).requires_grad_()
+    optimizer = torch.optim.Adam([weight, bias], lr=objective.lr, weight_decay=objective.weight_decay)
+    gamma = math.exp(math.log(objective.end_lr / objective.lr) / objective.epochs)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    x32 = x.float().coalesce() if x.is_sparse else (x.to_sparse_coo().float() if x.layout == torch.sparse_csr else x)
+    y32, pw = y.float(), pos_weight.float()
+    steps = 0
+    for _ in range(objective.epochs):
+        order = torch.randperm(n, generator=gen).to(x.device)
+        for start in range(0, n, objective.batch_size):
+            rows = order[start : start + objective.batch_size]
+            batch = x32.index_select(0, rows) if x32.is_sparse else x32[rows]
+            logits = _matmul(batch, weight.T) + bias
+            # Averaged over all 26 letters as SAEBench's loss is, whichever letters are trained here.
+            loss, _ = _bce_terms(logits, y32[rows], pw)
+            total = loss.sum() / (len(rows) * objective.n_probes)
+            if objective.l1:
+                total = total + objective.l1 * weight.abs().sum() / objective.n_probes
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            steps += 1
+        scheduler.step()
+    weight, bias = weight.detach(), bias.detach()
+    with torch.no_grad():
+        _, dz = _bce_terms(_matmul(x32, weight.T) + bias, y32, pw)
+        grad = _matmul(_transpose(x32), dz).T / n
+    return TrainedProbes(weight, bias, steps, torch.ones(n_probes, dtype=torch.bool), grad)

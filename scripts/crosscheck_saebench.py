@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Run the real SAEBench 0.6 absorption eval and saehealth's on one SAE and the built-in model, side by side.
+
+    python scripts/crosscheck_saebench.py --sae-path CKPT [--seeds 1,2,3,4,5] [--min-letters 10] [--threads 1]
+
+SAEBench pins numpy < 2 and datasets < 4, so it runs in its own virtualenv, built once and cached under
+$SAEHEALTH_CACHE/saebench-venv (default ~/.cache/saehealth/saebench-venv) with `torch==2.13.0` (the
+local CPU wheel, pinned so torchvision cannot pull a CUDA build) and `sae-bench==0.6.0`. For each seed
+the script seeds Python's and torch's generators (SAEBench's own `random_seed` is never read), deletes
+SAEBench's probe cache, points `HookedTransformer.from_pretrained_no_processing` at saehealth's built-in
+model, lowers `min_feats_for_eval` to --min-letters (said in the output), and runs `run_eval` on the SAE.
+It then feeds SAEBench's own word split to saehealth's `saebench-0.6` schedule (one split) and runs
+saehealth's default (`converged`, its own splits), and prints per-letter and mean numbers with wall
+times. Not a test: it takes minutes and builds a 1 GB virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TORCH = "2.13.0"  # the local CPU wheel; pinned so that nothing pulls a CUDA build
+CHILD = r"""
+import json, os, random, shutil, sys, time
+import torch
+sys.path.insert(0, os.environ["SAEHEALTH_REPO"])
+from saehealth.builtin import assets_dir, load_builtin_tokenizer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+import sae_bench.evals.absorption.common as common
+import sae_bench.evals.absorption.main as absorption
+from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+from sae_lens import SAE
+from safetensors.torch import load_file
+
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+cfg = json.loads((assets_dir() / "model_config.json").read_text())
+model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=load_builtin_tokenizer())
+model.load_state_dict(load_file(str(assets_dir() / "model.safetensors")), strict=False)
+model.eval()
+HookedTransformer.from_pretrained_no_processing = classmethod(lambda cls, *a, **k: model)
+sae = SAE.load_from_disk(args["sae_path"], device="cpu")
+out = {}
+for seed in args["seeds"]:
+    random.seed(seed); torch.manual_seed(seed)
+    shutil.rmtree(common.PROBES_DIR, ignore_errors=True)
+    shutil.rmtree(common.RESULTS_DIR, ignore_errors=True)
+    config = AbsorptionEvalConfig(model_name=cfg.get("model_name", "tiny"), random_seed=seed, llm_batch_size=64,
+                                  llm_dtype="float32", min_feats_for_eval=args["min_letters"])
+    started = time.perf_counter()
+    results = absorption.run_eval(config, [("crosscheck", sae)], "cpu", args["out"], force_rerun=True)
+    seconds = time.perf_counter() - started
+    probe_dir = common.PROBES_DIR / model.cfg.model_name / f"layer_{int(sae.cfg.metadata.hook_name.split('.')[1])}"
+    import pandas as pd
+    split = {name: pd.read_csv(probe_dir / f"{name}_df.csv", keep_default_na=False, na_values=[""])["token"].tolist()
+             for name in ("train", "test")}
+    result = next(iter(results.values()), None)
+    out[seed] = {"seconds": seconds, "split": split, "result": result}
+print("CROSSCHECK_JSON" + json.dumps(out, default=str))
+"""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SAEHEALTH_CACHE", Path.home() / ".cache" / "saehealth"))
+
+
+def saebench_python() -> Path:
+    """The SAEBench virtualenv's python, built on first use."""
+    venv = cache_root() / "saebench-venv"
+    python = venv / "bin" / "python"
+    if (venv / ".complete").is_file():
+        return python
+    if venv.exists():
+        shutil.rmtree(venv)  # a half-built one from an interrupted run
+    print(f"Building the SAEBench virtualenv in {venv} (once; several minutes) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pin = venv / "torch-pin.txt"
+    pin.write_text(f"torch=={TORCH}\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={TORCH}"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(pin), "sae-bench==0.6.0"], check=True)
+    # The torchvision that resolves is built against another torch build (its C++ ops fail to register
+    # and transformers then fails to import); the absorption eval never uses it, so it goes.
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision"], check=True)
+    check = "import sae_bench.evals.absorption.main, transformers; transformers.BertForPreTraining; print('ok')"
+    probe = subprocess.run([str(python), "-c", check], capture_output=True, text=True)
+    if probe.stdout.strip() != "ok":
+        sys.exit(f"The SAEBench virtualenv in {venv} does not import SAEBench:\n{probe.stderr[-2000:]}")
+    (venv / ".complete").write_text(f"sae-bench==0.6.0 torch=={TORCH}\n")
+    return python
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sae-path", required=True)
+    parser.add_argument("--seeds", default="1,2,3,4,5")
+    parser.add_argument("--min-letters", type=int, default=10, help="SAEBench's min_feats_for_eval (default 20)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    python = saebench_python()
+    print(f"SAEBench min_feats_for_eval lowered from 20 to {args.min_letters} for the built-in model.", flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        payload = {"sae_path": str(Path(args.sae_path).resolve()), "seeds": seeds, "out": work}
+        payload |= {"min_letters": args.min_letters, "threads": args.threads}
+        env = {**os.environ, "SAEHEALTH_REPO": str(REPO), "HF_HUB_OFFLINE": "1"}
+        run = subprocess.run(
+            [str(python), "-c", CHILD, json.dumps(payload)], cwd=work, env=env, capture_output=True, text=True
+        )
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("CROSSCHECK_JSON")), None)
+    if line is None:
+        sys.exit(f"SAEBench failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    saebench = json.loads(line[len("CROSSCHECK_JSON") :])
+    compare(args, seeds, saebench)
+
+
+def compare(args, seeds, saebench: dict) -> None:
+    import numpy as np
+    import torch
+
+    import saehealth
+    from saehealth.absorption import AbsorptionSettings, measure_absorption
+    from saehealth.absorption.words import LETTERS, saebench_vocab
+
+    torch.set_num_threads(args.threads)
+    model = saehealth.load_model(saehealth.BUILTIN_MODEL)
+    sae = saehealth.load_sae(args.sae_path)
+    hook = sae.cfg.metadata.hook_name
+    index = {text: i for i, (_, text) in enumerate(saebench_vocab(model.tokenizer))}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            sb = saebench[str(seed)]
+            split = [
+                (np.array(sorted(index[w] for w in sb["split"][name] if w in index))) for name in ("train", "test")
+            ]
+            started = time.perf_counter()
+            ours_sb = measure_absorption(
+                model,
+                sae,
+                hook,
+                seed=seed,
+                settings=AbsorptionSettings(schedule="saebench-0.6", n_splits=1, min_letters=args.min_letters),
+                splits=[tuple(split)],
+            )
+            sb_seconds = time.perf_counter() - started
+            cold = time.perf_counter()
+            ours = measure_absorption(model, sae, hook, seed=seed, cache_dir=Path(tmp))
+            cold = time.perf_counter() - cold
+            sb_metrics = (sb["result"] or {}).get("eval_result_metrics", {}).get("mean", {})
+            details = {d["first_letter"].upper(): d for d in (sb["result"] or {}).get("eval_result_details", [])}
+            print(
+                f"\nseed {seed}: SAEBench {sb['seconds']:.1f}s, saehealth saebench-0.6 on SAEBench's split "
+                f"{sb_seconds:.1f}s, saehealth converged (5 splits, cold) {cold:.1f}s"
+            )
+            print("letter  SAEBench  saehealth(saebench-0.6)  saehealth(converged)")
+            for i, letter in enumerate(LETTERS):
+                theirs = details.get(letter, {}).get("mean_absorption_fraction")
+                a, b = ours_sb.per_letter["absorption_fraction"][i], ours.per_letter["absorption_fraction"][i]
+                print(f"  {letter}     {_f(theirs)}     {_f(a)}                  {_f(b)}")
+            row = (
+                seed,
+                sb_metrics.get("mean_absorption_fraction_score"),
+                ours_sb.metrics["absorption_fraction"],
+                ours.metrics["absorption_fraction"],
+                ours.uncertainty.get("absorption_fraction"),
+                sb["seconds"],
+                cold,
+            )
+            rows.append(row)
+    print(
+        "\nseed  SAEBench  saehealth(saebench-0.6, its split)  saehealth(converged) ± se  SAEBench s  saehealth cold s"
+    )
+    for seed, theirs, a, b, se, s1, s2 in rows:
+        print(
+            f"{seed:4d}  {_f(theirs)}    {_f(a)}                            {_f(b)} ± {_f(se)}        {s1:6.1f}      {s2:6.1f}"
+        )
+    if len(rows) >= 2:
+        columns = list(zip(*rows, strict=True))
+        print("\nover seeds, mean ± standard deviation:")
+        for name, values in (("SAEBench", columns[1]), ("saebench-0.6", columns[2]), ("converged", columns[3])):
+            kept = np.array([v for v in values if v is not None], dtype=float)
+            print(f"  {name:<13} {kept.mean():.3f} ± {kept.std(ddof=1):.3f}  ({len(kept)} seeds)")
+        print(f"  wall time     SAEBench {np.mean(columns[5]):.1f} s, saehealth cold {np.mean(columns[6]):.1f} s")
+
+
+def _f(value) -> str:
+    return "  -  " if value is None or value != value else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    main()
