@@ -340,9 +340,10 @@ class _Comparer:
         """The side-by-side report with its plots and the JSON summary, staged and renamed into the folder together
         (each SAE's result folder was written whole when it was finished; a reused one gets its report again only
         when --thresholds changed its verdicts)."""
-        from saehealth.output import save_report_folder, staged
+        from saehealth.output import staged
         from saehealth.report.compare_report import write_comparison_report
         from saehealth.result import RESULT_FILE, load_details
+        from saehealth.result_folder import save_report_folder
 
         t0 = time.perf_counter()
         options = self.config.evaluation

@@ -22,9 +22,10 @@ from saehealth.fingerprint import weights_fingerprint
 from saehealth.finishing import finish_result, logit_lens_of
 from saehealth.latents.store import write_latents
 from saehealth.models import load_model
-from saehealth.output import check_output_folder, save_result_folder
+from saehealth.output import check_output_folder
 from saehealth.planning import Plan
 from saehealth.result import RESULT_FILE, EvalResult, load_result
+from saehealth.result_folder import save_result_folder
 from saehealth.scoring import PassOutput, progress, score_batches
 
 # The options that decide the numbers; a saved result is reused only when they (and the weights) match.

@@ -26,12 +26,12 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from saehealth.errors import OutputError
-from saehealth.result import DETAILS_FILE, RESULT_FILE
+from saehealth.result import RESULT_FILE
 
 MANIFEST = ".saehealth.json"
 MANIFEST_FORMAT = 1
@@ -373,60 +373,3 @@ def _renameat2():
     function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     function.restype = ctypes.c_int
     return function
-
-
-# ---------------------------------------------------------------------------------------------- result folders
-def save_result_folder(
-    folder: str | Path,
-    result,
-    details: dict | None,
-    *,
-    latents: Callable[[Path], object] | None = None,
-    report: bool = True,
-    html_latents: int | None = None,
-) -> Path:
-    """result.json, its per-latent details, the latents file (`latents(staging)` writes it) and (with `report`)
-    report.md with plots/ and report.html into `folder`, all or nothing; returns the folder's absolute path. The
-    folder is replaced whole: an earlier result there goes."""
-    path = absolute(folder)
-    with staged(path, "result") as staging:
-        result.write_files(staging, details)
-        if latents is not None:
-            latents(staging)
-        if report:
-            _write_reports(result, details, staging, html_latents)
-    return path
-
-
-def report_target(folder: str | Path, result_path: str | Path) -> tuple[Path, str, tuple[str, ...]]:
-    """(folder, kind, files kept) for a report of the saved result at `result_path` written into `folder`.
-
-    Into the result's own folder it is a result folder whose result files are kept; anywhere else a report
-    folder of its own (a folder holding another result is refused: its report would not match)."""
-    from saehealth.latents.store import LATENTS_FILE
-
-    path, source = absolute(folder), absolute(result_path)
-    source_folder = source if source.is_dir() else source.parent
-    if path == source_folder:
-        name = RESULT_FILE if source.is_dir() else source.name
-        return path, "result", (name, DETAILS_FILE, LATENTS_FILE)
-    return path, "report", ()
-
-
-def save_report_folder(
-    folder: str | Path, result, details: dict | None, result_path: str | Path, *, html_latents: int | None = None
-) -> Path:
-    """report.md with plots/ and report.html for a saved result into `folder` (see `report_target`), all or
-    nothing; the latent browser reads the latents file beside the result. Returns the markdown report's path."""
-    path, kind, keep = report_target(folder, result_path)
-    source = absolute(result_path)
-    with staged(path, kind, keep=keep) as staging:
-        report, _ = _write_reports(result, details, staging, html_latents, source if source.is_dir() else source.parent)
-    return path / report.name
-
-
-def _write_reports(result, details, folder: Path, html_latents: int | None, source: Path | None = None):
-    from saehealth.report.pages import write_reports
-
-    options = {} if html_latents is None else {"html_latents": html_latents}
-    return write_reports(result, details, folder, source=source, **options)

@@ -169,8 +169,8 @@ class EvalResult:
     def save(self, folder: Path, details: dict | None = None) -> Path:
         """Write result.json (and the per-latent companion) as the result folder `folder`, all or nothing, under
         saehealth's output rule (saehealth.output: a new, empty or own folder, replaced whole); return the JSON path.
-        `saehealth.output.save_result_folder` also writes report.md with plots."""
-        from saehealth.output import save_result_folder
+        `saehealth.result_folder.save_result_folder` also writes report.md with plots."""
+        from saehealth.result_folder import save_result_folder
 
         save_result_folder(folder, self, details, report=False)
         return Path(folder) / RESULT_FILE
