@@ -141,7 +141,7 @@ def main() -> None:
             "--force",
             "--quiet",
         ] + ([] if args.with_absorption else ["--skip", "absorption"])
-        exe = ["env", f"OMP_NUM_THREADS={args.threads}", sys.executable, "-m", "saehealth.cli"]
+        exe = ["env", f"OMP_NUM_THREADS={args.threads}", sys.executable, "-m", "saehealth"]
 
         def cli_compare():
             cmd = [*exe, "compare", *map(str, paths), "--out", str(work / "cli_compare"), *common]
