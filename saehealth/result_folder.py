@@ -28,7 +28,7 @@ def save_result_folder(
         if latents is not None:
             latents(staging)
         if report:
-            _write_reports(result, details, staging, html_latents)
+            _write_reports(result, details, staging, html_latents, shown=Path(folder))
     return path
 
 
@@ -55,12 +55,13 @@ def save_report_folder(
     path, kind, keep = report_target(folder, result_path)
     source = absolute(result_path)
     with staged(path, kind, keep=keep) as staging:
-        report, _ = _write_reports(result, details, staging, html_latents, source if source.is_dir() else source.parent)
+        own = source if source.is_dir() else source.parent  # where its latents file is
+        report, _ = _write_reports(result, details, staging, html_latents, source=own, shown=own)
     return path / report.name
 
 
-def _write_reports(result, details, folder: Path, html_latents: int | None, source: Path | None = None):
+def _write_reports(result, details, folder: Path, html_latents: int | None, *, source=None, shown=None):
     from saehealth.report.pages import write_reports
 
     options = {} if html_latents is None else {"html_latents": html_latents}
-    return write_reports(result, details, folder, source=source, **options)
+    return write_reports(result, details, folder, source=source, shown=shown, **options)

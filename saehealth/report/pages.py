@@ -19,13 +19,15 @@ def write_reports(
     *,
     html_latents: int = DEFAULT_CARDS,
     source: Path | None = None,
+    shown: Path | None = None,
 ) -> tuple[Path, Path]:
     """Write report.md (+ plots/) and report.html into `folder`; (markdown path, html path).
     `html_latents`: latents with full cards in report.html; `source`: the result's own folder, where its
-    latents file is, when the reports go elsewhere (`saehealth report --out`)."""
+    latents file is, when the reports go elsewhere (`saehealth report --out`); `shown`: the result folder as the
+    reader will find it (`folder` may be a staging folder), named in the `saehealth latents` hint."""
     details = details or {}
     view = load_view(result, source or folder, details, cards=html_latents)
     images = plot_images(result, details)
     markdown = write_markdown_report(result, details, folder, view, images)
-    html = render_report_html(result, details, view, images, folder_hint=str(folder))
+    html = render_report_html(result, details, view, images, folder_hint=str(shown or source or folder))
     return markdown, write_report_html(folder, html)

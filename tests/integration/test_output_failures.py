@@ -30,8 +30,12 @@ def test_a_result_folder_appears_whole_with_its_report(tmp_path):
     out = tmp_path / "out"
     main(["eval", "--sae-path", str(_sae(tmp_path)), "--out", str(out), *FAST])  # returns: exit code 0
     entries = json.loads((out / MANIFEST).read_text())["entries"]
-    assert {"result.json", "result.details.safetensors", "report.md", "plots/"} <= set(entries)
+    expected = {"result.json", "result.details.safetensors", "result.latents.safetensors", "report.md", "report.html"}
+    assert expected | {"plots/"} <= set(entries)
     assert not [p for p in tmp_path.rglob(f"*{STAGING_TAG}*")]
+    # The reports name the folder the reader finds, never the staging folder they were written in.
+    html = (out / "report.html").read_text()
+    assert STAGING_TAG not in html and f"saehealth latents {out} --id" in html
     umask = os.umask(0)
     os.umask(umask)
     for name in ("result.json", "result.details.safetensors", "report.md"):  # readable as the umask says, not 0600
@@ -40,6 +44,7 @@ def test_a_result_folder_appears_whole_with_its_report(tmp_path):
     before = (out / "result.json").read_text()
     main(["report", str(out / "result.json"), "--quiet"])
     assert (out / "result.json").read_text() == before and (out / "report.md").is_file()
+    assert (out / "result.latents.safetensors").is_file() and STAGING_TAG not in (out / "report.html").read_text()
 
 
 def test_a_full_disk_while_writing_the_report_leaves_nothing(tmp_path, monkeypatch, capsys):
