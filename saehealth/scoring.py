@@ -24,6 +24,7 @@ from saehealth import distributed
 from saehealth.data import special_token_mask
 from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
+from saehealth.metrics.firings import find_firings
 from saehealth.metrics.latents import LatentExamples, token_locations
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
@@ -164,12 +165,13 @@ class SAEScorer:
                 warnings.filterwarnings("ignore", message="Sparse invariant checks")
                 feature_acts = self.sae.encode(flat[start : start + step])
             parts.append(self.sae.decode(feature_acts))
-            l0.append(self.tally.sparsity.update(feature_acts, chunk_mask))
-            self.tally.saebench.update_latents(feature_acts, chunk_mask, length)
+            found = find_firings(feature_acts, chunk_mask)  # one scan for every latent statistic
+            l0.append(self.tally.sparsity.update(feature_acts, chunk_mask, found))
+            self.tally.saebench.update_latents(feature_acts, chunk_mask, length, found)
             if examples is not None:
                 end = start + step
                 dense = feature_acts.to_dense() if feature_acts.is_sparse else feature_acts
-                examples.update(dense, chunk_mask, sequences[start:end], positions[start:end])
+                examples.update(dense, chunk_mask, sequences[start:end], positions[start:end], found)
             del feature_acts
         self._l0 = torch.cat(l0).reshape(mask.shape)
         x_hat = parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -22,10 +22,10 @@ passed to `update` should hold whole sequences: a window is cut where the chunk 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from saehealth.config import DEFAULT_EXAMPLES
+from saehealth.metrics.firings import Firings, find_firings
 
 DEFAULT_TOP = DEFAULT_EXAMPLES  # --examples K: top activations kept per latent
 WINDOW = 10  # tokens either side of a firing whose activations are kept
@@ -34,7 +34,6 @@ WINDOW = 10  # tokens either side of a firing whose activations are kept
 HIST_LOW, HIST_HIGH, HIST_BINS_PER_OCTAVE = -10, 14, 2
 _MASK32 = 0xFFFFFFFF
 _POSITION_BITS = 24  # (sequence, position) packed into one int64 for ordering: positions < 2^24
-_FEW_MASKED = 256  # masked tokens in a chunk up to which they are cut out as index ranges
 _PRESELECT_ABOVE = 4096  # candidates in one offer above which a cheap pre-selection runs first
 
 
@@ -216,24 +215,6 @@ def _first_n_per_group(latent, order, n: int) -> torch.Tensor:
     return order[rank < n]
 
 
-def _nonzero(flat: torch.Tensor) -> torch.Tensor:
-    """Indices of the non-zero entries of a 1-D tensor, ascending. On the CPU numpy's scan of a boolean
-    array is the fastest (2x torch's, whose threads also contend on a busy machine)."""
-    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.flatnonzero(flat.numpy() != 0))
-    return flat.nonzero().squeeze(1)
-
-
-def _without_rows(flat: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
-    """`flat` (ascending indices into a (tokens, width) array) without the entries in `rows`: the few masked
-    tokens are cut out as index ranges, not by a gather over every entry."""
-    starts = torch.searchsorted(flat, rows * width)
-    ends = torch.searchsorted(flat, (rows + 1) * width)
-    bounds = torch.stack([starts, ends], 1).reshape(-1).tolist()
-    edges = [0, *bounds, flat.numel()]
-    return torch.cat([flat[edges[i] : edges[i + 1]] for i in range(0, len(edges), 2)])
-
-
 class LatentExamples:
     """Streams latent activations; keeps per latent its top-k and a uniform sample of its firings.
 
@@ -264,26 +245,24 @@ class LatentExamples:
 
     @torch.no_grad()
     def update(
-        self, feature_acts: torch.Tensor, mask: torch.Tensor, sequence_ids: torch.Tensor, positions: torch.Tensor
+        self,
+        feature_acts: torch.Tensor,
+        mask: torch.Tensor,
+        sequence_ids: torch.Tensor,
+        positions: torch.Tensor,
+        firings: Firings | None = None,
     ) -> None:
-        """Add a chunk: feature_acts (..., d_sae); mask, sequence_ids, positions (...) of the same leading
-        shape. Masked positions (False) are not firings and are NaN in windows."""
+        """Add a chunk: feature_acts (..., d_sae), dense; mask, sequence_ids, positions (...) of the same leading
+        shape; `firings`, the chunk's firings when the caller has found them already. Masked positions (False)
+        are not firings and are NaN in windows."""
         d = self.d_sae
         acts = feature_acts.reshape(-1, d)
         mask = mask.reshape(-1)
         sequences = sequence_ids.reshape(-1).to(torch.int64)
         positions = positions.reshape(-1).to(torch.int64)
         self.tokens += int(mask.sum())
-        flat = _nonzero(acts.reshape(-1)).to(acts.device)
-        masked = (~mask).nonzero().squeeze(1)
-        if 0 < masked.numel() <= _FEW_MASKED:
-            flat = _without_rows(flat, masked, d)
-        token = torch.div(flat, d, rounding_mode="floor")
-        if masked.numel() > _FEW_MASKED:
-            keep = mask[token].nonzero().squeeze(1)
-            flat, token = flat[keep], token[keep]
-        latent = flat - token * d
-        value = acts.reshape(-1)[flat]
+        found = firings if firings is not None else find_firings(acts, mask)
+        token, latent, value = found.token, found.latent, found.value
         self._statistics(latent, value)
 
         location = (sequences << _POSITION_BITS) | positions

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from saehealth.metrics.firings import Firings, find_firings
 from saehealth.result import SPARSITY_KEYS
 
 DENSE_THRESHOLD = 0.1
@@ -27,37 +28,25 @@ class SparsityAccumulator:
         self.firing_counts = torch.zeros(d_sae, dtype=torch.int64)
         self.l0_histogram = torch.zeros(d_sae + 1, dtype=torch.int64)
 
-    def update(self, feature_acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Add latent activations (..., d_sae) at positions (...) with their mask (...): any chunk of tokens.
-        Returns each position's L0 (zero where masked), for per-sequence totals. A sparse COO `feature_acts`
-        (positions, d_sae), as TopK SAEs give, is counted from its non-zero entries alone."""
-        if feature_acts.is_sparse:
-            return self._update_sparse(feature_acts, mask)
-        fired = (feature_acts != 0) & mask[..., None]
-        l0 = fired.sum(-1)
-        l1 = feature_acts.abs().sum(-1, dtype=torch.float32).to(torch.float64) * mask
+    def update(self, feature_acts: torch.Tensor, mask: torch.Tensor, firings: Firings | None = None) -> torch.Tensor:
+        """Add latent activations (..., d_sae) at positions (...) with their mask (...): any chunk of tokens,
+        dense or sparse COO (positions, d_sae). `firings`: the chunk's, when the caller has found them already.
+        Returns each position's L0 (zero where masked), for per-sequence totals."""
+        shape = mask.shape
+        mask = mask.reshape(-1)
+        if firings is None:
+            acts = feature_acts if feature_acts.is_sparse else feature_acts.reshape(-1, self.d_sae)
+            firings = find_firings(acts, mask)
+        n = mask.shape[0]
+        l0 = torch.bincount(firings.token, minlength=n)
+        l1 = torch.zeros(n, dtype=torch.float64, device=l0.device)
+        l1.index_add_(0, firings.token, firings.value.abs().to(torch.float64))
         self.tokens += int(mask.sum())
         self.sum_l0 += float(l0.sum())
         self.sum_l1 += float(l1.sum())
-        self.firing_counts += fired.reshape(-1, self.d_sae).sum(0).cpu()
+        self.firing_counts += torch.bincount(firings.latent, minlength=self.d_sae).cpu()
         self.l0_histogram += torch.bincount(l0[mask].cpu(), minlength=self.d_sae + 1)
-        return l0
-
-    def _update_sparse(self, feature_acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        acts = feature_acts.coalesce()
-        position, latent = acts.indices()
-        values = acts.values()
-        keep = (values != 0) & mask[position]
-        position, latent, values = position[keep], latent[keep], values[keep]
-        l0 = torch.bincount(position, minlength=mask.shape[0])
-        l1 = torch.zeros(mask.shape[0], dtype=torch.float64, device=values.device)
-        l1.index_add_(0, position, values.abs().to(torch.float64))
-        self.tokens += int(mask.sum())
-        self.sum_l0 += float(l0.sum())
-        self.sum_l1 += float(l1.sum())
-        self.firing_counts += torch.bincount(latent, minlength=self.d_sae).cpu()
-        self.l0_histogram += torch.bincount(l0[mask].cpu(), minlength=self.d_sae + 1)
-        return l0
+        return l0.reshape(shape)
 
     def merge(self, other: SparsityAccumulator) -> None:
         """Add another accumulator's counts (another chunk of the data, or another rank's share)."""

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
+from saehealth.metrics.firings import Firings, find_firings
+
 # Below this input norm SAEBench divides by 1 instead (evals/core/main.py, l2_norm_in_for_div).
 SMALL_NORM = 1e-4
 _SCALARS = (
@@ -99,27 +101,20 @@ class SAEBenchSums:
         s["l2_ratio"] += float((norm_out / torch.where(norm_in < SMALL_NORM, 1.0, norm_in)).sum())
 
     @torch.no_grad()
-    def update_latents(self, feature_acts: torch.Tensor, mask: torch.Tensor, sequence_length: int) -> None:
+    def update_latents(
+        self, feature_acts: torch.Tensor, mask: torch.Tensor, sequence_length: int, firings: Firings | None = None
+    ) -> None:
         """Add latents of whole sequences: feature_acts (positions, d_sae), dense or sparse COO, and mask
-        (positions,), the positions being consecutive sequences of `sequence_length`."""
-        if feature_acts.is_sparse:
-            acts = feature_acts.coalesce()
-            position, latent = acts.indices()
-            values = acts.values()
-            kept = mask[position]
-            self.sums["l1"] += float(values[kept].to(torch.float64).sum())
-            positive = kept & (values > 0)
-            position, latent = position[positive], latent[positive]
-            self.positive_counts += torch.bincount(latent, minlength=self.d_sae).cpu()
-            pairs = torch.unique((position // sequence_length) * self.d_sae + latent)
-            self.sequences_fired += torch.bincount(pairs % self.d_sae, minlength=self.d_sae).cpu()
-            return
-        signed = feature_acts.sum(-1, dtype=torch.promote_types(feature_acts.dtype, torch.float32))
-        self.sums["l1"] += float(signed[mask].double().sum())
-        positive = ((feature_acts > 0) & mask[:, None]).reshape(-1, sequence_length, self.d_sae)
-        per_sequence = positive.sum(1)  # (sequences, d_sae)
-        self.positive_counts += per_sequence.sum(0).cpu()
-        self.sequences_fired += (per_sequence > 0).sum(0).cpu()
+        (positions,), the positions being consecutive sequences of `sequence_length`; `firings`, the chunk's
+        when the caller has found them already."""
+        found = firings if firings is not None else find_firings(feature_acts, mask)
+        self.sums["l1"] += float(found.value.to(torch.float64).sum())  # signed, as SAEBench sums f
+        positive = found.value > 0
+        token, latent = found.token[positive], found.latent[positive]
+        self.positive_counts += torch.bincount(latent, minlength=self.d_sae).cpu()
+        fired = torch.zeros(found.n_tokens // sequence_length, self.d_sae, dtype=torch.bool, device=latent.device)
+        fired[token // sequence_length, latent] = True  # each sequence in which a latent fired at all
+        self.sequences_fired += fired.sum(0).cpu()
 
     def merge(self, other: SAEBenchSums) -> None:
         """Add another accumulator's sums (another torchrun rank's batches)."""
