@@ -203,6 +203,7 @@ def _absorption(result: EvalResult, details: Mapping) -> list[LatentGroup]:
     members = list(dict.fromkeys(x for letter in letters for x in (*letter.main, *letter.absorbing)))
     finding = (
         f"absorption_fraction {format_value('absorption_fraction', result.metrics.get('absorption_fraction'))}: "
-        f"{len(letters)} letters have absorbed tokens; each letter's main latents, then the latents that take over"
+        f"{len(letters)} letters have absorbed tokens in the word splits that scored them (a letter's fraction is its"
+        " mean over those splits); each letter's main latents, then the latents that take over"
     )
     return [LatentGroup("absorption", "Absorbed letters", finding, members, letters=letters)]
