@@ -6,7 +6,7 @@
 Four SAELens TopK SAEs (d_sae 1024, k = 16, 32, 64, 128: a small sweep) read the built-in model's
 blocks.0.hook_resid_post. Measured in one process, alternating, `--repeats` times after a warm-up:
 - compare:  `compare()` on the four, --force, including every per-SAE report.md and the comparison files;
-- separate: `evaluate()` on each, --force, plus its report.md (what `saehealth eval` writes);
+- separate: `evaluate()` on each, --force (its result folder and reports, what `saehealth eval` writes);
 - the pass alone: one `score_batches` call with four SAEs vs four calls with one.
 `--cli` also times the commands end to end as subprocesses (interpreter start and imports included, so
 the separate runs pay them four times). Absorption is skipped on both sides (it is per SAE, unshared, and
@@ -43,8 +43,6 @@ from saehealth.data import load_dataset, sequence_batches  # noqa: E402
 from saehealth.evaluation import evaluate  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
-from saehealth.report import write_markdown_report  # noqa: E402
-from saehealth.result import load_details  # noqa: E402
 from saehealth.scoring import score_batches  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"
@@ -107,9 +105,7 @@ def main() -> None:
 
     def separately():
         for path in paths:
-            folder = work / "separate" / path.name
-            result = evaluate(path, out=folder, **options)
-            write_markdown_report(result, load_details(folder), folder)
+            evaluate(path, out=work / "separate" / path.name, **options)  # its result folder and reports
 
     model = saehealth.load_model(saehealth.BUILTIN_MODEL, device=args.device)
     saes = [load_sae(p, device=args.device) for p in paths]

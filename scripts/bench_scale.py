@@ -13,11 +13,15 @@ Hugging Face folder path. The SAEs are randomly initialised SAELens TopK SAEs. P
    (everything on) on the same token batches, alternating, medians of `--repeats`: throughput ratio, and the
    pass's time over that of 3 plain forward passes.
 2. `every_layer`: 12 SAEs (8× wide, k 32), one per layer's resid_post, in one run folder. `saehealth eval` of the
-   folder (one pass, every SAE finished and its report written) against 12 separate `saehealth eval`s, each also
-   writing its report (target: ≤ 0.4× the time), and the pass alone against 12 passes of one SAE each over the same batches (what `compare` did before
-   one pass took every hook). In-process, absorption skipped (the random model cannot spell).
+   folder (one pass, every SAE finished and its result folder and reports written) against 12 separate
+   evaluations of one SAE each (the issue's target: ≤ 0.4× the time), in-process and as commands end to end
+   (12 `saehealth eval` subprocesses against one); and the pass alone against 12 passes of one SAE each over
+   the same batches (what `compare` did before one pass took every hook). Absorption skipped (the random
+   model cannot spell). Each is timed once: the separate evaluations are long.
 3. `widths`: d_sae 4,096 → 65,536 at blocks.6.hook_resid_post, each in a fresh process: the pass's time, decoder
-   geometry's time and the process's peak memory; d_sae 131,072 for peak memory of the pass (its geometry is
+   geometry's time, the resident memory before the pass and the peak while loading the model and the SAE, then
+   the peak during the pass and during geometry (Linux: the peak is reset before each; elsewhere the process's
+   peak); d_sae 131,072 for peak memory of the pass (its geometry is
    65,536's four times over). On a GPU, peak GPU memory too.
 
 Defaults finish in under 10 minutes on 2 CPU cores; `--quick` is a smoke run.
@@ -49,8 +53,6 @@ from saehealth.data import load_dataset, sequence_batches  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.metrics.geometry import geometry_metrics  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
-from saehealth.report import write_markdown_report  # noqa: E402
-from saehealth.result import load_details  # noqa: E402
 from saehealth.scoring import score_batches  # noqa: E402
 
 LAYERS = 12
@@ -154,11 +156,23 @@ def every_layer(args, model_dir: Path, work: Path) -> dict:
     def one_pass():
         evaluate_path(EvalConfig(sae_path=str(run), out=work / "together", **options))
 
-    def separately():  # as 12 `saehealth eval` commands: each writes its report.md with plots, as the run does
+    def separately():  # as 12 `saehealth eval` calls: each writes its result folder and reports, as the run does
         for member in sorted(run.iterdir()):
-            folder = work / "separate" / member.name
-            result = evaluate_path(EvalConfig(sae_path=str(member), out=folder, **options))
-            write_markdown_report(result, load_details(folder), folder)
+            evaluate_path(EvalConfig(sae_path=str(member), out=work / "separate" / member.name, **options))
+
+    def command(sae_path: Path, out: Path) -> list[str]:
+        return [sys.executable, "-m", "saehealth", "eval", "--sae-path", str(sae_path), "--out", str(out), "--quiet"]
+
+    flags = ["--tokens", str(args.tokens), "--skip", "absorption", "--force", "--device", args.device]
+    flags += ["--dataset", saehealth.BUILTIN_DATASET, "--split", "train"]
+
+    def cli_one_pass():  # end to end on the command line: interpreter start, imports and model load once
+        subprocess.run([*command(run, work / "cli_together"), *flags], check=True, capture_output=True)
+
+    def cli_separately():  # ... and twelve times
+        for member in sorted(run.iterdir()):
+            out = work / "cli_separate" / member.name
+            subprocess.run([*command(member, out), *flags], check=True, capture_output=True)
 
     model = saehealth.load_model(str(model_dir), device=args.device)
     members = [
@@ -175,7 +189,7 @@ def every_layer(args, model_dir: Path, work: Path) -> dict:
             score_batches(model, [member], batches, device=args.device)
 
     runs = {"eval_run_folder": one_pass, "separate_evals": separately, "pass_shared": pass_together}
-    runs["pass_per_hook"] = pass_per_hook
+    runs.update(pass_per_hook=pass_per_hook, cli_run_folder=cli_one_pass, cli_separate_evals=cli_separately)
     times = {name: timed(run_) for name, run_ in runs.items()}  # once each: the separate evals are long
     return {
         "saes": LAYERS,
@@ -183,6 +197,7 @@ def every_layer(args, model_dir: Path, work: Path) -> dict:
         "tokens": sum(b.numel() for b in batches),
         "seconds": times,
         "run_folder_vs_separate_evals": times["eval_run_folder"] / times["separate_evals"],
+        "cli_run_folder_vs_separate_evals": times["cli_run_folder"] / times["cli_separate_evals"],
         "shared_pass_vs_pass_per_hook": times["pass_shared"] / times["pass_per_hook"],
     }
 
@@ -198,13 +213,42 @@ def width_child(args) -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     row = {"d_sae": d_sae, "weights_mib": 2 * d_sae * model.cfg.d_model * 4 / 2**20}
+    row["rss_before_pass_mib"] = _rss_mib("VmRSS")
+    row["peak_rss_loading_mib"] = _rss_mib("VmHWM")
+    resettable = _reset_peak_rss()  # the process's peak so far is the model's loading, not the pass
     row["pass_s"] = timed(lambda: score_batches(model, [(splice_site(HOOK), sae)], batches, device=args.device))
+    if resettable:
+        row["pass_peak_rss_mib"] = _rss_mib("VmHWM")
     if not args.no_geometry:
+        _reset_peak_rss()
         row["geometry_s"] = timed(lambda: geometry_metrics(sae.W_dec))
-    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if resettable:
+            row["geometry_peak_rss_mib"] = _rss_mib("VmHWM")
+    if not resettable:  # the process's peak, whatever set it
+        row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device.startswith("cuda"):
         row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(row))
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak resident size (Linux: VmHWM), so a later reading covers only what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_mib(field: str) -> float | None:
+    """VmRSS (now) or VmHWM (peak since start or the last reset) from /proc/self/status, in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def widths(args, model_dir: Path) -> list[dict]:

@@ -105,6 +105,7 @@ class TokenText:
         return self.tokenizer.decode([token_id])
 
 
+@lru_cache(maxsize=1 << 16)  # pages show the same few thousand token texts hundreds of thousands of times
 def visible(text: str, *, mark_leading_space: bool = False) -> str:
     """Make invisible characters visible: ↵ for a newline, → for a tab, control pictures for other
     control characters, and ␣ for a leading space when asked (a token shown on its own)."""
