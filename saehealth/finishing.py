@@ -123,8 +123,8 @@ def logit_lens_of(plan: Plan) -> tuple[dict | None, str | None]:
 
 def assess(result: EvalResult, thresholds: str | None) -> None:
     """Set the result's verdicts under the given thresholds (a preset name or file; None: the default)."""
-    from saehealth.thresholds import assess as assess_metrics
     from saehealth.thresholds import load_thresholds
+    from saehealth.verdicts import assess as assess_metrics
 
     result.verdicts = assess_metrics(
         result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae

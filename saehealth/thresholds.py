@@ -1,4 +1,4 @@
-"""Health bands, threshold presets and verdicts.
+"""Health bands and threshold presets (the verdicts they give are in verdicts.py).
 
 A `Band` says where a metric is healthy and where it is still acceptable ("borderline"); outside the
 acceptable range it is unhealthy. All bounds are inclusive, so the default preset reproduces
@@ -358,78 +358,3 @@ def thresholds_to_toml(thresholds: Thresholds) -> str:
         lines.extend(f"{name} = {value:g}" for name, value in band.as_dict().items())
         lines.append("")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- verdicts
-def derived_metrics(metrics: Mapping, d_sae: int | None = None) -> dict[str, float | None]:
-    """Metrics computed from others: the near-duplicate share needs the dictionary size."""
-    count = metrics.get("near_duplicate_latents")
-    if count is None:
-        return {"near_duplicate_fraction": None}
-    if count == 0:
-        return {"near_duplicate_fraction": 0.0}
-    d_sae = d_sae or _infer_d_sae(metrics)
-    return {"near_duplicate_fraction": count / d_sae if d_sae else None}
-
-
-def _infer_d_sae(metrics: Mapping) -> int | None:
-    """d_sae from a count and its fraction (dead or dense latents), when one of them is non-zero."""
-    for count_key, fraction_key in (("dead_features", "dead_fraction"), ("dense_features", "dense_fraction")):
-        count, fraction = metrics.get(count_key), metrics.get(fraction_key)
-        if count and fraction:
-            return round(count / fraction)
-    return None
-
-
-def assess(
-    metrics: Mapping,
-    not_measured: Mapping | None = None,
-    thresholds: Thresholds | str | Path | None = None,
-    *,
-    d_sae: int | None = None,
-) -> dict[str, dict]:
-    """Verdict per banded metric: value, healthy band text, status, whether it is a headline metric, and why
-    it was not measured. Headline metrics come first, then secondary checks, in the preset's order."""
-    thresholds = load_thresholds(thresholds)  # also accepts a preset name or file path
-    not_measured = not_measured or {}
-    values = {**metrics, **derived_metrics(metrics, d_sae)}
-    verdicts: dict[str, dict] = {}
-    for key in [*thresholds.headline(), *thresholds.secondary()]:
-        band = thresholds.bands[key]
-        value = values.get(key)
-        measured = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        reason = None
-        if not measured:
-            reason = not_measured.get(key) or _derived_reason(key, metrics, not_measured) or "not in the result"
-        verdicts[key] = {
-            "value": value if measured else None,
-            "band": band.healthy_text(),
-            "borderline": band.borderline_text(),
-            "status": band.status(float(value)) if measured else NOT_MEASURED,
-            "headline": key in HEADLINE_METRICS,
-            "reason": reason,
-            # Numeric bounds (None = unbounded) so advice and plots need not parse the text.
-            "healthy_range": [band.healthy_min, band.healthy_max],
-            "borderline_range": [band.borderline_min, band.borderline_max],
-        }
-    return verdicts
-
-
-def _derived_reason(key: str, metrics: Mapping, not_measured: Mapping) -> str | None:
-    if key == "near_duplicate_fraction":
-        if metrics.get("near_duplicate_latents") is None:
-            return not_measured.get("near_duplicate_latents")
-        return "d_sae unknown, so the share of near-duplicate latents cannot be computed"
-    return None
-
-
-def headline_summary(verdicts: Mapping[str, dict]) -> str:
-    """'3/4 metrics healthy' over the headline metrics; not measured never counts as healthy."""
-    headline = [v for v in verdicts.values() if v.get("headline")]
-    healthy = sum(v["status"] == HEALTHY for v in headline)
-    return f"{healthy}/{len(headline)} metrics healthy"
-
-
-def is_unhealthy(verdicts: Mapping[str, dict]) -> bool:
-    """True when any headline metric is unhealthy (what --strict turns into exit code 2)."""
-    return any(v.get("headline") and v["status"] == UNHEALTHY for v in verdicts.values())

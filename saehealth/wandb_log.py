@@ -20,7 +20,8 @@ from saehealth.errors import SaeHealthError
 from saehealth.report.plots import PLOTS
 from saehealth.report.text import as_numpy, verdicts_of
 from saehealth.result import RESULT_FILE, EvalResult
-from saehealth.thresholds import HEALTHY, headline_summary, is_unhealthy
+from saehealth.thresholds import HEALTHY
+from saehealth.verdicts import headline_summary, is_unhealthy
 
 
 def log_to_wandb(

@@ -14,7 +14,8 @@ from saehealth.advice.training import (
     unnormalised_activations,
 )
 from saehealth.result import EvalResult
-from saehealth.thresholds import NOT_MEASURED, assess
+from saehealth.thresholds import NOT_MEASURED
+from saehealth.verdicts import assess
 
 SEVERITIES = ("critical", "warning", "info", "ok")
 

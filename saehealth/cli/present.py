@@ -23,7 +23,7 @@ def present_comparison(comparison, *, quiet: bool, json_output: bool, strict: bo
 
     from saehealth.comparison import comparison_to_dict
     from saehealth.report.compare_report import print_comparison
-    from saehealth.thresholds import is_unhealthy
+    from saehealth.verdicts import is_unhealthy
 
     logged = _log_comparison(comparison, wandb_project) if wandb_project else {}
     if json_output:
@@ -74,7 +74,7 @@ def present(
     from saehealth.report.html import REPORT_HTML
     from saehealth.report.markdown import REPORT_FILE
     from saehealth.result import load_details
-    from saehealth.thresholds import headline_summary, is_unhealthy
+    from saehealth.verdicts import headline_summary, is_unhealthy
 
     details = load_details(source or folder)
     report_path, html_path = folder / REPORT_FILE, folder / REPORT_HTML

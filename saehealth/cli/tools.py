@@ -67,7 +67,8 @@ def report_command(
     from saehealth.output import check_output_folder
     from saehealth.result import load_details, load_result
     from saehealth.result_folder import report_target, save_report_folder
-    from saehealth.thresholds import assess, load_thresholds
+    from saehealth.thresholds import load_thresholds
+    from saehealth.verdicts import assess
 
     check_html_latents(html_latents)
     result = load_result(result_path)  # the input first: a missing result is the problem to name

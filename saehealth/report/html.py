@@ -38,7 +38,7 @@ from saehealth.report.text import (
     verdicts_of,
 )
 from saehealth.result import EvalResult, _atomic_write
-from saehealth.thresholds import headline_summary
+from saehealth.verdicts import headline_summary
 
 REPORT_HTML = "report.html"
 LIST_LIMIT = 2000  # ids listed per group in the page

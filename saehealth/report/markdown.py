@@ -26,7 +26,7 @@ from saehealth.report.text import (
     verdicts_of,
 )
 from saehealth.result import EvalResult
-from saehealth.thresholds import headline_summary
+from saehealth.verdicts import headline_summary
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"

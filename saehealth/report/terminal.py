@@ -25,7 +25,8 @@ from saehealth.report.text import (
     verdicts_of,
 )
 from saehealth.result import EvalResult
-from saehealth.thresholds import HEALTHY, NOT_MEASURED, Thresholds, headline_summary, is_unhealthy
+from saehealth.thresholds import HEALTHY, NOT_MEASURED, Thresholds
+from saehealth.verdicts import headline_summary, is_unhealthy
 
 BAR_WIDTH = 40
 

@@ -11,7 +11,8 @@ import numpy as np
 from saehealth.advice import per_letter_absorption  # noqa: F401  (re-exported for the plots)
 from saehealth.metrics.sparsity import dead_rate_bound
 from saehealth.result import EvalResult
-from saehealth.thresholds import BORDERLINE, HEALTHY, NOT_MEASURED, UNHEALTHY, assess
+from saehealth.thresholds import BORDERLINE, HEALTHY, NOT_MEASURED, UNHEALTHY
+from saehealth.verdicts import assess
 
 STATUS_EMOJI = {HEALTHY: "✅", BORDERLINE: "⚠️", UNHEALTHY: "❌", NOT_MEASURED: "❔"}
 STATUS_MARK = {HEALTHY: "✔", BORDERLINE: "◐", UNHEALTHY: "✘", NOT_MEASURED: "?"}
@@ -126,7 +127,7 @@ def measurement_rows(result: EvalResult, verdicts: Mapping) -> list[tuple[str, s
 
 def overall_status(verdicts: Mapping) -> str:
     """unhealthy when any headline metric is, healthy when all are, else borderline."""
-    from saehealth.thresholds import is_unhealthy
+    from saehealth.verdicts import is_unhealthy
 
     if is_unhealthy(verdicts):
         return UNHEALTHY

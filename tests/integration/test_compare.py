@@ -228,7 +228,7 @@ def test_saved_results_are_reused_unless_forced(compared, capsys):
 
 
 def test_json_output_and_strict_exit_code(compared, capsys):
-    from saehealth.thresholds import is_unhealthy
+    from saehealth.verdicts import is_unhealthy
 
     out, paths, _ = compared
     argv = ["compare", *map(str, paths.values()), "--model", saehealth.BUILTIN_MODEL, *COMMON, "--out", str(out)]

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from saehealth.result import METRIC_KEYS, EvalResult, EvalSettings, Provenance, SAEInfo
-from saehealth.thresholds import assess, load_thresholds
+from saehealth.thresholds import load_thresholds
+from saehealth.verdicts import assess
 
 HEALTHY_METRICS = {
     "explained_variance": 0.85,

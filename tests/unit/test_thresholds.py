@@ -11,14 +11,12 @@ from saehealth.thresholds import (
     HEADLINE_METRICS,
     Band,
     Thresholds,
-    assess,
-    headline_summary,
-    is_unhealthy,
     load_thresholds,
     preset_names,
     register_preset,
     thresholds_to_toml,
 )
+from saehealth.verdicts import assess, headline_summary, is_unhealthy
 
 HEALTHY = {"loss_recovered": 0.9, "l0": 60.0, "dead_fraction": 0.01, "absorption_fraction": 0.1}
 
