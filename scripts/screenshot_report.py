@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Open a saehealth report.html in headless Chromium and save a screenshot of it.
 
-    python scripts/screenshot_report.py reports/demo/report.html reports/demo/report.png [--latent 311] [--full]
+    python scripts/screenshot_report.py reports/demo/report.html reports/latent_browser.png [--latent 311] [--full]
 
 Needs Debian's `chromium` and `chromium-driver` (apt-get install -y chromium chromium-driver) and
 Selenium (the `dev` extra). The page is opened from a file:// URL with networking refused, as a reader
@@ -102,7 +102,7 @@ def main() -> None:
 
 
 def save_screenshot(html: Path, png: Path, *args) -> Path:
-    """`screenshot`, saved into a saehealth result folder (reports/demo/) through its staged write, so that the
+    """`screenshot`; saved into a saehealth result folder, it goes through the folder's staged write, so that the
     folder's manifest lists the picture and the folder stays saehealth's own (a regenerated result replaces
     it: retake it then); anywhere else the file is simply written."""
     from saehealth.output import is_own_folder, read_manifest, staged
