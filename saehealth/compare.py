@@ -236,9 +236,9 @@ class _Comparer:
         entries = []
         for name, evaluation, result, was_reused in zip(names, evaluations, results, reused, strict=True):
             if was_reused and options.thresholds is not None:
-                from saehealth.finishing import assess
+                from saehealth.verdicts import result_verdicts
 
-                assess(result, options.thresholds)
+                result.verdicts = result_verdicts(result, options.thresholds)
             entries.append(ComparedSAE(name, evaluation.config.sae_path, result, cfg.out_folder / name, was_reused))
         if options.saebench_out is not None:
             from saehealth.saebench.export import export_result

@@ -97,8 +97,8 @@ def _layer_key(layer: int | None) -> int:
 
 def healthy_count(result: EvalResult) -> tuple[int, int]:
     """(healthy, total) over the headline verdicts."""
-    from saehealth.report.text import verdicts_of
     from saehealth.thresholds import HEALTHY
+    from saehealth.verdicts import verdicts_of
 
     headline = [v for v in verdicts_of(result).values() if v.get("headline")]
     return sum(v["status"] == HEALTHY for v in headline), len(headline)
@@ -135,7 +135,7 @@ def frontier_groups(comparison: Comparison, y_key: str) -> dict[str, list[tuple[
 
 def comparison_to_dict(comparison: Comparison) -> dict:
     """The JSON summary: shared settings, one row per SAE (headline metrics, statuses, where its result is)."""
-    from saehealth.report.text import verdicts_of
+    from saehealth.verdicts import verdicts_of
 
     on_front = set(frontier_names(comparison)) if comparison.view == "comparison" else set()
     keys = comparison.summary_keys

@@ -31,6 +31,7 @@ from saehealth.result import (
 )
 from saehealth.saebench.core import core_metrics
 from saehealth.scoring import PassOutput
+from saehealth.verdicts import result_verdicts
 
 
 def finish_result(
@@ -106,7 +107,7 @@ def finish_result(
             k: _clean_number(v) for k, v in core_metrics(metrics, output.saebench, details, output.tokens_run).items()
         },
     )
-    assess(result, config.thresholds)
+    result.verdicts = result_verdicts(result, config.thresholds)
     return result, details
 
 
@@ -119,16 +120,6 @@ def logit_lens_of(plan: Plan) -> tuple[dict | None, str | None]:
     if plan.site is None:  # an activation cache scored with --model (for absorption): the hook it was read at
         return logit_lens(plan.model, plan.sae.W_dec, plan.hook, plan.loaded.hook_head_index)
     return logit_lens(plan.model, plan.sae.W_dec, plan.site.hook_name, plan.site.head_index)
-
-
-def assess(result: EvalResult, thresholds: str | None) -> None:
-    """Set the result's verdicts under the given thresholds (a preset name or file; None: the default)."""
-    from saehealth.thresholds import load_thresholds
-    from saehealth.verdicts import assess as assess_metrics
-
-    result.verdicts = assess_metrics(
-        result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
-    )
 
 
 def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dict[str, str], notes: list[str]):

@@ -9,8 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from saehealth.thresholds import HEADLINE_METRICS, HEALTHY, NOT_MEASURED, UNHEALTHY, Thresholds, load_thresholds
+
+if TYPE_CHECKING:
+    from saehealth.result import EvalResult
 
 
 def derived_metrics(metrics: Mapping, d_sae: int | None = None) -> dict[str, float | None]:
@@ -85,3 +89,13 @@ def headline_summary(verdicts: Mapping[str, dict]) -> str:
 def is_unhealthy(verdicts: Mapping[str, dict]) -> bool:
     """True when any headline metric is unhealthy (what --strict turns into exit code 2)."""
     return any(v.get("headline") and v["status"] == UNHEALTHY for v in verdicts.values())
+
+
+def result_verdicts(result: EvalResult, thresholds: Thresholds | str | Path | None = None) -> dict[str, dict]:
+    """`assess` of a result's metrics under the thresholds (a preset name or file; None: the default)."""
+    return assess(result.metrics, result.not_measured, thresholds, d_sae=result.sae.d_sae)
+
+
+def verdicts_of(result: EvalResult) -> dict[str, dict]:
+    """The result's verdicts, or default-preset ones when it has none."""
+    return result.verdicts or result_verdicts(result)

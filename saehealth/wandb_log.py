@@ -18,10 +18,10 @@ import numpy as np
 from saehealth.advice import advise
 from saehealth.errors import SaeHealthError
 from saehealth.report.plots import PLOTS
-from saehealth.report.text import as_numpy, verdicts_of
+from saehealth.report.text import as_numpy
 from saehealth.result import RESULT_FILE, EvalResult
 from saehealth.thresholds import HEALTHY
-from saehealth.verdicts import headline_summary, is_unhealthy
+from saehealth.verdicts import headline_summary, is_unhealthy, verdicts_of
 
 
 def log_to_wandb(

@@ -15,7 +15,7 @@ from saehealth.advice.training import (
 )
 from saehealth.result import EvalResult
 from saehealth.thresholds import NOT_MEASURED
-from saehealth.verdicts import assess
+from saehealth.verdicts import verdicts_of
 
 SEVERITIES = ("critical", "warning", "info", "ok")
 
@@ -37,8 +37,7 @@ def advise(result: EvalResult, details: dict | None = None) -> list[Finding]:
 
     Uses `result.verdicts` (so a custom thresholds file shapes the advice); computes default verdicts when
     the result has none."""
-    verdicts = result.verdicts or assess(result.metrics, result.not_measured, d_sae=result.sae.d_sae)
-    ctx = AdviceContext(result=result, details=details or {}, verdicts=verdicts)
+    ctx = AdviceContext(result=result, details=details or {}, verdicts=verdicts_of(result))
     findings = [finding for rule in RULES if (finding := rule(ctx)) is not None]
     if not findings:
         findings = [_fallback(ctx)]

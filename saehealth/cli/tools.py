@@ -67,8 +67,7 @@ def report_command(
     from saehealth.output import check_output_folder
     from saehealth.result import load_details, load_result
     from saehealth.result_folder import report_target, save_report_folder
-    from saehealth.thresholds import load_thresholds
-    from saehealth.verdicts import assess
+    from saehealth.verdicts import result_verdicts
 
     check_html_latents(html_latents)
     result = load_result(result_path)  # the input first: a missing result is the problem to name
@@ -76,9 +75,7 @@ def report_command(
     folder = out if out is not None else source
     check_output_folder(*report_target(folder, result_path)[:2])
     if thresholds is not None or not result.verdicts:
-        result.verdicts = assess(
-            result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=result.sae.d_sae
-        )
+        result.verdicts = result_verdicts(result, thresholds)
     save_report_folder(folder, result, load_details(result_path), result_path, html_latents=html_latents)
     present(
         result,

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from saehealth.comparison import Comparison, frontier_groups, layer_and_kind, pareto_front
 from saehealth.report.plots import GREEN, GREY, _figure
 from saehealth.report.text import label as metric_label
-from saehealth.report.text import verdicts_of
+from saehealth.verdicts import verdicts_of
 
 # y metric -> (file name, title)
 FRONTIERS = {

@@ -21,8 +21,9 @@ from rich.text import Text
 from saehealth.comparison import Comparison, frontier_names, healthy_count, layer_and_kind
 from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, frontier_figure, layer_figure
 from saehealth.report.plots import DPI
-from saehealth.report.text import STATUS_EMOJI, STATUS_STYLE, format_value, verdicts_of
+from saehealth.report.text import STATUS_EMOJI, STATUS_STYLE, format_value
 from saehealth.result import _atomic_write
+from saehealth.verdicts import verdicts_of
 
 REPORT_MD = {"comparison": "comparison.md", "run": "run_report.md"}
 REPORT_HTML = {"comparison": "comparison.html", "run": "run_report.html"}

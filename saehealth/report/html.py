@@ -35,10 +35,9 @@ from saehealth.report.text import (
     standard_text,
     status_text,
     value_with_context,
-    verdicts_of,
 )
 from saehealth.result import EvalResult, _atomic_write
-from saehealth.verdicts import headline_summary
+from saehealth.verdicts import headline_summary, verdicts_of
 
 REPORT_HTML = "report.html"
 LIST_LIMIT = 2000  # ids listed per group in the page

@@ -23,10 +23,9 @@ from saehealth.report.text import (
     standard_text,
     status_text,
     value_with_context,
-    verdicts_of,
 )
 from saehealth.result import EvalResult
-from saehealth.verdicts import headline_summary
+from saehealth.verdicts import headline_summary, verdicts_of
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"

@@ -17,8 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from saehealth.metrics.sparsity import dead_rate_bound
-from saehealth.report.text import as_numpy, per_letter_absorption, verdicts_of
+from saehealth.report.text import as_numpy, per_letter_absorption
 from saehealth.result import EvalResult
+from saehealth.verdicts import verdicts_of
 
 GREEN, YELLOW, RED, GREY, BLUE = "#2e9e5b", "#e3a21a", "#d64541", "#9a9a9a", "#3a6ea5"
 DPI = 110

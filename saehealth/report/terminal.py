@@ -22,11 +22,10 @@ from saehealth.report.text import (
     header_facts,
     label,
     value_with_context,
-    verdicts_of,
 )
 from saehealth.result import EvalResult
 from saehealth.thresholds import HEALTHY, NOT_MEASURED, Thresholds
-from saehealth.verdicts import headline_summary, is_unhealthy
+from saehealth.verdicts import headline_summary, is_unhealthy, verdicts_of
 
 BAR_WIDTH = 40
 

@@ -12,7 +12,6 @@ from saehealth.advice import per_letter_absorption  # noqa: F401  (re-exported f
 from saehealth.metrics.sparsity import dead_rate_bound
 from saehealth.result import EvalResult
 from saehealth.thresholds import BORDERLINE, HEALTHY, NOT_MEASURED, UNHEALTHY
-from saehealth.verdicts import assess
 
 STATUS_EMOJI = {HEALTHY: "✅", BORDERLINE: "⚠️", UNHEALTHY: "❌", NOT_MEASURED: "❔"}
 STATUS_MARK = {HEALTHY: "✔", BORDERLINE: "◐", UNHEALTHY: "✘", NOT_MEASURED: "?"}
@@ -60,11 +59,6 @@ OTHER_KEYS = (
     "mean_num_split_features",
     "absorption_letters_scored",
 )
-
-
-def verdicts_of(result: EvalResult) -> dict[str, dict]:
-    """The result's verdicts, or default-preset ones when it has none."""
-    return result.verdicts or assess(result.metrics, result.not_measured, d_sae=result.sae.d_sae)
 
 
 def label(key: str) -> str:
