@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Open a saehealth report.html in headless Chromium and save a screenshot of it.
 
-    python scripts/screenshot_report.py reports/demo/report.html reports/latent_browser.png [--latent 311] [--full]
+    python scripts/screenshot_report.py reports/demo/report.html docs/images/latent_browser.png [--latent 311] [--full]
 
 Needs Debian's `chromium` and `chromium-driver` (apt-get install -y chromium chromium-driver) and
 Selenium (the `dev` extra). The page is opened from a file:// URL with networking refused, as a reader
