@@ -373,3 +373,18 @@ def _renameat2():
     function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     function.restype = ctypes.c_int
     return function
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write one file through `write(tmp_path)` to a temporary file beside `path`, then rename over it."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, unlike mkstemp's 0600
+    mode = os.fstat(fd).st_mode & 0o777
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)  # safetensors re-creates the file as 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

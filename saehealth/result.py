@@ -3,16 +3,14 @@
 Layout (../shared/METRICS.md, "Result file"): top-level `schema_version`, `sae`, `eval`, `metrics`,
 `verdicts`, `provenance`, `timing`, plus `uncertainty` (standard errors beside the values),
 `not_measured` (why a metric is null) and `notes`. Per-latent arrays live in `<stem>.details.safetensors`
-next to the JSON, never in it. Both files are written to a temporary name and renamed, so a crash never
-leaves a half-written result.
+next to the JSON, never in it. This module only describes and reads a result; writing its folder is
+`saehealth.result_folder`'s (each file written to a temporary name and renamed, the folder swapped in whole).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import secrets
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,13 @@ from saehealth.errors import SaeHealthError
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 DETAILS_FILE = "result.details.safetensors"
+
+# A verdict's status, as result.json records it (thresholds.py decides which one a value gets).
+HEALTHY = "healthy"
+BORDERLINE = "borderline"
+UNHEALTHY = "unhealthy"
+NOT_MEASURED = "not measured"
+STATUSES = (HEALTHY, BORDERLINE, UNHEALTHY, NOT_MEASURED)
 
 # Every metric key of the contract, in report order. A metric not measured is None.
 RECONSTRUCTION_KEYS = ("explained_variance", "fvu", "mse", "cossim", "l2_ratio", "relative_reconstruction_bias")
@@ -166,27 +171,6 @@ class EvalResult:
             saebench_core=data.get("saebench_core", {}),
         )
 
-    def save(self, folder: Path, details: dict | None = None) -> Path:
-        """Write result.json (and the per-latent companion) as the result folder `folder`, all or nothing, under
-        saehealth's output rule (saehealth.output: a new, empty or own folder, replaced whole); return the JSON path.
-        `saehealth.result_folder.save_result_folder` also writes report.md with plots."""
-        from saehealth.result_folder import save_result_folder
-
-        save_result_folder(folder, self, details, report=False)
-        return Path(folder) / RESULT_FILE
-
-    def write_files(self, folder: Path, details: dict | None = None) -> Path:
-        """Write result.json (and the per-latent companion) into `folder`, each file atomically, nothing else."""
-        folder.mkdir(parents=True, exist_ok=True)
-        if details:
-            from safetensors.torch import save_file
-
-            _atomic_write(folder / DETAILS_FILE, lambda tmp: save_file(details, str(tmp)))
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        path = folder / RESULT_FILE
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-        return path
-
 
 def load_result(path: Path) -> EvalResult:
     """Read a result.json (or the folder holding one); SaeHealthError when it is not a readable saehealth result."""
@@ -262,8 +246,6 @@ def _check_fields(cls, data, where: str) -> None:
 
 
 def _check_verdict(verdict, where: str) -> None:
-    from saehealth.thresholds import STATUSES
-
     if not isinstance(verdict, dict):
         raise SaeHealthError(f"has {where} as a JSON {_json_type(verdict)}, expected an object")
     checks = {"status": lambda v: v in STATUSES, "value": lambda v: _matches(v, float | None)}
@@ -322,18 +304,3 @@ def _shown(value) -> str:
         json.dumps(value) if not isinstance(value, (dict, list)) else ("{...}" if isinstance(value, dict) else "[...]")
     )
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(tmp_path)` to a temporary file beside `path`, then rename over it."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, unlike mkstemp's 0600
-    mode = os.fstat(fd).st_mode & 0o777
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)  # safetensors re-creates the file as 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -3,11 +3,12 @@ at all (through `output.staged`), and reports re-rendered for a saved result kee
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
-from saehealth.output import absolute, staged
-from saehealth.result import DETAILS_FILE, RESULT_FILE
+from saehealth.output import absolute, atomic_write, staged
+from saehealth.result import DETAILS_FILE, RESULT_FILE, EvalResult
 
 
 def save_result_folder(
@@ -24,11 +25,25 @@ def save_result_folder(
     folder is replaced whole: an earlier result there goes."""
     path = absolute(folder)
     with staged(path, "result") as staging:
-        result.write_files(staging, details)
+        write_result_files(staging, result, details)
         if latents is not None:
             latents(staging)
         if report:
             _write_reports(result, details, staging, html_latents, shown=Path(folder))
+    return path
+
+
+def write_result_files(folder: Path, result: EvalResult, details: dict | None = None) -> Path:
+    """Write result.json (and the per-latent companion) into `folder`, each file atomically, nothing else (no
+    manifest, no staging: `save_result_folder` is the whole folder under the output rule); returns the JSON path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if details:
+        from safetensors.torch import save_file
+
+        atomic_write(folder / DETAILS_FILE, lambda tmp: save_file(details, str(tmp)))
+    text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    path = folder / RESULT_FILE
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 

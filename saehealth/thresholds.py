@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from saehealth.errors import ConfigError, suggest
-from saehealth.result import METRIC_KEYS
+from saehealth.result import BORDERLINE, HEALTHY, METRIC_KEYS, NOT_MEASURED, STATUSES, UNHEALTHY  # noqa: F401
 
 try:  # Python ≥ 3.11; on 3.10 TOML files need the tomli backport (YAML always works)
     import tomllib
@@ -49,13 +49,9 @@ except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
     except ModuleNotFoundError:
         tomllib = None
 
+# The verdict statuses (HEALTHY ... STATUSES) live with the result that records them, imported above and
+# importable from here beside the bands.
 HEADLINE_METRICS = ("loss_recovered", "l0", "dead_fraction", "absorption_fraction")
-
-HEALTHY = "healthy"
-BORDERLINE = "borderline"
-UNHEALTHY = "unhealthy"
-NOT_MEASURED = "not measured"
-STATUSES = (HEALTHY, BORDERLINE, UNHEALTHY, NOT_MEASURED)
 
 # Metrics computed here from the result's metrics (they need d_sae), usable in bands like any other key.
 DERIVED_KEYS = ("near_duplicate_fraction",)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saehealth.absorption import cache, words
+import saehealth.absorption.cache as cache
+import saehealth.absorption.words as words
 from saehealth.absorption.cache import LetterProbes, SplitWords
 from saehealth.absorption.ksparse import find_main_latents
 from saehealth.absorption.probes import DEFAULT_SCHEDULE, LETTER_PROBE, SCHEDULES, train_probes

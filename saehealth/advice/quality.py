@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from saehealth.advice import knobs
+import saehealth.advice.knobs as knobs
 from saehealth.advice.context import NOT_OK, AdviceContext, Finding, cite, num, pct, per_letter_absorption, sentence
 from saehealth.thresholds import HEALTHY, UNHEALTHY
 

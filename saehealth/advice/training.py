@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from saehealth.advice import knobs
+import saehealth.advice.knobs as knobs
 from saehealth.advice.context import NOT_OK, AdviceContext, Finding, cite, num, pct, sentence
 from saehealth.metrics.sparsity import dead_rate_bound
 from saehealth.thresholds import UNHEALTHY

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from saehealth.result import _atomic_write
+from saehealth.output import atomic_write
 
 LATENTS_FILE = "result.latents.safetensors"
 FORMAT_VERSION = "1"
@@ -55,7 +55,7 @@ def write_latents(folder: Path, examples, lens: dict | None, lens_reason: str | 
         "logit_lens": lens_reason or "",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=metadata))
     return path
 
 

@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import saehealth.loading.architectures  # noqa: F401  (registers the sparsify SAELens classes)
 from saehealth.errors import CheckpointError, IncompatibleSAEError
-from saehealth.loading import architectures  # noqa: F401  (registers the sparsify SAELens classes)
 from saehealth.loading.base import Adapter, LoadedSAE, LoadRequest, register_adapter
 from saehealth.loading.convert import build_sae
 from saehealth.loading.detect import select_members

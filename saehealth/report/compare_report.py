@@ -19,25 +19,15 @@ from rich.table import Table
 from rich.text import Text
 
 from saehealth.comparison import Comparison, frontier_names, healthy_count, layer_and_kind
+from saehealth.output import atomic_write
 from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, frontier_figure, layer_figure
 from saehealth.report.plots import DPI
-from saehealth.report.text import STATUS_EMOJI, STATUS_STYLE, format_value
-from saehealth.result import _atomic_write
+from saehealth.report.text import COMPARISON_HEADERS, STATUS_EMOJI, STATUS_STYLE, format_value
 from saehealth.verdicts import verdicts_of
 
 REPORT_MD = {"comparison": "comparison.md", "run": "run_report.md"}
 REPORT_HTML = {"comparison": "comparison.html", "run": "run_report.html"}
 COMPARISON_MD = REPORT_MD["comparison"]
-HEADERS = {
-    "l0": "L0",
-    "loss_recovered": "loss recovered",
-    "delta_ce": "ΔCE",
-    "kl_div_score": "KL score",
-    "explained_variance": "explained var.",
-    "dead_fraction": "dead",
-    "dense_fraction": "dense",
-    "absorption_fraction": "absorption",
-}
 # The terminal is narrower than a markdown page: numeric headers on two lines.
 SHORT_HEADERS = {
     "l0": "L0",
@@ -143,11 +133,11 @@ def write_comparison_report(comparison: Comparison, out: Path) -> dict[str, Path
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=DPI)
         images[key] = buffer.getvalue()
-        _atomic_write(path, lambda tmp, png=images[key]: Path(tmp).write_bytes(png))
+        atomic_write(path, lambda tmp, png=images[key]: Path(tmp).write_bytes(png))
         files[key] = path
     markdown = render_comparison_markdown(comparison, {k: p.name for k, p in files.items()})
     path = out / REPORT_MD[comparison.view]
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(markdown))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(markdown))
     files["markdown"] = path
     files["html"] = write_comparison_html(out, render_comparison_html(comparison, images), REPORT_HTML[comparison.view])
     return files
@@ -212,7 +202,7 @@ def _markdown_table(comparison: Comparison) -> list[str]:
     run = comparison.view == "run"
     show_hook = run or len(comparison.hooks) > 1
     header = ["SAE", *(["layer"] if run else ["library", "architecture"]), *(["hook"] if show_hook else []), "d_sae"]
-    header += [HEADERS[k] for k in comparison.summary_keys] + ["health"]
+    header += [COMPARISON_HEADERS[k] for k in comparison.summary_keys] + ["health"]
     texts = len(header) - len(comparison.summary_keys) - 2  # left-aligned columns before d_sae
     lines = [
         "| " + " | ".join(header) + " |",

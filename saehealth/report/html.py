@@ -19,9 +19,11 @@ from pathlib import Path
 
 from saehealth.latents.tokens import visible
 from saehealth.latents.view import Context, LatentCard, LatentView
+from saehealth.output import atomic_write
 from saehealth.report.definitions import DEFINITIONS, INTRODUCTION, UNCERTAINTY
 from saehealth.report.plots import PLOTS
 from saehealth.report.text import (
+    COMPARISON_HEADERS,
     SEVERITY_MARK,
     STATUS_MARK,
     dead_bound_sentence,
@@ -36,7 +38,7 @@ from saehealth.report.text import (
     status_text,
     value_with_context,
 )
-from saehealth.result import EvalResult, _atomic_write
+from saehealth.result import EvalResult
 from saehealth.verdicts import headline_summary, verdicts_of
 
 REPORT_HTML = "report.html"
@@ -109,7 +111,7 @@ def render_report_html(
 def write_report_html(folder: Path, html: str) -> Path:
     """Write `folder/report.html` atomically; return its path."""
     path = Path(folder) / REPORT_HTML
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return path
 
 
@@ -118,7 +120,6 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
     and a link to each SAE's report.html."""
     from saehealth.comparison import frontier_names, healthy_count
     from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT
-    from saehealth.report.compare_report import HEADERS
 
     keys = comparison.summary_keys
     front = set(frontier_names(comparison)) if comparison.view == "comparison" else set()
@@ -158,7 +159,7 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
             title=f"{len(comparison.entries)} SAEs on {s['model']}",
             settings=s,
             identical=comparison.identical_tokens,
-            headers=[HEADERS[key] for key in keys],
+            headers=[COMPARISON_HEADERS[key] for key in keys],
             rows=rows,
             plots=[(titles[key], _data_uri(png)) for key, png in images.items()],
             notes=comparison.notes,
@@ -168,7 +169,7 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
 
 def write_comparison_html(out: Path, html: str, name: str = "comparison.html") -> Path:
     path = Path(out) / name
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return path
 
 

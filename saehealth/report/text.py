@@ -31,6 +31,17 @@ LABELS = {
     "near_duplicate_fraction": "Near-duplicate latents",
     "decoder_redundancy": "Decoder redundancy",
 }
+# Column headers of a comparison table (markdown and HTML), short enough for a column.
+COMPARISON_HEADERS = {
+    "l0": "L0",
+    "loss_recovered": "loss recovered",
+    "delta_ce": "ΔCE",
+    "kl_div_score": "KL score",
+    "explained_variance": "explained var.",
+    "dead_fraction": "dead",
+    "dense_fraction": "dense",
+    "absorption_fraction": "absorption",
+}
 COUNT_KEYS = {
     "dead_features",
     "dense_features",

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from saehealth.errors import SaeHealthError
-from saehealth.result import EvalResult, _atomic_write, load_details
+from saehealth.output import atomic_write
+from saehealth.result import EvalResult, load_details
 from saehealth.saebench import NEEDS_GEOMETRY, NEEDS_REPLAY, SAEBENCH_VERSION
 from saehealth.saebench.core import CORE_CATEGORIES
 
@@ -97,7 +98,7 @@ def write_saebench_results(
         path = Path(out) / folder / result_file_name(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(document, indent=2, default=str, allow_nan=False) + "\n"
-        _atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
         written.paths.append(path)
     return written
 

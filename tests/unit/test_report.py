@@ -15,6 +15,8 @@ from saehealth.report import markdown as markdown_module
 from saehealth.report import print_report, render_markdown, write_markdown_report
 from saehealth.report.plots import FIGURES, PLOTS
 from saehealth.report.text import density_bins, format_value
+from saehealth.result import RESULT_FILE
+from saehealth.result_folder import save_result_folder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -181,12 +183,13 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 @pytest.fixture
 def saved_003(tmp_path) -> Path:
     """The 003 result saved without per-latent details (plots are slow to draw on 2 shared cores)."""
-    return seed_003_result().save(tmp_path / "res")
+    return save_result_folder(tmp_path / "res", seed_003_result(), None, report=False) / RESULT_FILE
 
 
 def test_report_command_strict_exits_2_for_an_unhealthy_sae(tmp_path, capsys):
     result = seed_003_result()
-    saved = result.save(tmp_path / "res", make_details(result, absorption=False))
+    details = make_details(result, absorption=False)
+    saved = save_result_folder(tmp_path / "res", result, details, report=False) / RESULT_FILE
     code, out, _ = run_cli(["report", str(saved), "--strict", "--quiet"], capsys)
     assert code == 2
     assert "0/4 metrics healthy" in out and len(out.strip().splitlines()) <= 2  # one line, maybe wrapped
