@@ -95,6 +95,15 @@ def absolute(folder: str | Path) -> Path:
     return Path(os.path.realpath(os.path.expanduser(os.fspath(folder))))
 
 
+def display_path(path: str | Path) -> str:
+    """`path` as a reader in the current directory would write it: relative when it lies under that directory,
+    else as it is (messages and reports never show the machine's absolute path where a relative one serves)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def read_manifest(folder: Path, option: str = "--out") -> dict | None:
     """The manifest of `folder` ({"kind", "entries", ...}), None when it has none; OutputError when it is broken."""
     file = Path(folder) / MANIFEST

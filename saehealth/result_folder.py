@@ -69,9 +69,10 @@ def save_report_folder(
     nothing; the latent browser reads the latents file beside the result. Returns the markdown report's path."""
     path, kind, keep = report_target(folder, result_path)
     source = absolute(result_path)
+    named = Path(result_path) if source.is_dir() else Path(result_path).parent  # as the user wrote it, for hints
     with staged(path, kind, keep=keep) as staging:
         own = source if source.is_dir() else source.parent  # where its latents file is
-        report, _ = _write_reports(result, details, staging, html_latents, source=own, shown=own)
+        report, _ = _write_reports(result, details, staging, html_latents, source=own, shown=named)
     return path / report.name
 
 

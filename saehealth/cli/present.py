@@ -63,9 +63,11 @@ def present(
     wandb_project: str | None,
     verbose: bool = False,
     source: Path | None = None,
+    result_file: Path | None = None,
 ) -> None:
     """Print the report (or JSON) of a result whose folder is written (its details read from `source` when the
-    reports went elsewhere), log to W&B, apply --strict."""
+    reports went elsewhere, the result being `result_file`), log to W&B, apply --strict. Paths are printed as
+    the user named them."""
     import dataclasses
     import json
 
@@ -98,8 +100,8 @@ def present(
         print_report(result, details, console, quiet=quiet)
         if not quiet:
             console.print(
-                f"Result: {folder / 'result.json'}\nMarkdown report: {report_path}\nHTML report (latent browser): "
-                f"{html_path}\nLatent cards in the terminal: saehealth latents {folder}",
+                f"Result: {result_file or folder / 'result.json'}\nMarkdown report: {report_path}\nHTML report "
+                f"(latent browser): {html_path}\nLatent cards in the terminal: saehealth latents {source or folder}",
                 highlight=False,
             )
             if location:

@@ -42,10 +42,11 @@ def train_command(ctx: typer.Context) -> None:
     The SAE is saved in SAELens' format to checkpoints/<output_name>/ under the current directory.
     """
     from saehealth import training
+    from saehealth.output import display_path
 
     config, overrides = training.split_cli_args(ctx.args)
     path = training.train(config, overrides)
-    console.print(str(path), highlight=False, soft_wrap=True)
+    console.print(display_path(path), highlight=False, soft_wrap=True)
 
 
 @app.command("report")
@@ -65,7 +66,7 @@ def report_command(
 
     Verdicts are recomputed when --thresholds is given; otherwise the saved ones are used."""
     from saehealth.output import check_output_folder
-    from saehealth.result import load_details, load_result
+    from saehealth.result import RESULT_FILE, load_details, load_result
     from saehealth.result_folder import report_target, save_report_folder
     from saehealth.verdicts import result_verdicts
 
@@ -85,6 +86,7 @@ def report_command(
         strict=strict,
         wandb_project=wandb_project,
         source=source,
+        result_file=result_path if result_path.is_file() else result_path / RESULT_FILE,
     )
 
 

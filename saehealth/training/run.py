@@ -145,7 +145,7 @@ def train(
     Every key, value, the architecture and the hook are checked before training starts; mistakes raise
     `ConfigError`, `IncompatibleSAEError`, `ModelError` or `DataError` with a one-line message.
     """
-    from saehealth.output import check_output_folder, staged
+    from saehealth.output import check_output_folder, display_path, staged
 
     say = (lambda message: None) if quiet else _status
     plan = plan_training(config, overrides)
@@ -174,13 +174,13 @@ def train(
         say(
             f"Training a {cfg.sae.architecture()} SAE (d_in {cfg.sae.d_in} → d_sae {cfg.sae.d_sae}) on "
             f"{cfg.model_name} at {cfg.hook_name}: {cfg.training_tokens:,} tokens of {cfg.dataset_path}"
-            f"{' (train split)' if dataset is not None else ''}, on {cfg.device} → {_display(final_dir)}"
+            f"{' (train split)' if dataset is not None else ''}, on {cfg.device} → {display_path(final_dir)}"
         )
         runner = _make_runner(cfg, model, dataset)
         with _quiet_expected_noise(), _token_progress_bar(), _restored_signal_handlers():
             _run(runner)
         _record_location(staging, final_dir)
-    say(f"Saved the SAE to {_display(final_dir)}")
+    say(f"Saved the SAE to {display_path(final_dir)}")
     return final_dir
 
 
@@ -206,13 +206,6 @@ def _final_dir(plan: TrainingPlan, d_in: int | None) -> Path | None:
         model_slug = Path(plan.runner.get("model_name", builtin.BUILTIN_MODEL)).name
         name = check_output_name(f"{model_slug}-{plan.runner.get('hook_name')}-{plan.architecture}-{d_sae}")
     return (Path.cwd() / CHECKPOINTS_DIR / name).absolute()
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _make_runner(cfg, model, dataset):

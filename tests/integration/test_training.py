@@ -84,7 +84,7 @@ def test_cli_trains_a_local_dataset_and_replaces_an_earlier_checkpoint(workdir, 
     main([*args, "--seed", "7"])
 
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1] == str(workdir / "checkpoints" / "mine")
+    assert out[-1] == str(Path("checkpoints") / "mine")  # where the reader stands (the test runs in workdir)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["mine"]
     assert (workdir / "checkpoints" / "mine" / "sae_weights.safetensors").read_bytes() != first
     metadata = json.loads((workdir / "checkpoints" / "mine" / "cfg.json").read_text())["metadata"]

@@ -7,10 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from report_factory import make_details, make_result, seed_003_result
 from rich.console import Console
 
 from saehealth.cli import main
+from saehealth.latents.store import write_latents
 from saehealth.report import markdown as markdown_module
 from saehealth.report import print_report, render_markdown, write_markdown_report
 from saehealth.report.plots import FIGURES, PLOTS
@@ -225,6 +227,32 @@ def test_report_command_full_report_and_errors(saved_003, tmp_path, capsys):
     assert code == 1 and "Did you mean 'strict'" in err
     code, _, err = run_cli(["report", str(tmp_path / "nothing")], capsys)
     assert code == 1 and "No result file" in err
+
+
+def test_reports_name_the_result_folder_as_the_user_wrote_it(tmp_path, monkeypatch, capsys):
+    """Relative in, relative out: neither the terminal nor the written pages show the machine's absolute path."""
+    from saehealth.metrics.latents import LatentExamples, token_locations
+
+    result = make_result(d_sae=8)
+    examples = LatentExamples(8, top=2, sample=1, window=1)
+    acts = torch.relu(torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(0)))
+    examples.update(acts, torch.ones(4, 6, dtype=torch.bool), *token_locations(4, 6, 0, "cpu"))
+    save_result_folder(
+        tmp_path / "res",
+        result,
+        None,
+        latents=lambda folder: write_latents(folder, examples, None, "not in this test", result.request),
+        report=False,
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(["report", "res", "--out", "elsewhere"], capsys)
+    assert code == 0
+    assert "Result: res/result.json\n" in out and "Markdown report: elsewhere/report.md\n" in out
+    assert "saehealth latents res\n" in out  # the latents file stays beside the result, not in --out
+    html = (tmp_path / "elsewhere" / "report.html").read_text()
+    assert '"hint": "saehealth latents res --id"' in html
+    written = [p.read_text(errors="replace") for p in (tmp_path / "elsewhere").rglob("*") if p.is_file()]
+    assert str(tmp_path) not in out and not any(str(tmp_path) in text for text in written)
 
 
 def test_thresholds_command(tmp_path, capsys):
