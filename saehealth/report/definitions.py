@@ -1,4 +1,4 @@
-"""The metric definitions every report carries (the README's "Metric definitions" table, which a test
+"""The metric definitions every report carries (the "In every report" table of docs/metrics.md, which a test
 keeps identical to this one), so a report read on its own says what its numbers mean."""
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def _provenance(result: EvalResult) -> list[str]:
     lines.append("")
     lines.append(
         "Regenerate with `saehealth report <folder>/result.json`; what each number means: the metric definitions "
-        'below (the same table as the saehealth README\'s "Metric definitions").'
+        'below (the same table as "In every report" in saehealth\'s docs/metrics.md).'
     )
     lines += ["", "<details><summary>Metric definitions</summary>", "", *markdown_definitions(), "", "</details>"]
     return lines
