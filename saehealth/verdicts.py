@@ -92,8 +92,14 @@ def is_unhealthy(verdicts: Mapping[str, dict]) -> bool:
 
 
 def result_verdicts(result: EvalResult, thresholds: Thresholds | str | Path | None = None) -> dict[str, dict]:
-    """`assess` of a result's metrics under the thresholds (a preset name or file; None: the default)."""
-    return assess(result.metrics, result.not_measured, thresholds, d_sae=result.sae.d_sae)
+    """`assess` of a result's metrics under the thresholds (a preset name or file; None: the default), and a
+    routed SAE's routing checks (unused layers, collapse)."""
+    verdicts = assess(result.metrics, result.not_measured, thresholds, d_sae=result.sae.d_sae)
+    if result.routing is not None:
+        from saehealth.routed.checks import routing_verdicts
+
+        verdicts.update(routing_verdicts(result.routing))
+    return verdicts
 
 
 def verdicts_of(result: EvalResult) -> dict[str, dict]:
