@@ -127,6 +127,6 @@ def describe_route(spec: RouteSpec) -> list[tuple[str, str]]:
     }
     keys = {"aggregation": "aggregation", "routing": "routing", "normalisation": "eps", "splice mode": "splice"}
     for name, value in settings.items():
-        rows.append((name, f"{value} [from {spec.sources.get(keys[name], 'default')}]"))
+        rows.append((name, f"{value}, from {spec.sources.get(keys[name], 'default')}"))
     rows.append(("layers from", spec.sources.get("layers", "default (decided by the model)")))
     return rows
