@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saehealth.thresholds import HEADLINE_METRICS, HEALTHY, NOT_MEASURED, UNHEALTHY, Thresholds, load_thresholds
+from saehealth.thresholds import (
+    BORDERLINE,
+    HEADLINE_METRICS,
+    HEALTHY,
+    NOT_MEASURED,
+    UNHEALTHY,
+    Thresholds,
+    load_thresholds,
+)
 
 if TYPE_CHECKING:
     from saehealth.result import EvalResult
@@ -96,8 +104,6 @@ def result_verdicts(result: EvalResult, thresholds: Thresholds | str | Path | No
     routed SAE's routing checks (unused layers, collapse)."""
     verdicts = assess(result.metrics, result.not_measured, thresholds, d_sae=result.sae.d_sae)
     if result.routing is not None:
-        from saehealth.routed.checks import routing_verdicts
-
         verdicts.update(routing_verdicts(result.routing))
     return verdicts
 
@@ -105,3 +111,38 @@ def result_verdicts(result: EvalResult, thresholds: Thresholds | str | Path | No
 def verdicts_of(result: EvalResult) -> dict[str, dict]:
     """The result's verdicts, or default-preset ones when it has none."""
     return result.verdicts or result_verdicts(result)
+
+
+def _routing_verdict(value: float, status: str, band: str, borderline: str, healthy_range, borderline_range) -> dict:
+    return {
+        "value": float(value),
+        "band": band,
+        "borderline": borderline,
+        "status": status,
+        "headline": False,
+        "reason": None,
+        "healthy_range": list(healthy_range),
+        "borderline_range": list(borderline_range),
+    }
+
+
+def routing_verdicts(routing: dict) -> dict[str, dict]:
+    """The routing checks of a routed SAE's `routing` section (saehealth/routed/checks.py): unused layers and
+    collapse onto one layer."""
+    from saehealth.routed.checks import COLLAPSE_HEALTHY, COLLAPSE_SHARE
+
+    n_layers = len(routing.get("layers", [])) or 1
+    unused = len(routing.get("unused_layers", []))
+    unused_status = HEALTHY if unused == 0 else BORDERLINE if unused < n_layers / 2 else UNHEALTHY
+    top = routing.get("max_route_share") or 0.0
+    top_status = HEALTHY if top <= COLLAPSE_HEALTHY else BORDERLINE if top <= COLLAPSE_SHARE else UNHEALTHY
+    return {
+        "routing_unused_layers": _routing_verdict(
+            unused, unused_status, "0 layers under 0.1% of tokens", "some, but fewer than half of the layers",
+            (0, 0), (1, max(1.0, n_layers / 2 - 0.5)),
+        ),
+        "routing_collapse": _routing_verdict(
+            top, top_status, f"largest route share ≤ {COLLAPSE_HEALTHY}", f"≤ {COLLAPSE_SHARE}",
+            (None, COLLAPSE_HEALTHY), (COLLAPSE_HEALTHY, COLLAPSE_SHARE),
+        ),
+    }  # fmt: skip

@@ -1,6 +1,7 @@
-"""A routed SAE's result: its routing section, the verdicts on routing, and why some metrics are not measured.
+"""A routed SAE's result: its routing section, the limits of the routing checks, and why some metrics are not
+measured.
 
-Two checks bear on the verdict (secondary checks, beside the thresholds' bands):
+Two checks bear on the verdict (secondary checks beside the thresholds' bands, `verdicts.routing_verdicts`):
 - `routing_unused_layers`: routed layers that receive under `UNUSED_SHARE` of the tokens. Healthy: none;
   borderline: fewer than half of the layers; unhealthy: half or more.
 - `routing_collapse`: the largest route share. Healthy up to 0.75; borderline up to 0.9; above 0.9 the router
@@ -8,8 +9,6 @@ Two checks bear on the verdict (secondary checks, beside the thresholds' bands):
 """
 
 from __future__ import annotations
-
-from saehealth.thresholds import BORDERLINE, HEALTHY, UNHEALTHY
 
 UNUSED_SHARE = 0.001
 COLLAPSE_HEALTHY, COLLAPSE_SHARE = 0.75, 0.9
@@ -46,35 +45,3 @@ def routing_section(site, stats: dict) -> dict:
         "collapsed": bool(shares) and max(shares) > COLLAPSE_SHARE,
         "loss_recovered_baseline": "routed zero ablation" if spec.routing == "hard" else None,
     }
-
-
-def _verdict(value: float, status: str, band: str, borderline: str, healthy_range, borderline_range) -> dict:
-    return {
-        "value": float(value),
-        "band": band,
-        "borderline": borderline,
-        "status": status,
-        "headline": False,
-        "reason": None,
-        "healthy_range": list(healthy_range),
-        "borderline_range": list(borderline_range),
-    }
-
-
-def routing_verdicts(routing: dict) -> dict[str, dict]:
-    """The routing checks of a result's `routing` section."""
-    n_layers = len(routing.get("layers", [])) or 1
-    unused = len(routing.get("unused_layers", []))
-    unused_status = HEALTHY if unused == 0 else BORDERLINE if unused < n_layers / 2 else UNHEALTHY
-    top = routing.get("max_route_share") or 0.0
-    top_status = HEALTHY if top <= COLLAPSE_HEALTHY else BORDERLINE if top <= COLLAPSE_SHARE else UNHEALTHY
-    return {
-        "routing_unused_layers": _verdict(
-            unused, unused_status, "0 layers under 0.1% of tokens", f"fewer than {n_layers / 2:g}",
-            (0, 0), (1, max(1.0, n_layers / 2 - 0.5)),
-        ),
-        "routing_collapse": _verdict(
-            top, top_status, f"largest route share ≤ {COLLAPSE_HEALTHY}", f"≤ {COLLAPSE_SHARE}",
-            (None, COLLAPSE_HEALTHY), (COLLAPSE_HEALTHY, COLLAPSE_SHARE),
-        ),
-    }  # fmt: skip

@@ -118,16 +118,16 @@ def routed_inputs(model, site: RoutedSite, tokens: torch.Tensor, override: Route
 def routed_batch(
     model,
     site: RoutedSite,
-    reconstruct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    reconstruct: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     sae,
     tokens: torch.Tensor,
     mask: torch.Tensor,
     override: RouteOverride | None = None,
 ) -> RoutedBatch:
-    """Run one batch. `reconstruct(y, mask)` encodes and decodes the gathered inputs (the scorer, which records
-    the latents); `sae` encodes the live activations of the splice."""
+    """Run one batch. `reconstruct(y, mask, layer)` encodes and decodes the gathered inputs (the scorer, which
+    records the latents, with each token's routed layer); `sae` encodes the live activations of the splice."""
     clean, first, routes = routed_inputs(model, site, tokens, override)
-    y_hat = reconstruct(routes.y, mask)
+    y_hat = reconstruct(routes.y, mask, routes.layer)
     if site.spec.routing != "hard":
         return RoutedBatch(clean, routes, routes.y, y_hat, None, None)
     chosen = torch.nn.functional.one_hot(routes.layer, site.spec.n_routes).bool() & mask[..., None]

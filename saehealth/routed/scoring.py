@@ -16,6 +16,7 @@ from saehealth import distributed
 from saehealth.data import special_token_mask
 from saehealth.metrics.downstream import SiteFinals, downstream_totals
 from saehealth.replay import SAEOutputs, readout
+from saehealth.routed.latent_layers import LatentLayerTally
 from saehealth.routed.passes import RoutedSite, RouteOverride, routed_batch, routed_inputs
 from saehealth.routed.stats import RoutingTally
 from saehealth.saebench.sums import last_position_kl
@@ -47,15 +48,32 @@ def score_routed(
     merged = distributed.merge_on_first_rank(tallies)
     if merged is None:
         return None
-    tally, routing = merged
-    return tally.output(), routing.result(site.hooks)
+    tally, routing, latent_layers = merged
+    stats = routing.result(site.hooks)
+    dead, spread, per_latent = latent_layers.result()
+    for layer, count in zip(stats["layers"], dead, strict=True):
+        layer["dead_latents"] = count
+    stats["latent_layers"] = spread
+    output = tally.output()
+    output.details["routing_latent_layer_counts"] = per_latent
+    return output, stats
 
 
 def _local_pass(model, site, sae, batches, include_special_tokens, device, advance, reference, examples, override):
     scorer = SAEScorer(sae, device, examples)
     routing = RoutingTally(site.spec.n_routes, int(sae.cfg.d_in))
+    latent_layers = LatentLayerTally(site.spec.n_routes, int(sae.cfg.d_sae))
     here, local = distributed.ranks(), 0
     unembedding = readout(model)
+
+    def reconstruct(y: torch.Tensor, mask: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+        latent_layers.begin(layer, mask)
+        try:
+            return scorer.reconstruct(y, mask)
+        finally:
+            latent_layers.end()
+
+    watch = latent_layers.attach(sae)
     try:
         if reference is not None:
             tokens = reference.to(device)
@@ -68,7 +86,7 @@ def _local_pass(model, site, sae, batches, include_special_tokens, device, advan
             ids = here.rank + here.world_size * (local + torch.arange(tokens.shape[0], device=tokens.device))
             local += tokens.shape[0]
             scorer.begin(ids)
-            out = routed_batch(model, site, scorer.reconstruct, sae, tokens, mask, override)
+            out = routed_batch(model, site, reconstruct, sae, tokens, mask, override)
             y = out.y.to(out.y_hat.dtype)
             routing.update(out.routes, y, out.y_hat, mask, scorer.batch_l0)
             if out.spliced is None:  # soft routing: no faithful splice, nothing predicted
@@ -83,8 +101,9 @@ def _local_pass(model, site, sae, batches, include_special_tokens, device, advan
             if advance is not None:
                 advance(tokens.numel())
     finally:
+        watch.remove()
         scorer.restore()
-    return [scorer.tally, routing]
+    return [scorer.tally, routing, latent_layers]
 
 
 def routed_plan_site(loaded, model):

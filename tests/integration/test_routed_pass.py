@@ -89,7 +89,7 @@ def _reference_logits(model, tokens, mask, layer, replace):
 
 
 def _routed_logits(model, site, sae, tokens, mask, override=None):
-    out = routed_batch(model, site, lambda y, m: encode_decode(sae, y), sae, tokens, mask, override)
+    out = routed_batch(model, site, lambda y, m, layer: encode_decode(sae, y), sae, tokens, mask, override)
     unembed = readout(model).unembed
     return out, unembed(out.clean), unembed(out.spliced), unembed(out.zero)
 
@@ -181,6 +181,9 @@ def test_routing_every_token_to_one_layer_equals_the_single_hook_evaluation(buil
 
     routed, routing = score_routed(builtin_model, site, loaded.sae, [tokens], override=to_j)
     assert [layer["route_share"] for layer in routing["layers"]][j] == 1.0
+    assert routing["layers"][1 - j]["dead_latents"] == 2 * D  # no token reached the other layer
+    counts = routed.details["routing_latent_layer_counts"]  # (d_sae, L): k = 40 firings per scored token
+    assert counts.shape == (2 * D, 2) and float(counts[:, j].sum()) == 40 * routed.tokens_scored
     config = {"d_in": D, "d_sae": 2 * D, "k": 40, "apply_b_dec_to_input": True, "normalize_activations": "layer_norm"}
     single = build_sae(SIGNED_TOPK, config, dict(loaded.sae.state_dict()), device="cpu", dtype="float32",
                        metadata={"hook_name": HOOKS[j]}, source="test")  # fmt: skip

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from saehealth.routed.checks import routing_verdicts
 from saehealth.routed.router import Routes, normalise, route, with_routes
 from saehealth.routed.stats import RoutingTally, near_uniform
+from saehealth.verdicts import routing_verdicts
 
 # 1 sequence of 5 tokens, L = 3 layers, d = 4, hand-set so that no two router logits tie.
 X = torch.tensor(
