@@ -133,6 +133,10 @@ class Evaluation:
                 )
             self.timing["load_sae_s"] = time.perf_counter() - t0
             self.loaded = loaded
+        if self.loaded.route is not None:
+            from saehealth.routed.scoring import check_routed_options
+
+            check_routed_options(cfg)
         return self._reusable_result(result_folder(cfg)) if first else None
 
     def plan(self, model=None, dataset=None) -> Plan:

@@ -15,15 +15,16 @@ import torch
 class LatentLayerTally:
     """Firing counts (L, d_sae) float64 over unmasked tokens, by the token's routed layer; `merge` adds."""
 
-    def __init__(self, n_routes: int, d_sae: int):
-        self.counts = torch.zeros(n_routes, d_sae, dtype=torch.float64)
+    def __init__(self, n_routes: int, d_sae: int, device: str | torch.device = "cpu"):
+        self.counts = torch.zeros(n_routes, d_sae, dtype=torch.float64, device=device)
         self._layer: torch.Tensor | None = None
         self._keep: torch.Tensor | None = None
         self._offset = 0
 
     def begin(self, layer: torch.Tensor, mask: torch.Tensor) -> None:
         """The next batch's routed layer and mask (batch, pos), before its tokens are encoded."""
-        self._layer, self._keep, self._offset = layer.reshape(-1).cpu(), mask.reshape(-1).cpu(), 0
+        device = self.counts.device
+        self._layer, self._keep, self._offset = layer.reshape(-1).to(device), mask.reshape(-1).to(device), 0
 
     def end(self) -> None:
         """Stop counting: encodes after this (the splice's, on live activations) are not the gathered ones."""
@@ -38,12 +39,12 @@ class LatentLayerTally:
         self._offset += n
         if acts.is_sparse:
             acts = acts.coalesce()
-            rows, cols = acts.indices().cpu()
-            fired = (acts.values().cpu() != 0) & keep[rows]
-            ones = torch.ones(int(fired.sum()), dtype=torch.float64)
+            rows, cols = acts.indices().to(self.counts.device)
+            fired = (acts.values().to(self.counts.device) != 0) & keep[rows]
+            ones = torch.ones(int(fired.sum()), dtype=torch.float64, device=self.counts.device)
             self.counts.index_put_((layer[rows[fired]], cols[fired]), ones, accumulate=True)
         else:
-            fired = (acts.detach()[keep.to(acts.device)] != 0).to(torch.float64).cpu()
+            fired = (acts.detach()[keep.to(acts.device)] != 0).to(device=self.counts.device, dtype=torch.float64)
             self.counts.index_add_(0, layer[keep], fired)
 
     def attach(self, sae):
@@ -55,15 +56,16 @@ class LatentLayerTally:
         return sae.hook_sae_acts_post.register_forward_hook(hook)
 
     def merge(self, other: LatentLayerTally) -> None:
-        self.counts += other.counts
+        self.counts += other.counts.to(self.counts.device)
 
     def result(self) -> tuple[list[int], dict, torch.Tensor]:
         """(dead latents per layer, the summary over latents, the per-latent counts (d_sae, L))."""
-        fires = self.counts > 0
+        counts = self.counts.cpu()
+        fires = counts > 0
         layers_fired = fires.sum(0)
         summary = {
             "single_layer": int((layers_fired == 1).sum()),
             "multi_layer": int((layers_fired > 1).sum()),
             "never": int((layers_fired == 0).sum()),
         }
-        return [int((~row).sum()) for row in fires], summary, self.counts.T.contiguous()
+        return [int((~row).sum()) for row in fires], summary, counts.T.contiguous()

@@ -61,8 +61,8 @@ def score_routed(
 
 def _local_pass(model, site, sae, batches, include_special_tokens, device, advance, reference, examples, override):
     scorer = SAEScorer(sae, device, examples)
-    routing = RoutingTally(site.spec.n_routes, int(sae.cfg.d_in))
-    latent_layers = LatentLayerTally(site.spec.n_routes, int(sae.cfg.d_sae))
+    routing = RoutingTally(site.spec.n_routes, int(sae.cfg.d_in), device)
+    latent_layers = LatentLayerTally(site.spec.n_routes, int(sae.cfg.d_sae), device)
     here, local = distributed.ranks(), 0
     unembedding = readout(model)
 
@@ -156,3 +156,18 @@ def score_routed_plan(
         "figures are in the routing section."
     )
     return output
+
+
+def check_routed_options(config) -> None:
+    """Refuse, in one line, the options a routed SAE does not support yet."""
+    from saehealth.errors import ConfigError
+
+    if config.activations is not None:
+        raise ConfigError(
+            "--activations scores one hook's cached activations; a routed SAE reads several layers per token: "
+            "drop --activations to replay the model."
+        )
+    if config.saebench_out is not None:
+        raise ConfigError("SAEBench files describe single-hook SAEs: drop --saebench-out for a routed SAE.")
+    if config.layer is not None:
+        raise ConfigError("--layer moves a single-hook SAE: give a routed SAE's hooks with --hook H0,H1,...")

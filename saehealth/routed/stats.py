@@ -28,22 +28,22 @@ def near_uniform(n_routes: int) -> float:
 class RoutingTally:
     """Accumulates routing statistics; `merge` adds another rank's."""
 
-    def __init__(self, n_routes: int, d: int):
-        f64 = torch.float64
+    def __init__(self, n_routes: int, d: int, device: str | torch.device = "cpu"):
+        f64 = torch.float64  # the sums stay on the pass's device; `merge` brings another rank's (CPU) ones over
         self.n_routes = n_routes
         self.tokens = 0
-        self.counts = torch.zeros(n_routes, dtype=f64)  # tokens routed to each layer
-        self.prob_sums = torch.zeros(n_routes, dtype=f64)  # Σ p_j
-        self.confidence = torch.zeros(n_routes, dtype=f64)  # Σ p* per chosen layer
+        self.counts = torch.zeros(n_routes, dtype=f64, device=device)  # tokens routed to each layer
+        self.prob_sums = torch.zeros(n_routes, dtype=f64, device=device)  # Σ p_j
+        self.confidence = torch.zeros(n_routes, dtype=f64, device=device)  # Σ p* per chosen layer
         self.low_confidence = 0.0  # tokens with p* below `near_uniform(L)`
         self.entropy = 0.0  # Σ H(p) / log L
         self.effective = 0.0  # Σ exp(H(p))
         self.near_ties = 0.0
-        self.sse = torch.zeros(n_routes, dtype=f64)  # Σ‖ŷ − y‖² per layer
-        self.square = torch.zeros(n_routes, dtype=f64)  # Σ‖y‖² per layer
-        self.sums = torch.zeros(n_routes, d, dtype=f64)  # Σy per layer (for the within-layer variance)
-        self.norm_mse = torch.zeros(n_routes, dtype=f64)  # Σ_t ‖ŷ − y‖² / mean_d(y²)
-        self.l0 = torch.zeros(n_routes, dtype=f64)
+        self.sse = torch.zeros(n_routes, dtype=f64, device=device)  # Σ‖ŷ − y‖² per layer
+        self.square = torch.zeros(n_routes, dtype=f64, device=device)  # Σ‖y‖² per layer
+        self.sums = torch.zeros(n_routes, d, dtype=f64, device=device)  # Σy per layer (for the within-layer variance)
+        self.norm_mse = torch.zeros(n_routes, dtype=f64, device=device)  # Σ_t ‖ŷ − y‖² / mean_d(y²)
+        self.l0 = torch.zeros(n_routes, dtype=f64, device=device)
 
     def update(self, routes: Routes, y: torch.Tensor, y_hat: torch.Tensor, mask: torch.Tensor, l0: torch.Tensor):
         """Add a batch: its routes, the SAE's input and output (batch, pos, d), the mask and per-token L0."""
@@ -72,16 +72,17 @@ class RoutingTally:
 
     def merge(self, other: RoutingTally) -> None:
         for name in ("counts", "prob_sums", "confidence", "sse", "square", "sums", "norm_mse", "l0"):
-            getattr(self, name).add_(getattr(other, name))
+            mine = getattr(self, name)
+            mine.add_(getattr(other, name).to(mine.device))
         for name in ("tokens", "low_confidence", "entropy", "effective", "near_ties"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def result(self, hooks: list[str]) -> dict:
         """The routing section of the result: overall statistics and one entry per routed layer."""
         n = max(self.tokens, 1)
-        counts = self.counts
+        counts = self.counts.cpu()
         # Σ‖y − ȳ_j‖² within each layer; Σ_j SSE_j / Σ_j SST_j is the within-layer FVU.
-        sst = self.square - self.sums.pow(2).sum(-1) / counts.clamp_min(1)
+        sst = self.square.cpu() - self.sums.cpu().pow(2).sum(-1) / counts.clamp_min(1)
         layers = []
         for j, hook in enumerate(hooks):
             c = float(counts[j])
@@ -92,12 +93,13 @@ class RoutingTally:
                     "mean_probability": float(self.prob_sums[j]) / n,
                     "tokens": int(c),
                     "mean_confidence": _ratio(self.confidence[j], c),
-                    "explained_variance": None if c < 2 or sst[j] <= 0 else 1 - float(self.sse[j] / sst[j]),
+                    "explained_variance": None if c < 2 or sst[j] <= 0 else 1 - float(self.sse[j].cpu() / sst[j]),
                     "norm_mse": _ratio(self.norm_mse[j], c),
                     "l0": _ratio(self.l0[j], c),
                 }
             )
         total_sst = float(sst[counts > 1].sum())
+        sse = self.sse.cpu()
         return {
             "tokens": self.tokens,
             "layers": layers,
@@ -107,7 +109,7 @@ class RoutingTally:
             "effective_layers": self.effective / n,
             "near_tie_share": self.near_ties / n,
             "norm_mse": float(self.norm_mse.sum()) / n,
-            "within_layer_fvu": float(self.sse[counts > 1].sum()) / total_sst if total_sst > 0 else None,
+            "within_layer_fvu": float(sse[counts > 1].sum()) / total_sst if total_sst > 0 else None,
         }
 
 

@@ -112,3 +112,21 @@ def test_two_torchrun_ranks_give_the_routed_numbers_of_one_process(tmp_path):
         assert a["tokens"] == b["tokens"] and a["dead_latents"] == b["dead_latents"]
         assert a["norm_mse"] == pytest.approx(b["norm_mse"], rel=1e-9)
     assert two.routing["router_entropy"] == pytest.approx(one.routing["router_entropy"], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "pattern"),
+    [
+        ("--saebench-out", "sb", "drop --saebench-out"),
+        ("--layer", "1", "--hook H0,H1"),
+        ("--activations", "x.npy", "drop --activations"),
+    ],
+)
+def test_options_a_routed_sae_does_not_support_are_one_line(tmp_path, capsys, option, value, pattern):
+    path = tmp_path / f"sum_hard_K16_tiny_train_{M}.pt"
+    torch.save({"router.weight": torch.randn(2, D), **_weights(1)}, path)
+    hook = [] if option == "--layer" else ["--hook", HOOKS]
+    code, err = _eval(capsys, "--sae-path", str(path), *hook, option, str(tmp_path / value) if option != "--layer" else value,
+                      "--out", str(tmp_path / "out"))  # fmt: skip
+    assert code == 1 and len(err.splitlines()) == 1 and pattern in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "result.json").exists()
