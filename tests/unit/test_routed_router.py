@@ -107,3 +107,34 @@ def test_routes_dataclass_single_layer_margin_is_infinite():
     routes = route(X[:, :, :1], W[:1], "sum", "hard")
     assert isinstance(routes, Routes) and math.isinf(float(routes.margin[0, 0]))
     torch.testing.assert_close(routes.weight, torch.ones(1, 5))
+
+
+def test_argmax_ties_go_to_the_first_layer_on_cpu():
+    """torch's tie rule (the design note left it unverified): a zero router routes every token to layer 0."""
+    routes = route(X, torch.zeros(3, 4), "sum", "hard")
+    assert routes.layer.tolist() == [[0] * 5]
+
+
+def test_hugging_face_hidden_state_indices_are_what_the_hook_mapping_assumes():
+    """hidden_states[0] is the embeddings, [h] the output of decoder layer h−1 for 1 ≤ h ≤ n−1, and [n] the last
+    layer's output after the final norm (so `hook_of_layer` refuses h = n); checked on a tiny random Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    seen = {}
+
+    def keep(name):
+        return lambda module, inputs, output: seen.__setitem__(name, output[0] if isinstance(output, tuple) else output)
+
+    handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(model.model.layers)]
+    handles += [model.model.embed_tokens.register_forward_hook(keep("embed"))]
+    handles += [model.model.norm.register_forward_hook(keep("norm"))]
+    with torch.no_grad():
+        hidden = model(torch.randint(0, 50, (1, 7)), output_hidden_states=True).hidden_states
+    for handle in handles:
+        handle.remove()
+    assert len(hidden) == 4 and torch.equal(hidden[0], seen["embed"])
+    assert torch.equal(hidden[1], seen[0]) and torch.equal(hidden[2], seen[1])
+    assert torch.equal(hidden[3], seen["norm"]) and not torch.equal(hidden[3], seen[2])
