@@ -9,8 +9,8 @@ routed health report can be seen end to end without training one elsewhere.
 The training follows the paper (Shi et al. 2025, §2.2): the router reads the sum of the routed layers, hard
 routing feeds the shared TopK SAE p*·x̃ of the chosen layer, the loss is the normalised MSE against that input,
 and decoder rows are renormalised every 10 steps. The authors' layout normalises each layer per token (eps 1e-6)
-and keeps negative top-k values; the seed's trains on raw residuals with a ReLU TopK. CPU: about a minute of
-compute (2m21s CPU time for 600 steps on 2 shared, busy cores, 2026-12-07).
+and keeps negative top-k values; the seed's trains on raw residuals with a ReLU TopK. 125 s of CPU time with the
+defaults (2 shared, busy CPU cores, 2026-12-07).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ def routing_facts(routing: dict) -> list[tuple[str, str]]:
         ("Near ties (top-2 logits within 1e-3)", _number(routing.get("near_tie_share"))),
         ("NormMSE (Shi et al. 2025, App. C)", _number(routing.get("norm_mse"), 4)),
         ("Within-layer FVU", _number(routing.get("within_layer_fvu"), 4)),
+        ("EV of the splice's inputs (LN of live activations)", _number(routing.get("splice_explained_variance"))),
         ("Unused layers (< 0.1% of tokens)", ", ".join(routing.get("unused_layers") or []) or "none"),
     ]
     if routing.get("collapsed"):

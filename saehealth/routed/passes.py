@@ -72,15 +72,41 @@ def encode_decode(sae, x: torch.Tensor) -> torch.Tensor:
     return sae.decode(sae.encode(x.to(sae.dtype))).to(x.dtype)
 
 
-def splice_reconstruction(sae, live: torch.Tensor, weight: torch.Tensor, spec: RouteSpec) -> torch.Tensor:
-    """R(a) for the live activations `live` (tokens, d) of tokens routed to one layer, with their p* (tokens,)."""
+def splice_reconstruction(
+    sae, live: torch.Tensor, weight: torch.Tensor, spec: RouteSpec, fit: SpliceFit | None = None
+) -> torch.Tensor:
+    """R(a) for the live activations `live` (tokens, d) of tokens routed to one layer, with their p* (tokens,);
+    `fit` adds how well the SAE reconstructed LN(a), in the normalised space, before the denormalisation."""
     normalised, mean, std = normalise(live, spec.normalize_eps)
     if spec.splice_mode == "official":
         out = encode_decode(sae, normalised)
     else:
         scale = weight[:, None].to(normalised.dtype)
         out = encode_decode(sae, normalised * scale) / scale
+    if fit is not None:
+        fit.add(normalised, out)
     return denormalise(out, mean, std).to(live.dtype)
+
+
+class SpliceFit:
+    """Σ‖u − û‖², Σ‖u‖², Σu and the count over what the splice fed the SAE (u = LN(a) of the live activations,
+    û the reconstruction before denormalisation), in float64: the explained variance of the splice itself.
+
+    Set against the explained variance on the training input y, a gap says the splice feeds the SAE inputs unlike
+    those it was trained on (the `official` mode drops p*, so a confident router makes u ≈ y/p*)."""
+
+    def __init__(self, d: int, device):
+        self.sse = torch.zeros((), dtype=torch.float64, device=device)
+        self.square = torch.zeros((), dtype=torch.float64, device=device)
+        self.total = torch.zeros(d, dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, u: torch.Tensor, u_hat: torch.Tensor) -> None:
+        u64 = u.double()
+        self.sse += (u_hat.double() - u64).pow(2).sum()
+        self.square += u64.pow(2).sum()
+        self.total += u64.sum(0)
+        self.count += u.shape[0]
 
 
 @dataclass
@@ -93,6 +119,7 @@ class RoutedBatch:
     y_hat: torch.Tensor
     spliced: torch.Tensor | None  # None for soft routing: no faithful splice
     zero: torch.Tensor | None
+    fit: SpliceFit | None = None  # the splice's own reconstruction sums (hard routing)
 
 
 @torch.no_grad()
@@ -131,12 +158,13 @@ def routed_batch(
     if site.spec.routing != "hard":
         return RoutedBatch(clean, routes, routes.y, y_hat, None, None)
     chosen = torch.nn.functional.one_hot(routes.layer, site.spec.n_routes).bool() & mask[..., None]
+    fit = SpliceFit(routes.y.shape[-1], routes.y.device)
 
     def splice(live: torch.Tensor, j: int) -> torch.Tensor:
         sel = chosen[:, :, j]
         out = live.clone()
         if bool(sel.any()):
-            out[sel] = splice_reconstruction(sae, live[sel], routes.weight[sel], site.spec)
+            out[sel] = splice_reconstruction(sae, live[sel], routes.weight[sel], site.spec, fit)
         return out
 
     def zero(live: torch.Tensor, j: int) -> torch.Tensor:
@@ -144,7 +172,7 @@ def routed_batch(
 
     spliced = _continue(model, site, first, splice)
     zeroed = _continue(model, site, first, zero)
-    return RoutedBatch(clean, routes, routes.y, y_hat, spliced, zeroed)
+    return RoutedBatch(clean, routes, routes.y, y_hat, spliced, zeroed, fit)
 
 
 def _continue(model, site: RoutedSite, first: torch.Tensor, replace: Callable[[torch.Tensor, int], torch.Tensor]):

@@ -89,6 +89,8 @@ def _local_pass(model, site, sae, batches, include_special_tokens, device, advan
             out = routed_batch(model, site, reconstruct, sae, tokens, mask, override)
             y = out.y.to(out.y_hat.dtype)
             routing.update(out.routes, y, out.y_hat, mask, scorer.batch_l0)
+            if out.fit is not None:
+                routing.add_splice(out.fit)
             if out.spliced is None:  # soft routing: no faithful splice, nothing predicted
                 scorer.update(SAEOutputs(y, out.y_hat, out.clean), None, mask)
             else:

@@ -4,8 +4,9 @@ Per routed layer j (hard routing: the chosen layer; soft routing: the argmax lay
 the route share, the mean router probability, the mean confidence p*, and the quality of the shared SAE on the
 tokens routed there (explained variance within the layer, the paper's NormMSE, L0). Over all tokens: the mean
 confidence, the share below 2/(L+1) (near-uniform), the router entropy H(p)/log L and exp(H) (effective layers),
-the share of near ties (top-1 minus top-2 logit below `NEAR_TIE`), and NormMSE (Shi et al. 2025, App. C:
-mean over tokens of ‖ŷ − y‖² / mean_d(y²)).
+the share of near ties (top-1 minus top-2 logit below `NEAR_TIE`), NormMSE (Shi et al. 2025, App. C: mean over
+tokens of mean_d (ŷ − y)² / mean_d y²), and the explained variance of what the splice fed the SAE (LN of the live
+activations, `passes.SpliceFit`), beside the one on the training input y.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class RoutingTally:
         self.sums = torch.zeros(n_routes, d, dtype=f64, device=device)  # Σy per layer (for the within-layer variance)
         self.norm_mse = torch.zeros(n_routes, dtype=f64, device=device)  # Σ_t ‖ŷ − y‖² / mean_d(y²)
         self.l0 = torch.zeros(n_routes, dtype=f64, device=device)
+        self.splice = torch.zeros(3, dtype=f64, device=device)  # the splice's Σ‖u − û‖², Σ‖u‖², count
+        self.splice_total = torch.zeros(d, dtype=f64, device=device)  # its Σu
 
     def update(self, routes: Routes, y: torch.Tensor, y_hat: torch.Tensor, mask: torch.Tensor, l0: torch.Tensor):
         """Add a batch: its routes, the SAE's input and output (batch, pos, d), the mask and per-token L0."""
@@ -70,8 +73,16 @@ class RoutingTally:
         self.norm_mse += one_hot.T @ (err / square.clamp_min(1e-300))  # mean_d err / mean_d y²
         self.l0 += one_hot.T @ l0.reshape(-1)[keep].double()
 
+    def add_splice(self, fit) -> None:
+        """Add a batch's `passes.SpliceFit` (what the spliced continuation fed the SAE)."""
+        self.splice += torch.stack([fit.sse, fit.square, torch.tensor(float(fit.count), dtype=torch.float64)]).to(
+            self.splice.device
+        )
+        self.splice_total += fit.total.to(self.splice_total.device)
+
     def merge(self, other: RoutingTally) -> None:
-        for name in ("counts", "prob_sums", "confidence", "sse", "square", "sums", "norm_mse", "l0"):
+        names = ("counts", "prob_sums", "confidence", "sse", "square", "sums", "norm_mse", "l0", "splice")
+        for name in (*names, "splice_total"):
             mine = getattr(self, name)
             mine.add_(getattr(other, name).to(mine.device))
         for name in ("tokens", "low_confidence", "entropy", "effective", "near_ties"):
@@ -99,6 +110,8 @@ class RoutingTally:
                 }
             )
         total_sst = float(sst[counts > 1].sum())
+        splice_sse, splice_square, splice_n = (float(v) for v in self.splice.cpu())
+        splice_sst = splice_square - float(self.splice_total.cpu().pow(2).sum()) / max(splice_n, 1)
         sse = self.sse.cpu()
         return {
             "tokens": self.tokens,
@@ -110,6 +123,7 @@ class RoutingTally:
             "near_tie_share": self.near_ties / n,
             "norm_mse": float(self.norm_mse.sum()) / n,
             "within_layer_fvu": float(sse[counts > 1].sum()) / total_sst if total_sst > 0 else None,
+            "splice_explained_variance": 1 - splice_sse / splice_sst if splice_n > 1 and splice_sst > 0 else None,
         }
 
 

@@ -108,6 +108,7 @@ def test_a_perfect_shared_sae_leaves_the_logits_unchanged_for_any_router(builtin
     assert output.metrics["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-5)
     assert output.metrics["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert routing["norm_mse"] == pytest.approx(0.0, abs=1e-10)
+    assert routing["splice_explained_variance"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_half_scale_sae_with_mixed_routes_equals_a_hook_by_hook_reference(builtin_model, tokens, tmp_path):
@@ -203,6 +204,7 @@ def test_soft_routing_scores_reconstruction_on_the_weighted_input_and_no_downstr
     assert output.metrics["ce_loss_with_sae"] is None and output.metrics["loss_recovered"] is None
     assert "soft routing" in not_measured["kl_div_with_sae"]
     assert output.routing["splice_mode"] is None and output.routing["loss_recovered_baseline"] is None
+    assert output.routing["splice_explained_variance"] is None  # nothing was spliced
     # EV of ŷ = y/2 against y = Σ_j p_j LN(x_j), by hand
     _, cache = builtin_model.run_with_cache(tokens, names_filter=lambda name: name in HOOKS)
     normed = [(x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + EPS) for x in (cache[h] for h in HOOKS)]
