@@ -10,6 +10,8 @@ import yaml
 
 import saehealth
 from saehealth.cli import main
+from saehealth.latents.view import load_view
+from saehealth.result import load_result
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -75,14 +77,17 @@ def test_official_layout_end_to_end_with_the_splice_mode_recorded(tmp_path, caps
     path = tmp_path / f"sum_hard_K16_tiny_train_{M}.pt"
     torch.save({"router.weight": torch.randn(2, D), **_weights(1)}, path)
     out = tmp_path / "out"
-    code, err = _eval(capsys, "--sae-path", str(path), "--hook", HOOKS, "--route", "splice=rescaled", *COMMON,
-                      "--out", str(out))  # fmt: skip
+    code, err = _eval(capsys, "--sae-path", str(path), "--hook", HOOKS, "--route", "splice=rescaled", *COMMON[:-2],
+                      "--examples", "2", "--out", str(out))  # fmt: skip
     assert code == 0, err
     result = json.loads((out / "result.json").read_text())
     assert result["routing"]["splice_mode"] == "rescaled" and result["request"]["route"] == "splice=rescaled"
     assert result["routing"]["sources"]["splice"] == "option (--route)"
     assert result["metrics"]["l0"] == 16.0  # signed TopK: exactly k
     assert result["metrics"]["loss_recovered"] is not None and result["metrics"]["kl_div_with_sae"] > 0
+    view = load_view(load_result(out / "result.json"), out, cards=2)  # the latent browser's cards
+    card = next(iter(view.cards.values()))
+    assert card.routed_layers is not None and "blocks." in card.routed_layers and "%" in card.routed_layers
 
 
 def test_compare_refuses_a_routed_sae_in_one_line(tmp_path, capsys):
@@ -96,7 +101,6 @@ def test_compare_refuses_a_routed_sae_in_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_torchrun_ranks_give_the_routed_numbers_of_one_process(tmp_path):
-    from saehealth.result import load_result
     from tests.integration.test_torchrun import assert_same_numbers, single, torchrun
 
     path = tmp_path / f"sum_hard_K16_tiny_train_{M}.pt"
