@@ -24,14 +24,14 @@ def routing_facts(routing: dict) -> list[tuple[str, str]]:
     if routing.get("splice_mode"):
         facts.append(("Splice mode", routing["splice_mode"]))
     facts += [
-        ("Router confidence (mean p*)", _number(routing.get("router_confidence"))),
-        ("Near-uniform routes (p* < 2/(L+1))", _number(routing.get("low_confidence_share"))),
+        ("Router confidence (mean top probability)", _number(routing.get("router_confidence"))),
+        ("Near-uniform routes (top probability < 2/(L+1))", _number(routing.get("low_confidence_share"))),
         ("Router entropy H(p)/log L", _number(routing.get("router_entropy"))),
         ("Effective layers exp(H)", _number(routing.get("effective_layers"), 2)),
         ("Near ties (top-2 logits within 1e-3)", _number(routing.get("near_tie_share"))),
         ("NormMSE (Shi et al. 2025, App. C)", _number(routing.get("norm_mse"), 4)),
         ("Within-layer FVU", _number(routing.get("within_layer_fvu"), 4)),
-        ("EV of the splice's inputs (LN of live activations)", _number(routing.get("splice_explained_variance"))),
+        ("EV of what the splice fed the SAE (live activations)", _number(routing.get("splice_explained_variance"))),
         ("Unused layers (< 0.1% of tokens)", ", ".join(routing.get("unused_layers") or []) or "none"),
     ]
     if routing.get("collapsed"):

@@ -148,12 +148,14 @@ def score_routed_plan(
             + (
                 "each routed token's live activation a becomes denorm(SAE(LN(a))), as the authors' evaluation does"
                 if spec.splice_mode == "official"
-                else "each routed token's live activation a becomes denorm(SAE(p*·LN(a))/p*), as the SAE was trained"
+                else "each routed token's live activation a becomes denorm(SAE(p·LN(a))/p), p its router probability, "
+                "as the SAE was trained"
             )
-            + "; the routes are the clean pass's."
+            + " (LN: the checkpoint's per-token normalisation, the identity when it has none); the routes are the "
+            "clean pass's."
         )
     notes.append(
-        "Reconstruction metrics are on the routed input y (p*·x̃ at the chosen layer, x̃ the layer's residual, "
+        "Reconstruction metrics are on the routed input y (p·x̃ at the chosen layer, p its router probability, x̃ the residual, "
         "normalised when the checkpoint says so; soft routing: Σ p_j x̃_j), the SAE's training target; per-layer "
         "figures are in the routing section."
     )
