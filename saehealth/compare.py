@@ -98,7 +98,7 @@ def evaluate_path(config: EvalConfig, select: str | None = None, console=None) -
         t0 = time.perf_counter()
         loaded = load_checkpoint(
             config.sae_path, format=config.format, hook=config.hook, device=config.device, dtype=config.dtype,
-            select=select,
+            select=select, route=config.route,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
     if isinstance(loaded, list):
@@ -282,6 +282,11 @@ class _Comparer:
             seconds = time.perf_counter() - t0
             items = loaded if isinstance(loaded, list) else [loaded]
             for item in items:
+                if item.route is not None:
+                    raise ConfigError(
+                        f"{path} is a routed SAE: compare does not share its pass with other SAEs yet; evaluate it "
+                        "alone with saehealth eval --sae-path."
+                    )
                 # A member of a multi-SAE folder is evaluated (and re-evaluated by eval) through its own path.
                 member_path = item.path if isinstance(loaded, list) and item.path else str(path)
                 key = Path(member_path).expanduser().resolve()

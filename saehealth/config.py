@@ -49,6 +49,7 @@ class EvalConfig:
     html_latents: int = DEFAULT_HTML_LATENTS  # latents with full cards in report.html (not part of the numbers)
     absorption_probes: str = "converged"  # probe schedule: converged | saebench-0.6 (saehealth.absorption.SCHEDULES)
     verbose: bool = False
+    route: str | None = None  # routed SAEs: settings the checkpoint lacks (saehealth.routed.options)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

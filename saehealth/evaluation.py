@@ -123,7 +123,9 @@ class Evaluation:
             check_output_folder(result_folder(cfg), "result")  # before any work: refuse a folder that is not ours
         if self.loaded is None:
             t0 = time.perf_counter()
-            loaded = load_checkpoint(cfg.sae_path, format=cfg.format, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype)
+            loaded = load_checkpoint(
+                cfg.sae_path, format=cfg.format, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype, route=cfg.route
+            )
             if isinstance(loaded, list):
                 raise ConfigError(
                     f"{cfg.sae_path} holds {len(loaded)} SAEs: evaluate them with `saehealth eval` on the command "
@@ -131,6 +133,10 @@ class Evaluation:
                 )
             self.timing["load_sae_s"] = time.perf_counter() - t0
             self.loaded = loaded
+        if self.loaded.route is not None:
+            from saehealth.routed.scoring import check_routed_options
+
+            check_routed_options(cfg)
         return self._reusable_result(result_folder(cfg)) if first else None
 
     def plan(self, model=None, dataset=None) -> Plan:
@@ -149,14 +155,22 @@ class Evaluation:
             if kwargs and model_name != builtin.BUILTIN_MODEL:
                 self.notes.append(f"Model loaded with the checkpoint's model_from_pretrained_kwargs {kwargs}.")
             self.timing["load_model_s"] = time.perf_counter() - t0
-        hook, site = planning.site_of(cfg, loaded, model)
+        route = None
+        if loaded.route is not None:  # a routed SAE reads several hooks (saehealth/routed/)
+            from saehealth.routed.scoring import routed_plan_site
+
+            route, hook, site = routed_plan_site(loaded, model)
+        else:
+            hook, site = planning.site_of(cfg, loaded, model)
         context = planning.context_length(cfg, model, loaded)
         dataset_name, split = planning.dataset_choice(cfg, model_name, loaded, self.notes)
         if dataset is None:
             dataset = load_dataset(dataset_name, split)
         n_sequences = planning.sequences_wanted(cfg, context)
         check_ranks(n_sequences)
-        return Plan(loaded, model_name, hook, model, site, context, dataset_name, split, dataset, n_sequences)
+        plan = Plan(loaded, model_name, hook, model, site, context, dataset_name, split, dataset, n_sequences)
+        plan.route = route
+        return plan
 
     def _plan_cache(self, model=None) -> Plan:
         """The plan of an evaluation from an activation cache (activations/resolve.py does the checks)."""
@@ -192,6 +206,12 @@ class Evaluation:
             (output,) = score_cache([plan], self.config, self.console) or (None,)
             return output
         batches = token_batches(plan, self.config)
+        if plan.route is not None:
+            from saehealth.routed.scoring import score_routed_plan
+
+            with progress(self.console, share_of_tokens(plan)) as advance:
+                return score_routed_plan(plan, batches, self.config, advance, reference_sequence(plan, self.config),
+                                         self.notes, self.not_measured)  # fmt: skip
         with progress(self.console, share_of_tokens(plan)) as advance:
             outputs = score_batches(
                 plan.model,
@@ -262,6 +282,8 @@ class Evaluation:
         request = {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in REQUEST_KEYS}
         if cfg.activations is not None:  # only then, so results saved before the option existed stay reusable
             request["activations"] = str(Path(cfg.activations).expanduser().resolve())
+        if cfg.route is not None:  # likewise
+            request["route"] = cfg.route
         if self._weights is None:
             self._weights = weights_fingerprint(self.loaded.sae)
         request["sae_weights"] = self._weights  # a retrained checkpoint at the same path is another SAE

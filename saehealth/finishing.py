@@ -106,6 +106,7 @@ def finish_result(
         saebench_core={
             k: _clean_number(v) for k, v in core_metrics(metrics, output.saebench, details, output.tokens_run).items()
         },
+        routing=output.routing,
     )
     result.verdicts = result_verdicts(result, config.thresholds)
     return result, details
@@ -128,6 +129,10 @@ def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dic
 
     keys = ABSORPTION_KEYS
     reason = "skipped with --skip absorption" if "absorption" in config.skip else absorption_applicable(plan.hook)
+    if plan.route is not None:
+        from saehealth.routed.checks import ROUTED_ABSORPTION
+
+        reason = ROUTED_ABSORPTION
     if reason is None and plan.model is None:  # an activation cache, without --model
         reason = "absorption prompts the model, which an activation cache lacks: add --model NAME to measure it"
     if reason is None:

@@ -37,6 +37,7 @@ class Plan:
     n_sequences: int
     activations: str | None = None  # the activation cache's layout, when scored from one
     special_tokens_known: bool = True  # False for a cache without token ids: nothing could be masked
+    route: Any = None  # routed SAEs: the router resolved on the model (saehealth.routed.passes.RoutedSite)
 
     @property
     def sae(self):

@@ -136,6 +136,8 @@ class EvalResult:
     # SAEBench 0.6's core metrics under its names and definitions (saehealth/saebench/core.py), for the
     # SAEBench export; empty in results saved before saehealth computed them.
     saebench_core: dict = field(default_factory=dict)
+    # Routed SAEs only (RouteSAE): the router's settings and statistics (saehealth/routed/checks.py); else None.
+    routing: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -169,6 +171,7 @@ class EvalResult:
             notes=data.get("notes", []),
             request=data.get("request", {}),
             saebench_core=data.get("saebench_core", {}),
+            routing=data.get("routing"),
         )
 
 

@@ -65,6 +65,7 @@ class PassOutput:
     tokens_scored: int
     saebench: dict = field(default_factory=dict)  # SAEBench's definitions, where they differ (saebench/sums.py)
     latents: LatentExamples | None = None  # the latent examples (None with --examples 0)
+    routing: dict | None = None  # routed SAEs: the routing statistics (saehealth/routed/stats.py)
 
 
 @dataclass
@@ -176,6 +177,11 @@ class SAEScorer:
         self._l0 = torch.cat(l0).reshape(mask.shape)
         x_hat = parts[0] if len(parts) == 1 else torch.cat(parts)
         return x_hat.reshape(*source.shape[:-1], x_hat.shape[-1])
+
+    @property
+    def batch_l0(self) -> torch.Tensor:
+        """The last `reconstruct` call's L0 per position (batch, pos), masked positions included."""
+        return self._l0
 
     def update(self, out: SAEOutputs, downstream: dict[str, torch.Tensor] | None, mask: torch.Tensor) -> None:
         """Add a batch: this SAE's outputs, its downstream per-sequence totals and the mask. Without a model

@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saehealth.thresholds import HEADLINE_METRICS, HEALTHY, NOT_MEASURED, UNHEALTHY, Thresholds, load_thresholds
+from saehealth.thresholds import (
+    BORDERLINE,
+    HEADLINE_METRICS,
+    HEALTHY,
+    NOT_MEASURED,
+    UNHEALTHY,
+    Thresholds,
+    load_thresholds,
+)
 
 if TYPE_CHECKING:
     from saehealth.result import EvalResult
@@ -92,10 +100,49 @@ def is_unhealthy(verdicts: Mapping[str, dict]) -> bool:
 
 
 def result_verdicts(result: EvalResult, thresholds: Thresholds | str | Path | None = None) -> dict[str, dict]:
-    """`assess` of a result's metrics under the thresholds (a preset name or file; None: the default)."""
-    return assess(result.metrics, result.not_measured, thresholds, d_sae=result.sae.d_sae)
+    """`assess` of a result's metrics under the thresholds (a preset name or file; None: the default), and a
+    routed SAE's routing checks (unused layers, collapse)."""
+    verdicts = assess(result.metrics, result.not_measured, thresholds, d_sae=result.sae.d_sae)
+    if result.routing is not None:
+        verdicts.update(routing_verdicts(result.routing))
+    return verdicts
 
 
 def verdicts_of(result: EvalResult) -> dict[str, dict]:
     """The result's verdicts, or default-preset ones when it has none."""
     return result.verdicts or result_verdicts(result)
+
+
+def _routing_verdict(value: float, status: str, band: str, borderline: str, healthy_range, borderline_range) -> dict:
+    return {
+        "value": float(value),
+        "band": band,
+        "borderline": borderline,
+        "status": status,
+        "headline": False,
+        "reason": None,
+        "healthy_range": list(healthy_range),
+        "borderline_range": list(borderline_range),
+    }
+
+
+def routing_verdicts(routing: dict) -> dict[str, dict]:
+    """The routing checks of a routed SAE's `routing` section (saehealth/routed/checks.py): unused layers and
+    collapse onto one layer."""
+    from saehealth.routed.checks import COLLAPSE_HEALTHY, COLLAPSE_SHARE
+
+    n_layers = len(routing.get("layers", [])) or 1
+    unused = len(routing.get("unused_layers", []))
+    unused_status = HEALTHY if unused == 0 else BORDERLINE if unused < n_layers / 2 else UNHEALTHY
+    top = routing.get("max_route_share") or 0.0
+    top_status = HEALTHY if top <= COLLAPSE_HEALTHY else BORDERLINE if top <= COLLAPSE_SHARE else UNHEALTHY
+    return {
+        "routing_unused_layers": _routing_verdict(
+            unused, unused_status, "0 layers under 0.1% of tokens", "some, but fewer than half of the layers",
+            (0, 0), (1, max(1.0, n_layers / 2 - 0.5)),
+        ),
+        "routing_collapse": _routing_verdict(
+            top, top_status, f"largest route share ≤ {COLLAPSE_HEALTHY}", f"≤ {COLLAPSE_SHARE}",
+            (None, COLLAPSE_HEALTHY), (COLLAPSE_HEALTHY, COLLAPSE_SHARE),
+        ),
+    }  # fmt: skip

@@ -24,6 +24,7 @@ from saehealth.cli.options import (
     ModelOption,
     NumSamplesOption,
     QuietOption,
+    RouteOption,
     SaebenchOutOption,
     SeedOption,
     SelectOption,
@@ -60,6 +61,7 @@ def eval_command(
     absorption_probes: AbsorptionProbesOption = "converged",
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     select: SelectOption = None,
+    route: RouteOption = None,
     thresholds: ThresholdsOption = None,
     activations: ActivationsOption = None,
     saebench_out: SaebenchOutOption = None,
@@ -109,6 +111,7 @@ def eval_command(
         examples=examples,
         html_latents=html_latents,
         verbose=verbose,
+        route=route,
     )
     outcome = evaluate_path(config, select, console=console_for(quiet or json_output))
     if outcome is None:  # a torchrun rank other than 0: rank 0 reports

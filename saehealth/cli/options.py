@@ -26,7 +26,18 @@ WandbOption = Annotated[
     ),
 ]
 ModelOption = Annotated[str | None, typer.Option(help="Model name or folder (default: the checkpoint's).")]
-HookOption = Annotated[str | None, typer.Option(help="TransformerLens hook (default: the checkpoint's).")]
+HookOption = Annotated[
+    str | None,
+    typer.Option(help="TransformerLens hook (default: the checkpoint's); a routed SAE's hooks comma-separated."),
+]
+RouteOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="KEY=VALUE,...",
+        help="Routed SAEs: settings the checkpoint lacks or overridden: k, aggregation (sum|mean), routing "
+        "(hard|soft), splice (official|rescaled), eps (or none), config (the run's YAML).",
+    ),
+]
 DatasetOption = Annotated[str | None, typer.Option(help="Built-in, local path or hub dataset.")]
 SplitOption = Annotated[str | None, typer.Option(help="Dataset split (default: a held-out one).")]
 TokensOption = Annotated[int | None, typer.Option("--tokens", help="Tokens to evaluate (default: up to 200k).")]

@@ -12,6 +12,7 @@ from saehealth.cli.options import (
     HtmlLatentsOption,
     JsonOption,
     QuietOption,
+    RouteOption,
     SelectOption,
     StrictOption,
     ThresholdsOption,
@@ -138,10 +139,11 @@ def inspect_command(
     format: Annotated[str | None, typer.Option("--format", help="Force a checkpoint format.")] = None,
     hook: Annotated[str | None, typer.Option(help="Pick (run folders) or override the TransformerLens hook.")] = None,
     select: SelectOption = None,
+    route: RouteOption = None,
 ) -> None:
     """Show what a checkpoint was detected as: library, format, architecture, sizes, hook mapping, training facts."""
     from saehealth.loading import load_checkpoint
     from saehealth.loading.describe import describe, summarize
 
-    loaded = load_checkpoint(path, format=format, hook=hook, select=select)
+    loaded = load_checkpoint(path, format=format, hook=hook, select=select, route=route)
     console.print(summarize(loaded) if isinstance(loaded, list) else describe(loaded))

@@ -58,6 +58,7 @@ class LatentCard:
     sample: list[Context]
     max_cosine: float | None = None
     nearest: int | None = None
+    routed_layers: str | None = None  # routed SAEs: the share of this latent's firings at each routed layer
 
 
 @dataclass
@@ -118,6 +119,8 @@ def build_view(
     text, sequences = _token_source(result, arrays, wanted, view.notes)
     best = details.get("max_decoder_cosine")
     nearest = details.get("nearest_decoder_latent")
+    by_layer = details.get("routing_latent_layer_counts")  # (d_sae, L), routed SAEs only
+    hooks = (result.routing or {}).get("hooks")
     for latent in wanted:
         view.cards[latent] = LatentCard(
             latent=latent,
@@ -133,8 +136,20 @@ def build_view(
             sample=sorted(_contexts(arrays, "sample", latent, latents.window, sequences, text), key=lambda c: -c.value),
             max_cosine=_number(best[latent]) if best is not None else None,
             nearest=int(nearest[latent]) if nearest is not None and int(nearest[latent]) >= 0 else None,
+            routed_layers=_routed_layers(by_layer, hooks, latent),
         )
     return view
+
+
+def _routed_layers(by_layer, hooks: list[str] | None, latent: int) -> str | None:
+    """'blocks.3.hook_resid_post 62%, blocks.7.hook_resid_post 38%': where a routed SAE's latent fired."""
+    if by_layer is None or not hooks:
+        return None
+    counts = [float(c) for c in by_layer[latent]]
+    total = sum(counts)
+    if total == 0:
+        return "never fired"
+    return ", ".join(f"{hook} {count / total:.0%}" for hook, count in zip(hooks, counts, strict=True) if count > 0)
 
 
 def _token_source(result: EvalResult, arrays: Mapping, wanted: list[int], notes: list[str]):

@@ -12,6 +12,8 @@ Formats (auto-detected in this order; `format=` forces one, an unknown name list
 | `gemma_scope`         | Gemma Scope         | params.npz                                                         |
 | `llama_scope`         | Llama Scope         | hyperparams.json + checkpoints/final.safetensors                   |
 | `openai`              | openai/sparse_autoencoder | a .pt state dict with pre_bias and latent_bias              |
+| `routesae`            | RouteSAEs (authors) | a .pt state dict with router.weight and sae.pre_bias (k, routing from the file name) |
+| `routesae_seed`       | zach-perlman/SAEs   | a .pt state dict with router.router.weight, and the run's YAML     |
 | `minsae`              | minSAE              | best_sae.pt / final_sae.pt (model_state_dict + config)             |
 | `sae_lens_pretrained` | SAELens             | `release=` + `sae_id=` (needs the Hugging Face hub)                |
 
@@ -31,6 +33,8 @@ from saehealth.loading import (  # noqa: F401  (importing registers the adapters
     from_llama_scope,
     from_minsae,
     from_openai,
+    from_routesae,
+    from_routesae_seed,
     from_sae_lens,
     from_sparsify,
 )
@@ -84,6 +88,7 @@ def load_checkpoint(
     release: str | None = None,
     sae_id: str | None = None,
     select: str | None = None,
+    route: str | None = None,
 ) -> LoadedSAE | list[LoadedSAE]:
     """Load the checkpoint at `path` (or the SAELens pretrained `release`/`sae_id`) as `LoadedSAE`.
 
@@ -93,10 +98,13 @@ def load_checkpoint(
     sweep with trainer_N/ folders, a SAELens multi-SAE run) returns a list, one `LoadedSAE` per member,
     unless the choice is narrowed to one: `select` is a glob over member names (`layers.*`, `h.*.mlp`, `trainer_[01]`) and returns a list, or
     that SAE alone when it is an exact name; `hook` picks the member whose name or mapped TransformerLens hook
-    equals it. For a single SAE, `hook` overrides the hook the checkpoint names (a note records it).
+    equals it. For a single SAE, `hook` overrides the hook the checkpoint names (a note records it); for a routed
+    SAE it is the comma-separated list of routed hooks, and `route` gives its other settings (routed/options.py).
     """
     dtype = parse_dtype(dtype)
-    request = LoadRequest(hook=hook, device=device, dtype=dtype, select=select, release=release, sae_id=sae_id)
+    request = LoadRequest(
+        hook=hook, device=device, dtype=dtype, select=select, release=release, sae_id=sae_id, route=route
+    )
     if release is not None or sae_id is not None:
         adapter = ADAPTERS.get(format or "sae_lens_pretrained")
         if adapter.name != "sae_lens_pretrained":

@@ -41,6 +41,7 @@ class LoadedSAE:
     training: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     path: str | None = None  # the file or folder the weights came from
+    route: Any = None  # routed SAEs only: the router and its layers (saehealth.routed.spec.RouteSpec)
 
     @property
     def d_in(self) -> int:
@@ -73,6 +74,7 @@ class LoadRequest:
     select: str | None = None
     release: str | None = None
     sae_id: str | None = None
+    route: str | None = None  # routed SAEs: settings the checkpoint lacks (`--route`, saehealth.routed.options)
 
 
 class Adapter(ABC):

@@ -43,6 +43,10 @@ def describe(loaded: LoadedSAE) -> Table:
         ("dataset", loaded.dataset_path),
         ("dtype / device", f"{sae.cfg.dtype} / {sae.cfg.device}"),
     ]
+    if loaded.route is not None:
+        from saehealth.routed.spec import describe_route
+
+        rows += describe_route(loaded.route)
     for name, value in rows:
         table.add_row(name, _text(value))
     for key in sorted(loaded.training):

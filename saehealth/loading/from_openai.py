@@ -38,8 +38,12 @@ _LOCATION = re.compile("(" + "|".join(_LOCATIONS) + ")")
 
 
 def _is_openai_state(obj: Any) -> bool:
-    return isinstance(obj, dict) and all(
-        isinstance(obj.get(k), torch.Tensor) for k in ("pre_bias", "latent_bias", "encoder.weight")
+    # `Autoencoder.state_dict()` always stores `activation`; the RouteSAEs authors' single-layer files have the
+    # same three tensors without it and compute something else (signed TopK, eps 1e-6): not claimed here.
+    return (
+        isinstance(obj, dict)
+        and "activation" in obj
+        and all(isinstance(obj.get(k), torch.Tensor) for k in ("pre_bias", "latent_bias", "encoder.weight"))
     )
 
 
@@ -99,7 +103,12 @@ class OpenAIAdapter(Adapter):
             "W_dec": _decoder(state, d_in, d_sae, notes, path),
             "b_dec": vector(state["pre_bias"], d_in, "pre_bias"),
         }
-        activation = state.get("activation", "ReLU")
+        if "activation" not in state:
+            raise IncompatibleSAEError(
+                f"{path} lacks the 'activation' entry every openai/sparse_autoencoder state dict stores: it is not "
+                "one (the RouteSAEs authors' single-layer files look like this and compute a signed TopK)."
+            )
+        activation = state["activation"]
         act_state = state.get("activation_state_dict") or {}
         training: dict[str, Any] = {"activation": activation, "d_sae": d_sae}
         if activation == "TopK":

@@ -238,6 +238,7 @@ def _card_data(card: LatentCard) -> dict:
         ("fired on", f"{card.firing_count:,} tokens"),
         ("mean activation", format_activation(card.mean)),
         ("max activation", format_activation(card.max)),
+        *([("routed layers", card.routed_layers)] if card.routed_layers is not None else []),
     ]
     return {
         "facts": facts,

@@ -99,6 +99,8 @@ def print_card(card: LatentCard, console: Console, contexts: int = 5) -> None:
     facts.append("  max ", style="bold").append(format_activation(card.max))
     if card.nearest is not None and card.max_cosine is not None:
         facts.append("  closest decoder ", style="bold").append(f"{card.nearest} (cos {card.max_cosine:.3f})")
+    if card.routed_layers is not None:
+        facts.append("  routed layers ", style="bold").append(card.routed_layers)
     parts: list = [facts]
     if card.histogram:
         counts = [n for _, _, n in card.histogram]

@@ -12,6 +12,7 @@ from pathlib import Path
 from saehealth.advice import advise
 from saehealth.report.definitions import markdown_definitions
 from saehealth.report.plots import PLOTS, make_plots
+from saehealth.report.routing import routing_markdown
 from saehealth.report.text import (
     SEVERITY_MARK,
     STATUS_EMOJI,
@@ -86,6 +87,7 @@ def render_markdown(
         lines += _verdict_table(result, secondary)
         lines.append("")
 
+    lines += routing_markdown(result.routing)  # routed SAEs only
     lines += ["## Findings and recommendations", ""]
     for i, finding in enumerate(advise(result, details), 1):
         lines.append(f"### {i}. {SEVERITY_MARK[finding.severity]} {finding.title} ({finding.severity})")

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from saehealth.advice import Finding, advise
+from saehealth.report.routing import routing_table
 from saehealth.report.text import (
     OTHER_KEYS,
     SEVERITY_MARK,
@@ -46,6 +47,9 @@ def print_report(result: EvalResult, details: dict | None, console: Console, *, 
     if secondary:
         console.print(_verdict_table(result, secondary, title="Secondary checks"))
     console.print(_other_measurements(result, verdicts, console.width))
+    routing = routing_table(result.routing)  # routed SAEs only
+    if routing is not None:
+        console.print(routing)
     histogram = _density_histogram(result, details)
     if histogram is not None:
         console.print(histogram)

@@ -30,6 +30,8 @@ LABELS = {
     "dense_fraction": "Dense latents (> 10%)",
     "near_duplicate_fraction": "Near-duplicate latents",
     "decoder_redundancy": "Decoder redundancy",
+    "routing_unused_layers": "Unused routed layers",
+    "routing_collapse": "Largest route share",
 }
 # Column headers of a comparison table (markdown and HTML), short enough for a column.
 COMPARISON_HEADERS = {
@@ -48,6 +50,7 @@ COUNT_KEYS = {
     "dense_features_1pct",
     "near_duplicate_latents",
     "absorption_letters_scored",
+    "routing_unused_layers",
 }
 # Metrics shown under "Other measurements" when no band judges them.
 OTHER_KEYS = (
