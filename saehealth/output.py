@@ -1,11 +1,19 @@
 """Where saehealth writes, and the rule that keeps the user's files safe.
 
-Ownership. Every folder saehealth writes (a result, a report, a comparison, a trained checkpoint) gets a hidden
-manifest, `.saehealth.json`, naming its kind and every file and folder saehealth put there. A folder may receive
-output only when it does not exist, is empty, or holds nothing but what its own manifest lists, of the same kind
-(a comparison folder may also hold result folders); anything else (a user's report.md, the home folder, `/`, a
-file, a folder that cannot be written) is refused with one line before any work starts. saehealth never
-replaces or deletes a file it did not write.
+Ownership. Every folder saehealth writes (a result, a report, a comparison or run, a trained checkpoint, a SAEBench
+export) gets a hidden manifest, `.saehealth.json`, naming its kind and every file and folder saehealth put there.
+A folder may receive output only when it does not exist, is empty, or holds nothing but what its own manifest
+lists, of the same kind (a comparison folder may also hold result folders); anything else (a user's report.md,
+the home folder, `/`, a file, a folder that cannot be written) is refused with one line before any work starts.
+saehealth never replaces or deletes a file it did not write.
+
+The manifest is untrusted data: anyone can edit or forge one. It is parsed in one place (`read_manifest`) into a
+checked `Manifest` whose entries are plain relative names inside the folder: no absolute path, no `..` or `.`
+part, no empty part, no backslash, NUL or control character, no entry under a folder the manifest does not list,
+not too deep, not too many. A manifest breaking any of these makes its folder not saehealth's. A symbolic link,
+anywhere in a folder, is never saehealth's (saehealth writes none), so nothing is ever replaced or deleted
+through one; and every deletion works on names checked against the manifest, inside the folder, without
+following links (`shutil.rmtree` on Linux works through file descriptors and never leaves the tree).
 
 Atomicity. Output is written into a staging folder beside its target, on the same filesystem, and swapped in
 whole (Linux `renameat2(RENAME_EXCHANGE)`; three renames elsewhere): a result, its details file and its reports
@@ -17,37 +25,143 @@ file and the manifest last; a comparison folder is updated that way too, so the 
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import functools
 import json
 import os
-import re
 import secrets
 import shutil
-import sys
+import stat
+import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from saehealth.errors import OutputError
+from saehealth.folder_swap import (
+    STAGING_NAME,
+    STAGING_TAG,
+    can_swap,
+    exchange,
+    make_folders,
+    new_folder,
+    uninterrupted,
+    why_not_writable,
+    write_failure,
+)
 from saehealth.result import RESULT_FILE
+
+__all__ = ["MANIFEST", "KINDS", "STAGING_TAG", "Manifest", "check_output_folder", "read_manifest", "staged"]
 
 MANIFEST = ".saehealth.json"
 MANIFEST_FORMAT = 1
-KINDS = ("result", "report", "comparison", "checkpoint")
-STAGING_TAG = ".saehealth-staging-"  # in the name of every staging folder, beside or inside its target
-# errno values meaning "this place cannot take the output": one line instead of a traceback.
-_WRITE_ERRNOS = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-    errno.EIO,
-    errno.EFBIG,
-    errno.ENAMETOOLONG,
-}
+KINDS = ("result", "report", "comparison", "checkpoint", "saebench")
+# Bounds on a manifest, far above anything saehealth writes (a checkpoint lists a few files, a result a dozen).
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_ENTRIES = 10_000
+MAX_DEPTH = 8
+MAX_NAME_BYTES = 255
+
+
+# ---------------------------------------------------------------------------------------------- the manifest
+@dataclass(frozen=True)
+class Manifest:
+    """A folder's manifest, checked: its kind, and the relative paths of the files and folders saehealth wrote
+    there (folders without their trailing '/'). Every path is a plain name or names joined by '/', inside the
+    folder."""
+
+    kind: str
+    files: frozenset[str]
+    folders: frozenset[str]
+
+    @property
+    def entries(self) -> list[str]:
+        """The entries as the manifest file writes them: files as they are, folders with a trailing '/'."""
+        return sorted([*self.files, *(f"{folder}/" for folder in self.folders)])
+
+    def top_names(self) -> set[str]:
+        """The names directly in the folder that the manifest accounts for."""
+        return {path.split("/", 1)[0] for path in (*self.files, *self.folders)}
+
+
+def read_manifest(folder: Path, option: str = "--out") -> Manifest | None:
+    """The checked manifest of `folder`, None when it has none; OutputError when it is not one saehealth wrote
+    (unreadable, malformed, or naming anything but plain relative names inside the folder)."""
+    file = Path(folder) / MANIFEST
+    if not os.path.lexists(file):
+        return None
+    manifest = _parse_manifest(_read_small_file(file))
+    if manifest is None:
+        raise OutputError(
+            f"{file} is not a saehealth manifest, so saehealth cannot tell which files in {file.parent} are its "
+            f"own: give another folder with {option}."
+        )
+    return manifest
+
+
+def _read_small_file(file: Path) -> bytes | None:
+    """The bytes of `file` when it is a regular file (not a link, a FIFO or a device) of a manifest's size."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(file, flags)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            return stream.read(MAX_MANIFEST_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parse_manifest(raw: bytes | None) -> Manifest | None:
+    if raw is None or len(raw) > MAX_MANIFEST_BYTES:
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(data, dict) and data.get("saehealth_manifest") == MANIFEST_FORMAT):
+        return None
+    kind, entries = data.get("kind"), data.get("entries")
+    if kind not in KINDS or not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+        return None
+    files: set[str] = set()
+    folders: set[str] = set()
+    for entry in entries:
+        path = _plain_relative_path(entry)
+        if path is None:
+            return None
+        (folders if entry.endswith("/") else files).add(path)
+    if files & folders or MANIFEST in files | folders:
+        return None  # one name both a file and a folder; the manifest listing itself
+    for path in files | folders:
+        parent = path.rpartition("/")[0]
+        if parent and parent not in folders:
+            return None  # an entry under a folder the manifest does not list
+    return Manifest(kind, frozenset(files), frozenset(folders))
+
+
+def _plain_relative_path(entry: object) -> str | None:
+    """`entry` without its folder's trailing '/', when it is names joined by '/' inside the folder; else None."""
+    if not isinstance(entry, str):
+        return None
+    path = entry[:-1] if entry.endswith("/") else entry
+    parts = path.split("/")
+    if not path or len(parts) > MAX_DEPTH:
+        return None
+    for part in parts:
+        if part in ("", ".", "..") or "\\" in part:
+            return None
+        if any(unicodedata.category(char) in ("Cc", "Cs") for char in part):
+            return None  # NUL and control characters; lone surrogates, which no filesystem name holds
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            return None
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- the check
@@ -69,13 +183,14 @@ def check_output_folder(folder: str | Path, kind: str, *, option: str = "--out")
             raise OutputError(f"{option} {path} cannot be read (permission denied): give a folder you can write to.")
         foreign = _foreign_entries(path, kind, option)
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            shown = ", ".join(ascii(name)[1:-1] for name in foreign[:3])  # a name may hold anything: show it escaped
+            shown += f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             raise OutputError(
                 f"{option} {path} holds files saehealth did not write ({shown}): saehealth only replaces its own "
                 "output; give a new or empty folder, or move those files away."
             )
-        if not (_can_swap(path) or os.access(path, os.W_OK | os.X_OK)):
-            raise OutputError(f"{option} {path} is not writable ({_why_not_writable(path)}): give another folder.")
+        if not (can_swap(path) or os.access(path, os.W_OK | os.X_OK)):
+            raise OutputError(f"{option} {path} is not writable ({why_not_writable(path)}): give another folder.")
         return path
     ancestor = path.parent
     while not os.path.lexists(ancestor):
@@ -84,7 +199,7 @@ def check_output_folder(folder: str | Path, kind: str, *, option: str = "--out")
         raise OutputError(f"{option} {path} cannot be created: {ancestor} is a file. Give a folder path.")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(
-            f"{option} {path} cannot be created: {ancestor} is not writable ({_why_not_writable(ancestor)}). "
+            f"{option} {path} cannot be created: {ancestor} is not writable ({why_not_writable(ancestor)}). "
             "Give a folder you can write to."
         )
     return path
@@ -104,48 +219,28 @@ def display_path(path: str | Path) -> str:
         return str(path)
 
 
-def read_manifest(folder: Path, option: str = "--out") -> dict | None:
-    """The manifest of `folder` ({"kind", "entries", ...}), None when it has none; OutputError when it is broken."""
-    file = Path(folder) / MANIFEST
-    if not os.path.lexists(file):
-        return None
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = None
-    entries = data.get("entries") if isinstance(data, dict) else None
-    if not (
-        isinstance(data, dict)
-        and data.get("kind") in KINDS
-        and isinstance(entries, list)
-        and all(isinstance(e, str) for e in entries)
-    ):
-        raise OutputError(
-            f"{file} is not a saehealth manifest, so saehealth cannot tell which files in {file.parent} are its "
-            f"own: give another folder with {option}."
-        )
-    return data
-
-
 def is_own_folder(folder: Path, kind: str) -> bool:
-    """True when `folder` is a saehealth folder of `kind` holding only what its manifest lists."""
+    """True when `folder` (not a link) is a saehealth folder of `kind` holding only what its manifest lists."""
     try:
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            return False
         manifest = read_manifest(folder)
-        return manifest is not None and manifest["kind"] == kind and not _foreign_entries(folder, kind, "")
+        return manifest is not None and manifest.kind == kind and not _foreign_entries(folder, kind, "")
     except (OutputError, OSError):
         return False
 
 
 def _foreign_entries(folder: Path, kind: str, option: str) -> list[str]:
     manifest = read_manifest(folder, option)
-    if manifest is not None and manifest["kind"] != kind:
-        raise OutputError(f"{option} {folder} holds a saehealth {manifest['kind']}, not a {kind}: give another folder.")
-    listed = set(manifest["entries"]) if manifest else set()
-    return _unlisted(folder, "", listed, results_allowed=kind == "comparison", option=option)
+    if manifest is not None and manifest.kind != kind:
+        raise OutputError(f"{option} {folder} holds a saehealth {manifest.kind}, not a {kind}: give another folder.")
+    empty = Manifest(kind, frozenset(), frozenset())
+    return _unlisted(folder, "", manifest or empty, results_allowed=kind == "comparison", option=option)
 
 
-def _unlisted(root: Path, prefix: str, listed: set[str], *, results_allowed: bool, option: str) -> list[str]:
-    """Entries under root/prefix that no manifest accounts for ("name" for files, "name/" for folders)."""
+def _unlisted(root: Path, prefix: str, manifest: Manifest, *, results_allowed: bool, option: str) -> list[str]:
+    """Entries under root/prefix that the manifest does not account for ("name" for files, "name/" for folders,
+    "name@" for symbolic links, which are never saehealth's; nothing is followed)."""
     found: list[str] = []
     try:
         with os.scandir(root / prefix) as scan:
@@ -154,39 +249,20 @@ def _unlisted(root: Path, prefix: str, listed: set[str], *, results_allowed: boo
         raise OutputError(f"{option} {root / prefix} cannot be read ({exc.strerror}): give another folder.") from None
     for entry in entries:
         rel = prefix + entry.name
-        if rel == MANIFEST or (not prefix and STAGING_TAG in entry.name):
-            continue  # the manifest, and staging folders of saehealth runs that were killed or are running
-        if entry.is_dir(follow_symlinks=False):
-            if rel + "/" in listed:
-                found += _unlisted(root, rel + "/", listed, results_allowed=False, option=option)
+        if entry.is_symlink():
+            found.append(rel + "@")
+        elif entry.is_dir(follow_symlinks=False):
+            if not prefix and STAGING_NAME.match(entry.name):
+                continue  # the staging folder of a saehealth run that was killed or is running
+            if rel in manifest.folders:
+                found += _unlisted(root, rel + "/", manifest, results_allowed=False, option=option)
             elif not (results_allowed and not prefix and is_own_folder(Path(entry.path), "result")):
                 found.append(rel + "/")
-        elif rel not in listed:
-            found.append(rel)
+        elif rel == MANIFEST and entry.is_file(follow_symlinks=False):
+            continue
+        elif not (entry.is_file(follow_symlinks=False) and rel in manifest.files):
+            found.append(rel)  # a file not listed, or a FIFO, socket or device, which saehealth never writes
     return found
-
-
-def _can_swap(path: Path) -> bool:
-    """Whether an existing folder can be replaced whole by renames in its parent."""
-    if os.path.ismount(path):
-        return False
-    try:
-        cwd = Path.cwd().resolve()
-    except OSError:  # the current folder was deleted under us
-        cwd = None
-    if cwd is not None and (path == cwd or path in cwd.parents):
-        return False  # renaming it away would leave the user's shell in a deleted folder
-    parent = path.parent
-    return os.stat(path).st_dev == os.stat(parent).st_dev and os.access(parent, os.W_OK | os.X_OK)
-
-
-def _why_not_writable(path: Path) -> str:
-    try:
-        if hasattr(os, "statvfs") and os.statvfs(path).f_flag & os.ST_RDONLY:
-            return "a read-only filesystem"
-    except OSError:
-        pass
-    return "permission denied"
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -203,20 +279,20 @@ def staged(
     a one-line OutputError.
     """
     path = check_output_folder(folder, kind, option=option)
-    in_place = in_place or (os.path.lexists(path) and not _can_swap(path))
+    in_place = in_place or (os.path.lexists(path) and not can_swap(path))
     created: list[Path] = []
     staging: Path | None = None
     try:
-        created = _make_folders(path if in_place else path.parent)
-        staging = _new_folder(
+        created = make_folders(path if in_place else path.parent)
+        staging = new_folder(
             path if in_place else path.parent, STAGING_TAG if in_place else f".{path.name}{STAGING_TAG}"
         )
         _carry_over(path, staging, keep)
         yield staging
         _write_manifest(staging, kind)
-        with _uninterrupted():
+        with uninterrupted():
             if in_place:
-                _commit_in_place(staging, path)
+                _commit_in_place(staging, path, kind, option)
             else:
                 _commit_swap(staging, path, kind)
         staging = None
@@ -237,74 +313,40 @@ def staged(
         raise
 
 
-@contextmanager
-def _uninterrupted() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait while staged output is renamed into place, so it is never left half-renamed."""
-    import signal
-    import threading
-
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def write_failure(exc: BaseException) -> str | None:
-    """The reason when `exc` means the filesystem refused a write (full disk, read-only, permission), else None."""
-    code = exc.errno if isinstance(exc, OSError) else None
-    if code is None and type(exc).__name__ == "SafetensorError":  # safetensors reports I/O errors as text
-        match = re.search(r"os error (\d+)", str(exc))
-        code = int(match.group(1)) if match else None
-    return os.strerror(code).lower() if code in _WRITE_ERRNOS else None
-
-
-def _make_folders(folder: Path) -> list[Path]:
-    """Create `folder` and missing parents; the folders created, outermost first (removed again on failure)."""
-    missing = []
-    while not os.path.lexists(folder):
-        missing.append(folder)
-        folder = folder.parent
-    created = []
-    for made in reversed(missing):
-        made.mkdir()
-        created.append(made)
-    return created
-
-
-def _new_folder(parent: Path, prefix: str) -> Path:
-    # os.mkdir applies the umask (tempfile.mkdtemp would make it 0700, and the result folder with it).
-    folder = parent / f"{prefix}{secrets.token_hex(4)}"
-    folder.mkdir()
-    return folder
-
-
 def _carry_over(path: Path, staging: Path, keep: Iterable[str]) -> None:
+    """Hard-link (else copy) the kept files, regular files only, into the staging folder."""
     for rel in keep:
+        if _plain_relative_path(rel) is None:
+            raise ValueError(f"not a relative file name: {rel!r}")
         source = path / rel
-        if not source.is_file():
-            continue
+        if not _is_regular_file(source):
+            continue  # absent, a folder or a link: never carried (the check refused links already)
         target = staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(source, target)
+            os.link(source, target, follow_symlinks=False)
         except OSError:  # no hard links on this filesystem
-            shutil.copy2(source, target)
+            shutil.copyfile(source, target, follow_symlinks=False)
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _write_manifest(staging: Path, kind: str) -> None:
-    entries = sorted(
-        str(p.relative_to(staging)) + ("/" if p.is_dir() and not p.is_symlink() else "")
-        for p in staging.rglob("*")
-        if p.name != MANIFEST or p.parent != staging
-    )
+    entries = []
+    for parent, folders, files in os.walk(staging):  # links to folders are listed with the files, not followed
+        rel = Path(parent).relative_to(staging)
+        entries += [f"{(rel / name).as_posix()}/" for name in folders if not os.path.islink(Path(parent, name))]
+        entries += [(rel / name).as_posix() for name in files if parent != str(staging) or name != MANIFEST]
+        entries += [(rel / name).as_posix() for name in folders if os.path.islink(Path(parent, name))]
     data = {
         "saehealth_manifest": MANIFEST_FORMAT,
         "kind": kind,
-        "entries": entries,
+        "entries": sorted(entries),
         "about": "saehealth replaces only the entries listed here; a folder holding anything else is refused.",
     }
     (staging / MANIFEST).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -318,70 +360,55 @@ def _commit_swap(staging: Path, path: Path, kind: str) -> None:
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
             raise
     exchange(staging, path)  # the old content is now at `staging`
-    if _foreign_entries(staging, kind, "--out"):  # a file appeared after the check: put everything back
+    try:
+        changed = bool(_foreign_entries(staging, kind, "--out"))
+    except OutputError:
+        changed = True
+    if changed:  # a file appeared after the check, or the manifest changed: put everything back
         exchange(staging, path)
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"{path} changed while saehealth was writing it: nothing was replaced; run again.")
     shutil.rmtree(staging)
 
 
-def _commit_in_place(staging: Path, path: Path) -> None:
-    old = read_manifest(path) or {"entries": []}
+def _commit_in_place(staging: Path, path: Path, kind: str, option: str) -> None:
+    """Rename the staged entries into `path` one by one (the result file last, the manifest after it), then
+    remove what the old manifest lists and this run did not write again. Every name touched is a plain name in
+    `path`, checked against the old manifest, and nothing is followed: a link found here (it appeared after the
+    check) stops the commit."""
+    old = read_manifest(path, option) or Manifest(kind, frozenset(), frozenset())
     names = sorted((n for n in os.listdir(staging) if n != MANIFEST), key=lambda n: (n == RESULT_FILE, n))
     for name in names:  # the result file last: its presence means the rest is in place
         source, target = staging / name, path / name
-        if source.is_dir() and target.is_dir() and not target.is_symlink():
+        target_mode = _lstat_mode(target)
+        if target_mode is not None and (stat.S_ISLNK(target_mode) or name not in old.top_names()):
+            raise OutputError(f"{path} changed while saehealth was writing it ({name} appeared): run again.")
+        if source.is_dir() and target_mode is not None and stat.S_ISDIR(target_mode):
             exchange(source, target)
             shutil.rmtree(source)
         else:
-            if target.is_dir() and not target.is_symlink():
+            if target_mode is not None and stat.S_ISDIR(target_mode):
                 shutil.rmtree(target)  # ours (checked): a folder where a file goes now
             os.replace(source, target)
     written = set(names)
-    for entry in old["entries"]:  # output of an earlier run that this one did not write again
-        top = entry.split("/")[0]
-        if top in written or top == MANIFEST:
-            continue
-        written.add(top)
+    for top in sorted(old.top_names() - written):  # output of an earlier run that this one did not write again
         stale = path / top
-        if stale.is_dir() and not stale.is_symlink():
+        mode = _lstat_mode(stale)
+        if mode is None:
+            continue
+        if stat.S_ISDIR(mode):
             shutil.rmtree(stale)
-        elif os.path.lexists(stale):
-            stale.unlink()
+        else:
+            stale.unlink()  # a file, or a link (removed, never followed)
     os.replace(staging / MANIFEST, path / MANIFEST)
     staging.rmdir()
 
 
-def exchange(a: Path, b: Path) -> None:
-    """Swap two paths: atomically with Linux renameat2(RENAME_EXCHANGE), else with three renames."""
-    renameat2 = _renameat2()
-    if renameat2 is not None:
-        if renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # else: this filesystem cannot exchange
-            raise OSError(code, os.strerror(code), str(b))
-    aside = b.with_name(f".{b.name}{STAGING_TAG}old-{secrets.token_hex(4)}")
-    os.rename(b, aside)
+def _lstat_mode(path: Path) -> int | None:
     try:
-        os.rename(a, b)
-    except BaseException:
-        os.rename(aside, b)
-        raise
-    os.rename(aside, a)
-
-
-@functools.lru_cache(maxsize=1)
-def _renameat2():
-    if not sys.platform.startswith("linux"):
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
         return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
 
 
 def atomic_write(path: Path, write) -> None:

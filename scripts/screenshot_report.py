@@ -110,7 +110,7 @@ def save_screenshot(html: Path, png: Path, *args) -> Path:
     folder = png.resolve().parent
     if not (folder.is_dir() and is_own_folder(folder, "result")):
         return screenshot(html, png, *args)
-    kept = [entry for entry in read_manifest(folder)["entries"] if not entry.endswith("/") and entry != png.name]
+    kept = [entry for entry in read_manifest(folder).files if entry != png.name]
     with tempfile.TemporaryDirectory() as scratch:
         taken = screenshot(html, Path(scratch) / png.name, *args)
         with staged(folder, "result", keep=kept) as staging:
