@@ -14,6 +14,18 @@ DEFAULT_MAX_TOKENS = 200_000
 MAX_SEED = 2**32 - 1
 DEFAULT_EXAMPLES = 20  # top activations kept per latent (metrics/latents.py)
 DEFAULT_HTML_LATENTS = 200  # latents with full cards in report.html
+# Upper bounds on the whole-number options: far above any real run, low enough that no size computed from them
+# overflows (a C integer) or asks for more memory than a machine has before the run even starts.
+MAX_EXAMPLES = 1_000  # per latent, times d_sae (and a sample of half as many): the latent example state
+LIMITS = {
+    "n_tokens": 10**12,
+    "num_samples": 10**12,
+    "context_length": 2**24,
+    "batch_size": 2**24,
+    "layer": 10**6,
+    "examples": MAX_EXAMPLES,
+    "html_latents": 2**31,
+}
 # The absorption probe schedules (saehealth.absorption.probes.SCHEDULES; a test keeps the two equal).
 ABSORPTION_PROBES = ("converged", "saebench-0.6")
 
@@ -66,13 +78,16 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(f"{_flag(name)} must be at most {limit:,}, got {value:,}.{_WHY_LIMIT.get(name, '')}")
         if self.n_tokens is not None and self.num_samples is not None:
             raise ConfigError("Give --tokens or --num-samples, not both.")
         for name in ("n_tokens", "num_samples", "context_length", "batch_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                flag = {"n_tokens": "--tokens", "num_samples": "--num-samples"}.get(name, "--" + name.replace("_", "-"))
-                raise ConfigError(f"{flag} must be a positive number, got {value}.")
+                raise ConfigError(f"{_flag(name)} must be a positive number, got {value}.")
         if not 0 <= self.seed <= MAX_SEED:  # numpy and scikit-learn take 32-bit seeds (probes come after the pass)
             raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}.")
         if self.layer is not None and self.layer < 0:
@@ -133,9 +148,22 @@ def resolve_device(device: str) -> str:
 
 
 def check_html_latents(count: int) -> None:
-    """--html-latents must be 0 or more (0: report.html lists the groups, with no cards)."""
+    """--html-latents must be 0 or more (0: report.html lists the groups, with no cards), and not absurdly many."""
     if count < 0:
         raise ConfigError(f"--html-latents must be 0 or more, got {count}.")
+    if count > LIMITS["html_latents"]:
+        raise ConfigError(f"--html-latents must be at most {LIMITS['html_latents']:,}, got {count:,}.")
+
+
+_WHY_LIMIT = {
+    "examples": " Each latent keeps that many top activations and half as many sampled ones, with their "
+    "contexts, in memory: 20 (the default) to a few hundred is what the reports use."
+}
+
+
+def _flag(name: str) -> str:
+    """The command-line option of an EvalConfig field."""
+    return {"n_tokens": "--tokens", "num_samples": "--num-samples"}.get(name, "--" + name.replace("_", "-"))
 
 
 def _check_device(device: str) -> None:

@@ -383,7 +383,9 @@ def _commit_in_place(staging: Path, path: Path, kind: str, option: str) -> None:
         target_mode = _lstat_mode(target)
         if target_mode is not None and (stat.S_ISLNK(target_mode) or name not in old.top_names()):
             raise OutputError(f"{path} changed while saehealth was writing it ({name} appeared): run again.")
-        if source.is_dir() and target_mode is not None and stat.S_ISDIR(target_mode):
+        if target_mode is not None and os.path.samestat(os.lstat(source), os.lstat(target)):
+            os.unlink(source)  # a kept file, hard-linked: renaming one link over another of a file does nothing
+        elif source.is_dir() and target_mode is not None and stat.S_ISDIR(target_mode):
             exchange(source, target)
             shutil.rmtree(source)
         else:
@@ -424,3 +426,18 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def separate_tensors(tensors: dict) -> dict:
+    """`tensors` ready for safetensors, which refuses two names for one memory: each contiguous, and one that
+    shares its storage with a tensor before it (a view, e.g. one latent's top value and its maximum when d_sae
+    is 1) copied out."""
+    seen: set[int] = set()
+    separate = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.contiguous()
+        if tensor.untyped_storage().data_ptr() in seen and tensor.numel():
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        separate[name] = tensor
+    return separate

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from saehealth.output import absolute, atomic_write, staged
+from saehealth.output import absolute, atomic_write, separate_tensors, staged
 from saehealth.result import DETAILS_FILE, RESULT_FILE, EvalResult
 
 
@@ -40,7 +40,8 @@ def write_result_files(folder: Path, result: EvalResult, details: dict | None = 
     if details:
         from safetensors.torch import save_file
 
-        atomic_write(folder / DETAILS_FILE, lambda tmp: save_file(details, str(tmp)))
+        tensors = separate_tensors(details)  # an SAE of one latent: a view shares its memory
+        atomic_write(folder / DETAILS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
     path = folder / RESULT_FILE
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -42,10 +42,15 @@ class MinSAECache(ActivationSource):
             )
         try:
             metadata = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise DataError(f"{meta_path} is not valid JSON ({exc}): restore minSAE's metadata file.") from exc
+        if not isinstance(metadata, dict):
+            raise DataError(
+                f"{meta_path} holds a JSON {type(metadata).__name__}, not minSAE's metadata object "
+                "({\"context_length\": ..., ...}): restore minSAE's metadata file."
+            )
         context = metadata.get("context_length")
-        if not isinstance(context, int) or context < 1:
+        if not isinstance(context, int) or isinstance(context, bool) or context < 1:
             raise DataError(f"{meta_path} gives no context_length (a positive integer): add the one the cache used.")
 
         self.shards: list[tuple[Path, int]] = []
@@ -83,7 +88,7 @@ class MinSAECache(ActivationSource):
             raise DataError(f"{folder} holds no activations (no non-empty {SHARD_GLOB}): point at a filled cache.")
         width = next(iter(widths))
         declared = metadata.get("activation_dim")
-        if declared is not None and declared != width:
+        if declared is not None and (not _whole(declared) or declared != width):
             raise DataError(f"{meta_path} says activation_dim {declared} but the shards are {width} wide: regenerate.")
         layer = metadata.get("layer_idx")
         self.info = CacheInfo(
@@ -95,8 +100,8 @@ class MinSAECache(ActivationSource):
             n_tokens=n_tokens,
             sequence_length=context,
             keeps_sequences=False,
-            hook_name=f"blocks.{int(layer)}.hook_mlp_out" if isinstance(layer, int) else None,
-            model_name=metadata.get("model_name"),
+            hook_name=f"blocks.{layer}.hook_mlp_out" if _whole(layer) else None,
+            model_name=model if isinstance(model := metadata.get("model_name"), str) else None,
         )
 
     def batches(self, batch_size: int, context: int) -> Iterator[ActivationBatch]:
@@ -106,3 +111,8 @@ class MinSAECache(ActivationSource):
             with safe_open(str(shard), framework="pt") as f:
                 view = f.get_slice(TENSOR_NAME)
                 yield from flat_batches(lambda a, b, view=view: view[a:b], n_tokens, context, batch_size, shard.name)
+
+
+def _whole(value) -> bool:
+    """A JSON number that is a whole number, 0 or more (the metadata file may hold anything)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -21,7 +21,7 @@ from saehealth.config import DEFAULT_HTML_LATENTS
 from saehealth.errors import SaeHealthError
 from saehealth.latents.contexts import evaluation_sequences, window_bounds
 from saehealth.latents.groups import LatentGroup, card_order, latent_groups
-from saehealth.latents.store import LatentsFile, load_latents
+from saehealth.latents.store import LatentsFile, check_against_result, load_latents
 from saehealth.result import EvalResult
 
 DEFAULT_CARDS = DEFAULT_HTML_LATENTS  # --html-latents: latents with full cards in report.html
@@ -91,6 +91,10 @@ def load_view(
 
     details = load_details(folder) if details is None else details
     latents, reason = load_latents(folder, result.request or None)
+    if latents is not None:
+        e = result.eval
+        reason = check_against_result(latents, result.sae.d_sae, e.n_sequences, e.context_length)
+        latents = None if reason is not None else latents
     if latents is None:
         groups = latent_groups(result, details)
         return LatentView(
