@@ -162,8 +162,8 @@ def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dic
 
 
 def cache_dir() -> Path:
-    """Where model-level work is cached: $SAEHEALTH_CACHE, else ~/.cache/saehealth."""
-    return Path(os.environ.get("SAEHEALTH_CACHE", Path.home() / ".cache" / "saehealth"))
+    """Where model-level work is cached: $SAEHEALTH_CACHE, else (unset or empty) ~/.cache/saehealth."""
+    return Path(os.environ.get("SAEHEALTH_CACHE") or Path.home() / ".cache" / "saehealth").expanduser()
 
 
 def _package_version(name: str) -> str:

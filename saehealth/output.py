@@ -25,6 +25,7 @@ file and the manifest last; a comparison folder is updated that way too, so the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -192,17 +193,33 @@ def check_output_folder(folder: str | Path, kind: str, *, option: str = "--out")
         if not (can_swap(path) or os.access(path, os.W_OK | os.X_OK)):
             raise OutputError(f"{option} {path} is not writable ({why_not_writable(path)}): give another folder.")
         return path
+    check_creatable(path, option)
+    return path
+
+
+def check_creatable(path: Path, option: str) -> None:
+    """OutputError unless the absent folder `path` can be created: its nearest existing ancestor is a folder
+    that really takes a new folder. That is tried (a probe folder made and removed, the ancestor's times put
+    back): permissions alone do not tell, e.g. for root under /proc."""
     ancestor = path.parent
     while not os.path.lexists(ancestor):
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise OutputError(f"{option} {path} cannot be created: {ancestor} is a file. Give a folder path.")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
+    reason = None if os.access(ancestor, os.W_OK | os.X_OK) else why_not_writable(ancestor)
+    if reason is None:
+        try:
+            times = os.stat(ancestor)
+            new_folder(ancestor, STAGING_TAG).rmdir()
+            with contextlib.suppress(OSError):
+                os.utime(ancestor, ns=(times.st_atime_ns, times.st_mtime_ns))
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+    if reason is not None:
         raise OutputError(
-            f"{option} {path} cannot be created: {ancestor} is not writable ({why_not_writable(ancestor)}). "
+            f"{option} {path} cannot be created: {ancestor} does not take new folders ({reason}). "
             "Give a folder you can write to."
         )
-    return path
 
 
 def absolute(folder: str | Path) -> Path:
@@ -336,6 +353,17 @@ def _is_regular_file(path: Path) -> bool:
         return False
 
 
+def manifest_text(kind: str, entries: Iterable[str]) -> str:
+    """The manifest file of a folder of `kind` listing `entries` ('name', 'folder/', 'folder/name')."""
+    data = {
+        "saehealth_manifest": MANIFEST_FORMAT,
+        "kind": kind,
+        "entries": sorted(set(entries)),
+        "about": "saehealth replaces only the entries listed here; a folder holding anything else is refused.",
+    }
+    return json.dumps(data, indent=1) + "\n"
+
+
 def _write_manifest(staging: Path, kind: str) -> None:
     entries = []
     for parent, folders, files in os.walk(staging):  # links to folders are listed with the files, not followed
@@ -343,13 +371,7 @@ def _write_manifest(staging: Path, kind: str) -> None:
         entries += [f"{(rel / name).as_posix()}/" for name in folders if not os.path.islink(Path(parent, name))]
         entries += [(rel / name).as_posix() for name in files if parent != str(staging) or name != MANIFEST]
         entries += [(rel / name).as_posix() for name in folders if os.path.islink(Path(parent, name))]
-    data = {
-        "saehealth_manifest": MANIFEST_FORMAT,
-        "kind": kind,
-        "entries": sorted(entries),
-        "about": "saehealth replaces only the entries listed here; a folder holding anything else is refused.",
-    }
-    (staging / MANIFEST).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    (staging / MANIFEST).write_text(manifest_text(kind, entries), encoding="utf-8")
 
 
 def _commit_swap(staging: Path, path: Path, kind: str) -> None:

@@ -10,6 +10,11 @@ An entry is written to a temporary file and renamed, so parallel evaluations nev
 entry that cannot be read or does not hold what it should (truncated, garbage, missing or wrong-shaped
 arrays) is rebuilt and replaced; a cache folder that cannot be written is skipped. Both are said in the
 result's notes, and neither stops the evaluation.
+
+The cache folder is saehealth's own: it holds a `CACHEDIR.TAG` (the Cache Directory Tagging Specification's
+marker, which backup tools also honour) that saehealth wrote. A new or empty folder, or one holding only cache
+entries, gets one; any other folder (the current folder, a home folder, a folder of the user's files) is not
+written to: the evaluation runs without the cache and says so in its notes.
 """
 
 from __future__ import annotations
@@ -138,10 +143,45 @@ def _expect(tensor: torch.Tensor, shape: tuple, dtype: torch.dtype, name: str) -
         raise CacheProblem(f"its {name} is {tuple(tensor.shape)} {tensor.dtype}, expected {shape} {dtype}")
 
 
+MARKER = "CACHEDIR.TAG"
+MARKER_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by saehealth (its absorption cache); see https://bford.info/cachedir/\n"
+)
+_ENTRY_NAME = re.compile(r"^\.?absorption-(words|probes)-.*\.(safetensors|tmp)$")
+
+
+def own_cache_folder(folder: Path, notes: list[str]) -> Path | None:
+    """`folder` when saehealth may cache there (its marker is there, or the folder is new, empty or holds only
+    cache entries, and is then marked); None with a note otherwise, or when it cannot be created or marked."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    try:
+        if os.path.islink(marker) or (marker.exists() and not marker.is_file()):
+            pass  # not a marker saehealth wrote
+        elif marker.is_file() and marker.read_text(encoding="utf-8", errors="replace") == MARKER_TEXT:
+            return folder
+        elif not folder.exists() or all(_ENTRY_NAME.match(name) for name in os.listdir(folder)):
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as stream:
+                stream.write(MARKER_TEXT)
+            return folder
+    except OSError as exc:
+        notes.append(f"Could not use the absorption cache in {folder} ({exc.strerror or exc}): ran without it.")
+        return None
+    notes.append(
+        f"The absorption cache folder {folder} holds files that are not saehealth's cache (no {MARKER} of "
+        "saehealth's): ran without the cache; set SAEHEALTH_CACHE to a new or empty folder to cache there."
+    )
+    return None
+
+
 class Store:
     """The cache folder for one (model, hook, seed); `folder` None: nothing is cached."""
 
     def __init__(self, folder: Path | None, model, hook_name: str, seed: int, notes: list[str]):
+        folder = own_cache_folder(folder, notes) if folder is not None else None
         self.folder, self.hook, self.seed, self.notes = folder, hook_name, seed, notes
         self.key = model_fingerprint(model) if folder is not None else ""
 
