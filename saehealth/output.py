@@ -7,13 +7,12 @@ lists, of the same kind (a comparison folder may also hold result folders); anyt
 the home folder, `/`, a file, a folder that cannot be written) is refused with one line before any work starts.
 saehealth never replaces or deletes a file it did not write.
 
-The manifest is untrusted data: anyone can edit or forge one. It is parsed in one place (`read_manifest`) into a
-checked `Manifest` whose entries are plain relative names inside the folder: no absolute path, no `..` or `.`
-part, no empty part, no backslash, NUL or control character, no entry under a folder the manifest does not list,
-not too deep, not too many. A manifest breaking any of these makes its folder not saehealth's. A symbolic link,
-anywhere in a folder, is never saehealth's (saehealth writes none), so nothing is ever replaced or deleted
-through one; and every deletion works on names checked against the manifest, inside the folder, without
-following links (`shutil.rmtree` on Linux works through file descriptors and never leaves the tree).
+The manifest is untrusted data (anyone can edit or forge one): `saehealth/manifest.py` parses it into a checked
+`Manifest` of plain relative names inside the folder, and a manifest breaking that makes its folder not
+saehealth's. A symbolic link, anywhere in a folder, is never saehealth's (saehealth writes none), so nothing is
+ever replaced or deleted through one; every deletion works on names checked against the manifest, inside the
+folder, without following links (`shutil.rmtree` on Linux works through file descriptors and never leaves the
+tree).
 
 Atomicity. Output is written into a staging folder beside its target, on the same filesystem, and swapped in
 whole (Linux `renameat2(RENAME_EXCHANGE)`; three renames elsewhere): a result, its details file and its reports
@@ -27,15 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import secrets
 import shutil
 import stat
-import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from saehealth.errors import OutputError
@@ -50,119 +46,10 @@ from saehealth.folder_swap import (
     why_not_writable,
     write_failure,
 )
+from saehealth.manifest import KINDS, MANIFEST, Manifest, manifest_text, plain_relative_path, read_manifest
 from saehealth.result import RESULT_FILE
 
 __all__ = ["MANIFEST", "KINDS", "STAGING_TAG", "Manifest", "check_output_folder", "read_manifest", "staged"]
-
-MANIFEST = ".saehealth.json"
-MANIFEST_FORMAT = 1
-KINDS = ("result", "report", "comparison", "checkpoint", "saebench")
-# Bounds on a manifest, far above anything saehealth writes (a checkpoint lists a few files, a result a dozen).
-MAX_MANIFEST_BYTES = 4 << 20
-MAX_ENTRIES = 10_000
-MAX_DEPTH = 8
-MAX_NAME_BYTES = 255
-
-
-# ---------------------------------------------------------------------------------------------- the manifest
-@dataclass(frozen=True)
-class Manifest:
-    """A folder's manifest, checked: its kind, and the relative paths of the files and folders saehealth wrote
-    there (folders without their trailing '/'). Every path is a plain name or names joined by '/', inside the
-    folder."""
-
-    kind: str
-    files: frozenset[str]
-    folders: frozenset[str]
-
-    @property
-    def entries(self) -> list[str]:
-        """The entries as the manifest file writes them: files as they are, folders with a trailing '/'."""
-        return sorted([*self.files, *(f"{folder}/" for folder in self.folders)])
-
-    def top_names(self) -> set[str]:
-        """The names directly in the folder that the manifest accounts for."""
-        return {path.split("/", 1)[0] for path in (*self.files, *self.folders)}
-
-
-def read_manifest(folder: Path, option: str = "--out") -> Manifest | None:
-    """The checked manifest of `folder`, None when it has none; OutputError when it is not one saehealth wrote
-    (unreadable, malformed, or naming anything but plain relative names inside the folder)."""
-    file = Path(folder) / MANIFEST
-    if not os.path.lexists(file):
-        return None
-    manifest = _parse_manifest(_read_small_file(file))
-    if manifest is None:
-        raise OutputError(
-            f"{file} is not a saehealth manifest, so saehealth cannot tell which files in {file.parent} are its "
-            f"own: give another folder with {option}."
-        )
-    return manifest
-
-
-def _read_small_file(file: Path) -> bytes | None:
-    """The bytes of `file` when it is a regular file (not a link, a FIFO or a device) of a manifest's size."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(file, flags)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            return stream.read(MAX_MANIFEST_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _parse_manifest(raw: bytes | None) -> Manifest | None:
-    if raw is None or len(raw) > MAX_MANIFEST_BYTES:
-        return None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    if not (isinstance(data, dict) and data.get("saehealth_manifest") == MANIFEST_FORMAT):
-        return None
-    kind, entries = data.get("kind"), data.get("entries")
-    if kind not in KINDS or not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
-        return None
-    files: set[str] = set()
-    folders: set[str] = set()
-    for entry in entries:
-        path = _plain_relative_path(entry)
-        if path is None:
-            return None
-        (folders if entry.endswith("/") else files).add(path)
-    if files & folders or MANIFEST in files | folders:
-        return None  # one name both a file and a folder; the manifest listing itself
-    for path in files | folders:
-        parent = path.rpartition("/")[0]
-        if parent and parent not in folders:
-            return None  # an entry under a folder the manifest does not list
-    return Manifest(kind, frozenset(files), frozenset(folders))
-
-
-def _plain_relative_path(entry: object) -> str | None:
-    """`entry` without its folder's trailing '/', when it is names joined by '/' inside the folder; else None."""
-    if not isinstance(entry, str):
-        return None
-    path = entry[:-1] if entry.endswith("/") else entry
-    parts = path.split("/")
-    if not path or len(parts) > MAX_DEPTH:
-        return None
-    for part in parts:
-        if part in ("", ".", "..") or "\\" in part:
-            return None
-        if any(unicodedata.category(char) in ("Cc", "Cs") for char in part):
-            return None  # NUL and control characters; lone surrogates, which no filesystem name holds
-        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
-            return None
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- the check
@@ -333,7 +220,7 @@ def staged(
 def _carry_over(path: Path, staging: Path, keep: Iterable[str]) -> None:
     """Hard-link (else copy) the kept files, regular files only, into the staging folder."""
     for rel in keep:
-        if _plain_relative_path(rel) is None:
+        if plain_relative_path(rel) is None:
             raise ValueError(f"not a relative file name: {rel!r}")
         source = path / rel
         if not _is_regular_file(source):
@@ -351,17 +238,6 @@ def _is_regular_file(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
         return False
-
-
-def manifest_text(kind: str, entries: Iterable[str]) -> str:
-    """The manifest file of a folder of `kind` listing `entries` ('name', 'folder/', 'folder/name')."""
-    data = {
-        "saehealth_manifest": MANIFEST_FORMAT,
-        "kind": kind,
-        "entries": sorted(set(entries)),
-        "about": "saehealth replaces only the entries listed here; a folder holding anything else is refused.",
-    }
-    return json.dumps(data, indent=1) + "\n"
 
 
 def _write_manifest(staging: Path, kind: str) -> None:
