@@ -37,6 +37,7 @@ DEFAULT_OUT = Path("reports") / "comparison"
 # Checkpoint file names that say nothing about the SAE: such an SAE is named after its folder.
 _GENERIC_STEMS = {"ae", "params", "sae", "sae_weights", "best_sae", "final_sae", "final", "model", "checkpoint"}
 # Member folders of a multi-SAE run (sparsify hookpoints, dictionary_learning trainers): named with their run.
+_COMPARISON_FILE_SUFFIXES = (".md", ".json", ".html", ".png")
 _MEMBER_NAME = re.compile(r"^(trainer_\d+|layers?[._]\d+.*|h\.\d+.*|blocks?[._]\d+.*)$")
 
 
@@ -179,7 +180,11 @@ class _Comparer:
         cfg, options = self.config, self.config.evaluation
         distributed.setup(options.device)
         if distributed.ranks().first:  # only rank 0 writes: before any work, refuse a folder that is not ours
-            check_output_folder(cfg.out_folder, "comparison")
+            folder = check_output_folder(cfg.out_folder, "comparison")
+            if options.saebench_out is not None:  # each SAE's files are checked with its result folder
+                from saehealth.saebench.export import check_saebench_out
+
+                check_saebench_out(options.saebench_out, [], folder)
         with distributed.step():
             members = self.members if self.members is not None else self._load_all(cfg)
             paths = [path for path, _, _ in members]
@@ -386,4 +391,8 @@ def _settings(entries: list[ComparedSAE], options: EvalConfig) -> dict:
 
 
 def _safe(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("_") or "sae"
+    """A checkpoint's path part as a result folder's name inside the comparison folder: letters, digits and
+    `._-` only, never hidden (`.saehealth.json`, `..`, a staging folder's name) and never the name of a file the
+    comparison writes beside its result folders (comparison.md, run.json, plots' .png)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("_").lstrip(".") or "sae"
+    return f"{name}-sae" if name.lower().endswith(_COMPARISON_FILE_SUFFIXES) else name

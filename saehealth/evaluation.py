@@ -119,8 +119,12 @@ class Evaluation:
 
         cfg = self.config
         first = distributed.ranks().first  # only rank 0 writes, so only its disk matters
-        if first:
-            check_output_folder(result_folder(cfg), "result")  # before any work: refuse a folder that is not ours
+        if first:  # before any work: refuse a folder that is not ours
+            folder = check_output_folder(result_folder(cfg), "result")
+            if cfg.saebench_out is not None:
+                from saehealth.saebench.export import check_saebench_out
+
+                check_saebench_out(cfg.saebench_out, [folder.name], folder)
         if self.loaded is None:
             t0 = time.perf_counter()
             loaded = load_checkpoint(

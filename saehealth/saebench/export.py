@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import uuid
 from collections.abc import Mapping
@@ -25,13 +26,14 @@ from typing import Any
 
 import torch
 
-from saehealth.errors import SaeHealthError
-from saehealth.output import atomic_write
+from saehealth.errors import OutputError, SaeHealthError
 from saehealth.result import EvalResult, load_details
 from saehealth.saebench import NEEDS_GEOMETRY, NEEDS_REPLAY, SAEBENCH_VERSION
 from saehealth.saebench.core import CORE_CATEGORIES
+from saehealth.shared_folder import add_files, check_shared_folder
 
 CORE_FOLDER, ABSORPTION_FOLDER = "core", "absorption"
+SAEBENCH_KIND, SAEBENCH_OPTION = "saebench", "--saebench-out"  # the folder's manifest kind; the option naming it
 CUSTOM_SAE_ID = "custom_sae"  # SAEBench's sae_id for an SAE that is not a SAELens release
 FLOAT_DIGITS = 10  # SAEBench's DEFAULT_FLOAT_PRECISION for per-latent values
 # Per-latent details file key -> SAEBench CoreFeatureMetric field.
@@ -93,14 +95,32 @@ def write_saebench_results(
     absorption, skipped = absorption_document(result, details, sae_cfg, name)
     if absorption is not None:
         documents[ABSORPTION_FOLDER] = absorption
-    written = SAEBenchFiles(absorption_skipped=skipped)
-    for folder, document in documents.items():
-        path = Path(out) / folder / result_file_name(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(document, indent=2, default=str, allow_nan=False) + "\n"
-        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
-        written.paths.append(path)
-    return written
+    texts = {
+        f"{folder}/{result_file_name(name)}": json.dumps(document, indent=2, default=str, allow_nan=False) + "\n"
+        for folder, document in documents.items()
+    }
+    paths = add_files(out, SAEBENCH_KIND, texts, option=SAEBENCH_OPTION)
+    return SAEBenchFiles(paths=paths, absorption_skipped=skipped)
+
+
+def check_saebench_out(out: Path, names: list[str], owned: Path | None = None) -> Path:
+    """Before any work: OutputError unless `out` can take the SAEBench files of SAEs named `names` (the
+    filesystem root, a file, an unwritable folder, or a same-named file saehealth did not write are refused),
+    and `out` is not the result or comparison folder `owned` or inside it (which is replaced whole)."""
+    path = check_shared_folder(out, SAEBENCH_KIND, saebench_names(names), option=SAEBENCH_OPTION)
+    if owned is not None:
+        owned = Path(os.path.realpath(os.path.expanduser(owned)))
+        if path == owned or owned in path.parents:
+            raise OutputError(
+                f"{SAEBENCH_OPTION} {path} is inside the output folder {owned}, which saehealth replaces whole: "
+                "give a folder outside it, e.g. eval_results."
+            )
+    return path
+
+
+def saebench_names(names: list[str]) -> list[str]:
+    """The files, relative to the SAEBench output folder, that the export of SAEs named `names` may write."""
+    return [f"{folder}/{result_file_name(name)}" for name in names for folder in (CORE_FOLDER, ABSORPTION_FOLDER)]
 
 
 def core_document(result: EvalResult, details: Mapping[str, torch.Tensor], sae_cfg: Mapping, name: str) -> dict:
