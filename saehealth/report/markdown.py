@@ -5,6 +5,7 @@ so a reader never sees a half-written report."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,8 +57,8 @@ def write_markdown_report(
 
 
 def _cell(text: str) -> str:
-    """Make text safe inside a markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Make text safe inside a markdown table cell: no column break, no line break, no raw HTML."""
+    return _plain(text).replace("|", "\\|")
 
 
 def render_markdown(
@@ -67,9 +68,9 @@ def render_markdown(
     `LatentView`) adds "Latents to look at"."""
     verdicts = verdicts_of(result)
     name = Path(result.sae.path).name or result.sae.path
-    lines = [f"# SAE health report: {name}", ""]
-    for fact, value in header_facts(result):
-        lines.append(f"- **{fact}**: {_code(value) if fact in ('SAE',) else value}")
+    lines = [f"# SAE health report: {_plain(name)}", ""]
+    for fact, value in header_facts(result):  # paths and names come from the user's files: escaped
+        lines.append(f"- **{fact}**: {_code(value) if fact in ('SAE',) else _plain(value)}")
     lines += ["", "## Health assessment", ""]
     lines += _verdict_table(result, {k: v for k, v in verdicts.items() if v.get("headline")})
     mark = STATUS_EMOJI[overall_status(verdicts)]
@@ -118,7 +119,22 @@ def render_markdown(
 
 
 def _code(text: str) -> str:
-    return f"`{text}`"
+    """`text` as a code span that it cannot end early: fenced by more backticks than it holds in a row."""
+    text = _one_line(text)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).splitlines())
+
+
+def _plain(text: str) -> str:
+    """Text from the user's files (a folder name, a path, a note) on one line, with `<` as an HTML entity (it
+    alone opens a tag or a comment; an entity spelt out only shows as text): a name holding `<script>` is shown,
+    never run, by a markdown viewer that renders inline HTML."""
+    return _one_line(text).replace("<", "&lt;")
 
 
 def _verdict_table(result: EvalResult, verdicts: dict) -> list[str]:
