@@ -119,8 +119,12 @@ def render_markdown(
 
 
 def _code(text: str) -> str:
-    """`text` as a code span that it cannot end early: fenced by more backticks than it holds in a row."""
+    """`text` as a code span that it cannot end early: fenced by more backticks than it holds in a row. Text
+    holding `<` is shown as plain text instead (a code span shows an entity as it is spelt), so that no `<script`
+    appears raw in the file whatever reads it."""
     text = _one_line(text)
+    if "<" in text:
+        return _plain(text)
     fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
