@@ -15,6 +15,7 @@ import pytest
 
 from saehealth.cli import main
 from saehealth.output import MANIFEST
+from tests.conftest import shifted_identity_sae
 from tests.integration.test_hostile_input import FAST, _eval, _result, _sae, _snapshot
 
 CASES: list = []
@@ -296,3 +297,82 @@ def test_forged_folder_is_one_line_and_nothing_is_touched(build, expected, tmp_p
     assert expected.lower() in err.lower(), err
     assert _snapshot(tmp_path) == before, "files were written or deleted"
     assert set(os.listdir("/")) == root_before
+
+
+# ---------------------------------------------------------------------------------------------- runs that crashed
+def _run(args: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stderr) of `saehealth ARGS`."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err.strip()
+
+
+def _forge_latents(folder: Path, change_arrays=None, **metadata) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = folder / "result.latents.safetensors"
+    with safe_open(str(path), "pt") as f:
+        info, arrays = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+    if change_arrays is not None:
+        change_arrays(arrays)
+    save_file(arrays, str(path), metadata={**info, **metadata})
+
+
+def test_a_crafted_latents_file_is_one_line_in_latents_and_a_note_in_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    res = tmp_path / "res"
+    assert _run(_eval(_sae(tmp_path), "--out", str(res), *FAST, "--quiet"), capsys)[0] == 0
+    _forge_latents(res, lambda a: a["top_position"].fill_(10**6))
+    code, err = _run(["latents", str(res), "--id", "3"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1 and "beyond the" in err, err
+    code, err = _run(["report", str(res), "--quiet"], capsys)  # the report is written, without the examples
+    assert code == 0, err
+    assert "beyond the" in (res / "report.md").read_text()
+    _forge_latents(res, window="ten")
+    code, err = _run(["latents", str(res)], capsys)
+    assert code == 1 and len(err.splitlines()) == 1 and "no usable window" in err, err
+    code, err = _run(["report", str(res / "result.json"), "--out", str(tmp_path / "rep"), "--quiet"], capsys)
+    assert code == 0 and "no usable window" in (tmp_path / "rep" / "report.md").read_text(), err
+
+
+def test_an_sae_of_one_latent_is_evaluated(tmp_path, monkeypatch, capsys):
+    from tests.conftest import write_standard_sae
+
+    monkeypatch.chdir(tmp_path)
+    torch = pytest.importorskip("torch")
+    sae = write_standard_sae(
+        tmp_path / "one", torch.randn(128, 1), torch.zeros(1), torch.randn(1, 128), torch.zeros(128),
+        hook_name="blocks.0.hook_resid_post",
+    )  # fmt: skip
+    code, err = _run(_eval(sae, "--out", str(tmp_path / "res"), *FAST, "--quiet"), capsys)
+    assert code == 0, err
+    assert (tmp_path / "res" / "result.details.safetensors").is_file()
+    assert _run(["latents", str(tmp_path / "res"), "--id", "0"], capsys)[0] == 0
+
+
+def test_a_checkpoint_folder_named_like_the_manifest_is_compared(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sae = shifted_identity_sae(tmp_path / MANIFEST, 128, hook_name="blocks.0.hook_resid_post")
+    other = _sae(tmp_path)
+    code, err = _run(["compare", str(sae), str(other), "--out", str(tmp_path / "cmp"), *FAST, "--quiet"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "cmp" / MANIFEST).is_file()
+    assert (tmp_path / "cmp" / "saehealth.json-sae" / "result.json").is_file()  # not hidden, not a .json
+
+
+def test_saebench_out_keeps_the_files_it_did_not_write(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "eval_results"
+    (out / "core").mkdir(parents=True)
+    (out / "core" / "gemma-scope_layer_3_eval_results.json").write_text('{"SAEBench": "its own"}\n')
+    sae = _sae(tmp_path)
+    args = _eval(sae, "--out", str(tmp_path / "res"), "--saebench-out", str(out), *SB, "--quiet")
+    assert _run(args, capsys)[0] == 0
+    assert _run([*args, "--force"], capsys)[0] == 0  # its own file: replaced
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["kind"] == "saebench" and "core/res_custom_sae_eval_results.json" in manifest["entries"]
+    assert (out / "core" / "gemma-scope_layer_3_eval_results.json").read_text() == '{"SAEBench": "its own"}\n'
