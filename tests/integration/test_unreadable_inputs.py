@@ -139,6 +139,20 @@ def test_unreadable_inputs_and_unwritable_outputs(work):
     locked.chmod(0o555)
     cases.append((["eval", "--sae-path", str(sae), "--out", str(own_but_locked)], "not writable"))
 
+    sb = ["--tokens", "256", "--skip", "absorption"]  # SAEBench's files need the geometry
+    cases.append(
+        (
+            ["eval", "--sae-path", str(sae), "--out", str(outs / "o3"), "--saebench-out", str(locked), *sb],
+            "not writable",
+        )
+    )
+    cases.append(
+        (
+            ["eval", "--sae-path", str(sae), "--out", str(outs / "o4"), "--saebench-out", str(locked / "sb"), *sb],
+            "cannot be created",
+        )
+    )
+
     result = work / "res" / "result.json"
     result.parent.mkdir()
     result.write_text("{}")
