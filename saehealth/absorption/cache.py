@@ -168,7 +168,7 @@ def own_cache_folder(folder: Path, notes: list[str]) -> Path | None:
                 stream.write(MARKER_TEXT)
             return folder
     except OSError as exc:
-        notes.append(f"Could not use the absorption cache in {folder} ({exc.strerror or exc}): ran without it.")
+        notes.append(f"Could not write the absorption cache in {folder} ({exc.strerror or exc}): ran without it.")
         return None
     notes.append(
         f"The absorption cache folder {folder} holds files that are not saehealth's cache (no {MARKER} of "
