@@ -104,8 +104,7 @@ def check_creatable(path: Path, option: str) -> None:
             reason = (exc.strerror or str(exc)).lower()
     if reason is not None:
         raise OutputError(
-            f"{option} {path} cannot be created: {ancestor} is not writable ({reason}). "
-            "Give a folder you can write to."
+            f"{option} {path} cannot be created: {ancestor} is not writable ({reason}). Give a folder you can write to."
         )
 
 

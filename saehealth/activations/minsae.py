@@ -47,7 +47,7 @@ class MinSAECache(ActivationSource):
         if not isinstance(metadata, dict):
             raise DataError(
                 f"{meta_path} holds a JSON {type(metadata).__name__}, not minSAE's metadata object "
-                "({\"context_length\": ..., ...}): restore minSAE's metadata file."
+                '({"context_length": ..., ...}): restore minSAE\'s metadata file.'
             )
         context = metadata.get("context_length")
         if not isinstance(context, int) or isinstance(context, bool) or context < 1:

@@ -16,8 +16,8 @@ from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError, DataError
 from saehealth.finishing import cache_dir
 from saehealth.latents.store import LATENTS_FILE, LatentsFile, check_against_result, load_latents
+from saehealth.output import separate_tensors
 from saehealth.report import render_markdown
-from saehealth.result import separate_tensors
 
 
 # ---------------------------------------------------------------------------------------------- report.md
