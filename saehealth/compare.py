@@ -359,7 +359,7 @@ class _Comparer:
         options = self.config.evaluation
         for entry in comparison.entries:
             if entry.reused and options.thresholds is not None:
-                details, result_path = load_details(entry.folder), entry.folder / RESULT_FILE
+                details, result_path = load_details(entry.folder, entry.result.sae.d_sae), entry.folder / RESULT_FILE
                 save_report_folder(entry.folder, entry.result, details, result_path, html_latents=options.html_latents)
         summary = SUMMARY_JSON[comparison.view]
         with staged(comparison.out, "comparison", in_place=True) as staging:

@@ -202,8 +202,25 @@ def load_result(path: Path) -> EvalResult:
         ) from None
 
 
-def load_details(result_path: Path) -> dict:
-    """The per-latent arrays saved beside a result.json (empty dict when there are none)."""
+# Details arrays with one value per latent: the readers index them by latent id.
+PER_LATENT_DETAILS = (
+    "firing_counts",
+    "feature_density",
+    "saebench_feature_density",
+    "consistent_activation_heuristic",
+    "encoder_bias",
+    "encoder_norm",
+    "encoder_decoder_cosine",
+    "max_decoder_cosine",
+    "max_encoder_cosine",
+    "nearest_decoder_latent",
+)
+
+
+def load_details(result_path: Path, d_sae: int | None = None) -> dict:
+    """The per-latent arrays saved beside a result.json (empty dict when there are none). The file may have
+    been edited or forged: with `d_sae` (the result's), the per-latent arrays must hold one value per latent and
+    `nearest_decoder_latent` name latents that exist (-1: none); SaeHealthError otherwise."""
     folder = Path(result_path)
     folder = folder if folder.is_dir() else folder.parent
     details = folder / DETAILS_FILE
@@ -212,12 +229,31 @@ def load_details(result_path: Path) -> dict:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(details))
+        arrays = load_file(str(details))
     except Exception as exc:  # SafetensorError, OSError: a truncated, corrupt or unreadable file
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise SaeHealthError(
             f"{details} cannot be read ({first}): re-run the evaluation with --force to write it again."
         ) from None
+    problem = _details_problem(arrays, d_sae) if d_sae is not None else None
+    if problem is not None:
+        raise SaeHealthError(f"{details} does not belong to its result.json ({problem}): re-run with --force.")
+    return arrays
+
+
+def _details_problem(arrays: dict, d_sae: int) -> str | None:
+    for name in PER_LATENT_DETAILS:
+        array = arrays.get(name)
+        if array is not None and (tuple(array.shape) != (d_sae,) or array.dtype.is_complex):
+            return f"{name} has shape {tuple(array.shape)}, the SAE {d_sae} latents"
+    nearest = arrays.get("nearest_decoder_latent")
+    if (
+        nearest is not None
+        and nearest.numel()
+        and (nearest.dtype.is_floating_point or not (-1 <= nearest).all() or not (nearest < d_sae).all())
+    ):
+        return "nearest_decoder_latent names latents that do not exist"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- validation

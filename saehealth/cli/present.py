@@ -47,7 +47,12 @@ def _log_comparison(comparison, project: str) -> dict[str, str]:
     group = f"saehealth-compare-{comparison.out.resolve().name}"
     return {
         entry.name: log_to_wandb(
-            entry.result, load_details(entry.folder), entry.folder, project=project, name=entry.name, group=group
+            entry.result,
+            load_details(entry.folder, entry.result.sae.d_sae),
+            entry.folder,
+            project=project,
+            name=entry.name,
+            group=group,
         )
         for entry in comparison.entries
     }
@@ -78,7 +83,7 @@ def present(
     from saehealth.result import load_details
     from saehealth.verdicts import headline_summary, is_unhealthy
 
-    details = load_details(source or folder)
+    details = load_details(source or folder, result.sae.d_sae)
     report_path, html_path = folder / REPORT_FILE, folder / REPORT_HTML
     location = None
     if wandb_project:

@@ -78,7 +78,9 @@ def report_command(
     check_output_folder(*report_target(folder, result_path)[:2])
     if thresholds is not None or not result.verdicts:
         result.verdicts = result_verdicts(result, thresholds)
-    save_report_folder(folder, result, load_details(result_path), result_path, html_latents=html_latents)
+    save_report_folder(
+        folder, result, load_details(result_path, result.sae.d_sae), result_path, html_latents=html_latents
+    )
     present(
         result,
         folder,

@@ -89,7 +89,7 @@ def load_view(
     `cards` latents chosen from the groups (see `groups.card_order`)."""
     from saehealth.result import load_details
 
-    details = load_details(folder) if details is None else details
+    details = load_details(folder, result.sae.d_sae) if details is None else details
     latents, reason = load_latents(folder, result.request or None)
     if latents is not None:
         e = result.eval

@@ -61,7 +61,7 @@ def export_result(result: EvalResult, sae, out: Path, folder: Path, console=None
     """Write the SAEBench files of a saved result (its folder holds the per-latent details) for `sae`, named
     after the result folder unless `name` is given; tell `console` where they went. Returns `SAEBenchFiles`."""
     name = name or Path(folder).resolve().name
-    files = write_saebench_results(result, load_details(folder), sae.cfg.to_dict(), Path(out), name)
+    files = write_saebench_results(result, load_details(folder, result.sae.d_sae), sae.cfg.to_dict(), Path(out), name)
     if console is not None:
         for path in files.paths:
             console.print(f"SAEBench: {path}", highlight=False, soft_wrap=True)

@@ -201,6 +201,32 @@ def a_saebench_folder_whose_manifest_lists_outside(work):
     return _eval(_sae(work), "--out", str(work / "res"), "--saebench-out", str(work / "eval_results"), *SB)
 
 
+# ---------------------------------------------------------------------------------------------- forged details
+def _forged_details(work: Path, **arrays) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    result = _result(work, lambda d: None)  # d_sae 1024
+    tensors = {"firing_counts": torch.ones(1024, dtype=torch.int64), **arrays}
+    save_file(tensors, str(result.parent / "result.details.safetensors"))
+    return result
+
+
+@case("does not belong to its result.json")
+def details_shorter_than_the_sae(work):
+    import torch
+
+    return ["report", str(_forged_details(work, max_decoder_cosine=torch.zeros(3))), "--out", str(work / "rep")]
+
+
+@case("names latents that do not exist")
+def details_naming_latents_beyond_the_sae(work):
+    import torch
+
+    nearest = torch.full((1024,), 10**6, dtype=torch.int64)
+    return ["report", str(_forged_details(work, nearest_decoder_latent=nearest)), "--out", str(work / "rep")]
+
+
 # ---------------------------------------------------------------------------------------------- --saebench-out
 @case("filesystem root")
 def saebench_out_is_the_root(work):
