@@ -63,6 +63,7 @@ def add_files(folder: str | Path, kind: str, files: dict[str, str], *, option: s
     written: list[Path] = []
     temporary: list[tuple[Path, Path]] = []
     try:
+        path.mkdir(parents=True, exist_ok=True)  # checked: absent and creatable, or a folder
         for name, text in files.items():
             target = path / name
             _make_real_folders(path, name.split("/")[:-1])

@@ -170,6 +170,8 @@ def test_the_manifest_of_the_saebench_folder_is_its_own(tmp_path):
     from saehealth.errors import OutputError
     from saehealth.shared_folder import add_files, check_shared_folder
 
+    new = tmp_path / "new" / "eval_results"
+    assert add_files(new, "saebench", {"core/a.json": "1"}, option="--saebench-out") == [new / "core" / "a.json"]
     folder = tmp_path / "eval_results"
     (folder / "core").mkdir(parents=True)
     (folder / "core" / "saebench_own.json").write_text("{}")  # SAEBench's own file beside saehealth's
