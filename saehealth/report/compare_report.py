@@ -1,5 +1,5 @@
-"""Views of several results side by side, for `saehealth compare` and for an eval of a run folder: the rich
-table in the terminal, and a markdown report with plots (report/compare_plots.py).
+"""Views of several results side by side, for `saehealth compare` and for an eval of a run folder: a markdown
+report with plots (report/compare_plots.py) and its HTML page; the terminal table is report/compare_terminal.py.
 
 A comparison (`comparison.md`) shows SAEs of a sweep or of several libraries with their L0 frontiers; a run
 (`run_report.md`) shows one SAE per hook of a model, ordered by layer, with its metrics plotted against layer.
@@ -13,107 +13,24 @@ import io
 import math
 from pathlib import Path
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from saehealth.comparison import (
     Comparison,
     frontier_names,
     healthy_count,
     layer_and_kind,
     shares_a_hook,
-    short_hook,
 )
 from saehealth.output import atomic_write
 from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, SAE_PLOT, frontier_figure, run_figures
 from saehealth.report.plots import DPI
-from saehealth.report.text import COMPARISON_HEADERS, STATUS_EMOJI, STATUS_STYLE, format_value
+from saehealth.report.text import COMPARISON_HEADERS, STATUS_EMOJI, format_value
 from saehealth.verdicts import verdicts_of
 
 REPORT_MD = {"comparison": "comparison.md", "run": "run_report.md"}
 REPORT_HTML = {"comparison": "comparison.html", "run": "run_report.html"}
 COMPARISON_MD = REPORT_MD["comparison"]
-# The terminal is narrower than a markdown page: numeric headers on two lines.
-SHORT_HEADERS = {
-    "l0": "L0",
-    "loss_recovered": "loss\nrec.",
-    "delta_ce": "ΔCE",
-    "kl_div_score": "KL\nscore",
-    "explained_variance": "expl.\nvar.",
-    "dead_fraction": "dead",
-    "dense_fraction": "dense",
-    "absorption_fraction": "absorp-\ntion",
-}
 FRONTIER_MARK = "★"
 REUSED_MARK = "↺"
-
-
-# ---------------------------------------------------------------------------------------------- terminal
-def print_comparison(comparison: Comparison, console: Console, *, quiet: bool = False) -> None:
-    """The side-by-side table, the shared settings and where the files are; one line per SAE when quiet."""
-    if quiet:
-        for entry in comparison.entries:
-            healthy, total = healthy_count(entry.result)
-            console.print(f"{entry.name}: {healthy}/{total} healthy", highlight=False)
-        return
-    console.print(comparison_table(comparison))
-    for note in comparison.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    files = comparison.files
-    console.print(
-        f"Report: {files.get('markdown', comparison.out / REPORT_MD[comparison.view])}  JSON: {files.get('json')}\n"
-        f"Per-SAE results and reports: {comparison.out}/<name>/",
-        highlight=False,
-    )
-
-
-def comparison_table(comparison: Comparison) -> Table:
-    """A rich table: one row per SAE, the headline numbers coloured by their verdicts."""
-    run = comparison.view == "run"
-    table = Table(
-        title=_title(comparison),
-        caption=_caption(comparison),
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        pad_edge=False,
-        title_justify="left",
-        caption_justify="left",
-    )
-    # A run's SAEs share a library and usually an architecture and width: each one's hook goes under its name,
-    # which keeps the table within 80 columns.
-    show_hook = not run and len(comparison.hooks) > 1
-    table.add_column("SAE\nhook" if run else "SAE", overflow="fold", min_width=10)
-    if not run:
-        table.add_column("library", overflow="fold", min_width=8)
-        table.add_column("architec-\nture", overflow="fold", min_width=8)
-    if show_hook:
-        table.add_column("hook", overflow="fold", min_width=8)
-    if not run:
-        table.add_column("d_sae", justify="right", no_wrap=True)
-    for key in comparison.summary_keys:
-        table.add_column(SHORT_HEADERS[key], justify="right", no_wrap=True)
-    table.add_column("healthy", justify="right", no_wrap=True)
-    front = _front(comparison)
-    for entry in comparison.entries:
-        r = entry.result
-        verdicts = verdicts_of(r)
-        marks = (f" {FRONTIER_MARK}" if entry.name in front else "") + (f" {REUSED_MARK}" if entry.reused else "")
-        if run:
-            row = [Text(entry.name + marks + "\n") + Text(short_hook(r.sae.where), style="dim")]
-        else:
-            row = [Text(entry.name + marks), r.sae.source_library, r.sae.architecture]
-            if show_hook:
-                row.append(short_hook(r.sae.where))
-            row.append(f"{r.sae.d_sae:,}")
-        for key in comparison.summary_keys:
-            status = verdicts.get(key, {}).get("status")
-            row.append(Text(_short(key, r.metrics.get(key)), style=STATUS_STYLE.get(status, "")))
-        healthy, total = healthy_count(r)
-        row.append(Text(f"{healthy}/{total}", style="green" if healthy == total else "yellow"))
-        table.add_row(*row)
-    return table
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -308,5 +225,4 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-__all__ = ["COMPARISON_MD", "REPORT_MD", "comparison_table", "print_comparison", "render_comparison_markdown"]
-__all__ += ["write_comparison_report"]
+__all__ = ["COMPARISON_MD", "REPORT_MD", "render_comparison_markdown", "write_comparison_report"]
