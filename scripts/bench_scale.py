@@ -336,7 +336,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="saehealth-bench-scale-"))
     model_dir = build_model(work / "model", args.width) if args.only != "builtin_memory" else None
     started = time.perf_counter()
-    report = {"device": args.device, "model": f"GPT-2 style, {LAYERS} layers, d_model {args.width}, context {CONTEXT}"}
+    report = {"device": args.device}
+    if model_dir is not None:
+        report["model"] = f"GPT-2 style, {LAYERS} layers, d_model {args.width}, context {CONTEXT}"
     parts = {
         "one_sae": lambda: one_sae(args, model_dir, work),
         "every_layer": lambda: every_layer(args, model_dir, work),
