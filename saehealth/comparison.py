@@ -8,6 +8,7 @@ of either live in `report/compare_report.py`; the JSON summary is `comparison_to
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -86,13 +87,76 @@ def layer_and_kind(result: EvalResult) -> tuple[int | None, str]:
     return layer, kind
 
 
+# Where a hook sits inside a TransformerLens block, first to last: the residual stream entering the block, the
+# attention sublayer, the residual between the sublayers, the MLP, the residual leaving the block. Matched by
+# the hook name's start, first match wins (so 'hook_attn_out' is not taken for 'attn.').
+_BLOCK_DEPTH = (
+    ("hook_resid_pre",),
+    ("ln1.",),
+    ("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in"),
+    ("attn.hook_q", "attn.hook_k", "attn.hook_v"),
+    ("attn.hook_rot",),
+    ("attn.hook_attn_scores", "attn.hook_pattern"),
+    ("attn.hook_z", "attn.hook_result", "attn."),
+    ("hook_attn_out",),
+    ("hook_resid_mid",),
+    ("ln2.",),
+    ("hook_mlp_in",),
+    ("mlp.hook_pre",),
+    ("mlp.hook_post", "mlp."),
+    ("hook_mlp_out",),
+    ("hook_resid_post",),
+)
+# Outside the blocks: the embeddings come before block 0, the final norm and unembedding after the last block.
+_AFTER_BLOCKS = ("ln_final.", "unembed.", "hook_unembed")
+
+
+def hook_depth(hook: str) -> tuple[float, int, str]:
+    """Sort key placing a hook by depth in the model: (layer, position inside the block, name). Hooks outside
+    the blocks come before block 0 (embeddings) or after every block (final norm, unembedding); a hook type this
+    table does not know goes after the known ones of its block, by name."""
+    match = _BLOCK.match(hook)
+    if match is None:
+        return (math.inf if hook.startswith(_AFTER_BLOCKS) else -1.0, 0, hook)
+    layer, inside = int(match.group(1)), match.group(2)
+    position = next((i for i, starts in enumerate(_BLOCK_DEPTH) if inside.startswith(starts)), len(_BLOCK_DEPTH))
+    return (float(layer), position, inside)
+
+
+def depth_key(result: EvalResult) -> tuple:
+    """Sort key of an SAE by where it is spliced (a transcoder at its output hook; heads by index)."""
+    return (*hook_depth(result.sae.output_hook_name or result.sae.hook_name), result.sae.hook_head_index or -1)
+
+
 def by_layer(entries: list[ComparedSAE]) -> list[ComparedSAE]:
-    """Entries ordered by layer (hooks outside the blocks first), then hook type, then name."""
-    return sorted(entries, key=lambda e: (_layer_key(layer_and_kind(e.result)[0]), layer_and_kind(e.result)[1]))
+    """Entries in depth order (hook_depth), SAEs at one hook by name, numbers compared as numbers
+    (checkpoint 2000 before 10000): the one order of every run report (terminal, markdown, HTML, JSON)."""
+    return sorted(entries, key=lambda e: (depth_key(e.result), natural_key(e.name)))
 
 
-def _layer_key(layer: int | None) -> int:
-    return -1 if layer is None else layer
+def by_hook(entries: list[ComparedSAE]) -> list[tuple[str, list[ComparedSAE]]]:
+    """The entries grouped by the hook they are spliced at, [(hook, members)], hooks in depth order and members
+    by name (`by_layer`). One SAE per hook is a run across the model (plotted against layer); a hook with several
+    is a sweep or a training run's checkpoints at one place (one point per SAE; rivals on an L0 frontier)."""
+    groups: dict[str, list[ComparedSAE]] = {}
+    for entry in by_layer(entries):
+        groups.setdefault(entry.result.sae.where, []).append(entry)
+    return list(groups.items())
+
+
+def shares_a_hook(entries: list[ComparedSAE]) -> bool:
+    """True when some hook holds more than one of the entries."""
+    return any(len(members) > 1 for _, members in by_hook(entries))
+
+
+def short_hook(hook: str) -> str:
+    """'blocks.0.hook_resid_post' -> '0.resid_post': narrow tables and plot legends need no more."""
+    return hook.removeprefix("blocks.").replace("hook_", "")
+
+
+def natural_key(name: str) -> tuple:
+    """'ckpt_10000' after 'ckpt_2000': digit runs compare as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
 
 
 def healthy_count(result: EvalResult) -> tuple[int, int]:
@@ -124,12 +188,16 @@ def frontier_names(comparison: Comparison, y_key: str = "loss_recovered") -> lis
 
 
 def frontier_groups(comparison: Comparison, y_key: str) -> dict[str, list[tuple[str, tuple[float, float]]]]:
-    """hook -> [(name, (L0, y))] over the SAEs with both metrics measured, in comparison order."""
+    """hook -> [(name, (L0, y))] over the SAEs with both metrics measured, in comparison order. In a run, only
+    hooks holding several SAEs (a sweep or checkpoints at one place): an SAE alone at its hook has no rival."""
     groups: dict[str, list[tuple[str, tuple[float, float]]]] = {}
     for e in comparison.entries:
         x, y = e.result.metrics.get("l0"), e.result.metrics.get(y_key)
         if x is not None and y is not None:
             groups.setdefault(e.result.sae.where, []).append((e.name, (float(x), float(y))))
+    if comparison.view == "run":
+        shared = {hook for hook, members in by_hook(comparison.entries) if len(members) > 1}
+        groups = {hook: group for hook, group in groups.items() if hook in shared}
     return groups
 
 
@@ -137,7 +205,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
     """The JSON summary: shared settings, one row per SAE (headline metrics, statuses, where its result is)."""
     from saehealth.verdicts import verdicts_of
 
-    on_front = set(frontier_names(comparison)) if comparison.view == "comparison" else set()
+    on_front = set(frontier_names(comparison))
     keys = comparison.summary_keys
     saes = []
     for entry in comparison.entries:
@@ -178,7 +246,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
         "hooks": comparison.hooks,
         "saes": saes,
     }
-    if comparison.view == "comparison":
+    if comparison.view == "comparison" or shares_a_hook(comparison.entries):
         summary["frontier_l0_loss_recovered"] = frontier_names(comparison, "loss_recovered")
         summary["frontier_l0_explained_variance"] = frontier_names(comparison, "explained_variance")
     summary.update(

@@ -30,7 +30,7 @@ from saehealth.result import (
     SAEInfo,
 )
 from saehealth.saebench.core import core_metrics
-from saehealth.scoring import PassOutput
+from saehealth.scoring import PassOutput, chunk_tokens
 from saehealth.verdicts import result_verdicts
 
 
@@ -54,10 +54,12 @@ def finish_result(
         for key in GEOMETRY_KEYS:
             not_measured[key] = "skipped with --skip geometry"
     else:
-        geometry, per_latent = geometry_metrics(sae.W_dec)
+        # Blocks of cosines as large as one chunk tensor of the pass: geometry stays within the pass's budget.
+        block_rows = chunk_tokens(int(sae.cfg.d_sae), sae.W_dec.device)
+        geometry, per_latent = geometry_metrics(sae.W_dec, block_rows=block_rows)
         metrics.update(geometry)
         details.update(per_latent)
-        details.update(encoder_geometry(sae))
+        details.update(encoder_geometry(sae, block_rows=block_rows))
     timing["geometry_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -24,7 +24,13 @@ Hugging Face folder path. The SAEs are randomly initialised SAELens TopK SAEs. P
    peak); d_sae 131,072 for peak memory of the pass (its geometry is
    65,536's four times over). On a GPU, peak GPU memory too.
 
-Defaults finish in under 10 minutes on 2 CPU cores; `--quick` is a smoke run.
+4. `builtin_memory`: the issue-18 target. A whole `evaluate()` (the pass, geometry, latent examples, reports and
+   the result folder; absorption skipped) of a TopK SAE on the built-in model, 20,000 tokens, at 4,096 and 65,536
+   latents, each in a fresh process: its peak resident memory (Linux VmHWM, reset after imports) and the ratio
+   65,536 / 4,096 (target ≤ 1.6). Run it alone with `--only builtin_memory` (about 10 minutes on 2 busy cores,
+   most of it the 65,536-latent pass).
+
+Defaults finish in under 10 minutes on 2 CPU cores (`builtin_memory` adds its own); `--quick` is a smoke run.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from saehealth.data import load_dataset, sequence_batches  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.metrics.geometry import geometry_metrics  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
-from saehealth.scoring import score_batches  # noqa: E402
+from saehealth.scoring import chunk_tokens, score_batches  # noqa: E402
 
 LAYERS = 12
 CONTEXT = 128
@@ -221,7 +227,7 @@ def width_child(args) -> None:
         row["pass_peak_rss_mib"] = _rss_mib("VmHWM")
     if not args.no_geometry:
         _reset_peak_rss()
-        row["geometry_s"] = timed(lambda: geometry_metrics(sae.W_dec))
+        row["geometry_s"] = timed(lambda: geometry_metrics(sae.W_dec, block_rows=chunk_tokens(d_sae, args.device)))
         if resettable:
             row["geometry_peak_rss_mib"] = _rss_mib("VmHWM")
     if not resettable:  # the process's peak, whatever set it
@@ -251,6 +257,43 @@ def _rss_mib(field: str) -> float | None:
     return None
 
 
+BUILTIN_WIDTHS = (4096, 65536)
+BUILTIN_TOKENS = 20_000
+
+
+def builtin_child(args) -> None:
+    """One whole evaluation on the built-in model in this fresh process: peak memory (printed as one JSON line)."""
+    from saehealth.evaluation import evaluate
+    from saehealth.metrics.latents import state_bytes
+
+    sae_dir, d_sae = Path(args.sae_dir), args.builtin_child
+    out = Path(tempfile.mkdtemp()) / "out"
+    resettable = _reset_peak_rss()  # imports are the same at every width: the peak that follows is the evaluation's
+    started = time.perf_counter()
+    evaluate(str(sae_dir), n_tokens=BUILTIN_TOKENS, skip=("absorption",), out=out, device=args.device)
+    row = {"d_sae": d_sae, "seconds": time.perf_counter() - started}
+    row["peak_rss_mib"] = _rss_mib("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_covers"] = "the evaluation (reset after imports)" if resettable else "the whole process"
+    row["latent_example_state_mib"] = state_bytes(d_sae) / 2**20
+    print(json.dumps(row))
+
+
+def builtin_memory(args, work: Path) -> dict:
+    """Peak memory of evaluating a TopK SAE on the built-in model at 4,096 and 65,536 latents, and their ratio."""
+    rows = []
+    for d_sae in BUILTIN_WIDTHS:
+        sae_dir = topk_sae(work / f"builtin_{d_sae}", saehealth.BUILTIN_MODEL, "blocks.1.hook_resid_post", 128, d_sae)
+        command = [sys.executable, __file__, "--builtin-child", str(d_sae), "--sae-dir", str(sae_dir)]
+        done = subprocess.run([*command, "--device", args.device], check=True, capture_output=True, text=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {
+        "tokens": BUILTIN_TOKENS,
+        "widths": rows,
+        "peak_ratio_65536_over_4096": rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"],
+        "target": "<= 1.6",
+    }
+
+
 def widths(args, model_dir: Path) -> list[dict]:
     rows = []
     sizes = [(w, False) for w in args.widths] + ([(MEMORY_ONLY_WIDTH, True)] if not args.quick else [])
@@ -272,10 +315,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2,048 tokens, widths to 16,384, 1 repeat")
-    parser.add_argument("--only", choices=("one_sae", "every_layer", "widths"), help="run one part")
+    parser.add_argument("--only", choices=("one_sae", "every_layer", "widths", "builtin_memory"), help="run one part")
     parser.add_argument("--width-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--no-geometry", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--builtin-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sae-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.device = resolve_device(args.device)
     args.widths = WIDTHS[:2] if args.quick else WIDTHS
@@ -285,15 +330,21 @@ def main() -> None:
     if args.width_child:
         width_child(args)
         return
+    if args.builtin_child:
+        builtin_child(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="saehealth-bench-scale-"))
-    model_dir = build_model(work / "model", args.width)
+    model_dir = build_model(work / "model", args.width) if args.only != "builtin_memory" else None
     started = time.perf_counter()
-    report = {"device": args.device, "model": f"GPT-2 style, {LAYERS} layers, d_model {args.width}, context {CONTEXT}"}
+    report = {"device": args.device}
+    if model_dir is not None:
+        report["model"] = f"GPT-2 style, {LAYERS} layers, d_model {args.width}, context {CONTEXT}"
     parts = {
         "one_sae": lambda: one_sae(args, model_dir, work),
         "every_layer": lambda: every_layer(args, model_dir, work),
     }
     parts["widths"] = lambda: widths(args, model_dir)
+    parts["builtin_memory"] = lambda: builtin_memory(args, work)
     for name, part in parts.items():
         if args.only in (None, name):
             report[name] = part()

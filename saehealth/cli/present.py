@@ -22,7 +22,7 @@ def present_comparison(comparison, *, quiet: bool, json_output: bool, strict: bo
     import json
 
     from saehealth.comparison import comparison_to_dict
-    from saehealth.report.compare_report import print_comparison
+    from saehealth.report.compare_terminal import print_comparison
     from saehealth.verdicts import is_unhealthy
 
     logged = _log_comparison(comparison, wandb_project) if wandb_project else {}

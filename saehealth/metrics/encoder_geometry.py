@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from saehealth.metrics.geometry import max_decoder_cosine
+from saehealth.metrics.geometry import nearest_latents
 
 
 @torch.no_grad()
-def encoder_geometry(sae) -> dict[str, torch.Tensor]:
+def encoder_geometry(sae, *, block_rows: int | None = None) -> dict[str, torch.Tensor]:
     """(d_sae,) float32 arrays: `encoder_norm` (‖W_enc[:, i]‖), `encoder_bias` (b_enc; b_mag for gated SAEs,
     as SAEBench reports them; zeros without either), `encoder_decoder_cosine` (cos(W_enc[:, i], W_dec[i])) and
-    `max_encoder_cosine` (the largest cosine between latent i's encoder column and any other latent's)."""
+    `max_encoder_cosine` (the largest cosine between latent i's encoder column and any other latent's, in blocks
+    of `block_rows` latents as geometry.nearest_latents computes them)."""
     W_enc = sae.W_enc.detach().float()  # (d_in, d_sae)
     W_dec = sae.W_dec.detach().float()  # (d_sae, d_in)
     bias = getattr(sae, "b_mag", None)
@@ -25,6 +26,6 @@ def encoder_geometry(sae) -> dict[str, torch.Tensor]:
         "encoder_norm": columns.norm(dim=-1).cpu(),
         "encoder_bias": bias.detach().float().cpu(),
         "encoder_decoder_cosine": torch.nn.functional.cosine_similarity(columns, W_dec, dim=-1).cpu(),
-        # The decoder routine takes any (latents, d) matrix: rows are normalised, self-pairs excluded.
-        "max_encoder_cosine": max_decoder_cosine(columns) if columns.shape[0] > 1 else torch.zeros(columns.shape[0]),
+        # The decoder's routine takes any (latents, d) matrix: rows are normalised, self-pairs excluded.
+        "max_encoder_cosine": nearest_latents(columns, block_rows=block_rows).max_cosine,
     }

@@ -37,6 +37,17 @@ _POSITION_BITS = 24  # (sequence, position) packed into one int64 for ordering: 
 _PRESELECT_ABOVE = 4096  # candidates in one offer above which a cheap pre-selection runs first
 
 
+def state_bytes(d_sae: int, top: int = DEFAULT_TOP, sample: int | None = None, window: int = WINDOW) -> int:
+    """Bytes of a `LatentExamples` state, fixed from the start (it never grows with tokens): per latent and kept
+    firing a key (8), activation, sequence, position and pointer (4 each) and a bfloat16 window (2·(2w+1)); per
+    latent the histogram (4 per bin), the activation sum and the latent's hash (8 each). With the defaults
+    (20 top + 10 sampled, window 10): 2,188 bytes per latent, 137 MiB at 65,536 latents. It sits beside the pass's
+    chunk budget (scoring.chunk_tokens), bounded through --examples (config.MAX_EXAMPLES)."""
+    slots = top + (sample_size(top) if sample is None else sample)
+    n_bins = (HIST_HIGH - HIST_LOW) * HIST_BINS_PER_OCTAVE
+    return d_sae * (slots * (8 + 4 * 4 + 2 * (2 * window + 1)) + 4 * n_bins + 8 + 8)
+
+
 def sample_size(top: int) -> int:
     """The random sample kept beside `top` top activations: half as many (20 → 10)."""
     return (top + 1) // 2

@@ -1,13 +1,23 @@
 """Plots of several results side by side, on matplotlib's Agg canvas: the L0 frontiers of a comparison, and the
-metrics of a run folder's SAEs against layer (one line per hook type)."""
+metrics of a run folder's SAEs: against layer (one line per hook type) when each hook holds one SAE, one point per
+SAE grouped by hook (plus the L0 frontiers of the shared hooks) when some hook holds several."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from matplotlib.figure import Figure
 
-from saehealth.comparison import Comparison, frontier_groups, layer_and_kind, pareto_front
+from saehealth.comparison import (
+    Comparison,
+    by_hook,
+    frontier_groups,
+    layer_and_kind,
+    pareto_front,
+    shares_a_hook,
+    short_hook,
+)
 from saehealth.report.plots import GREEN, GREY, _figure
 from saehealth.report.text import label as metric_label
 from saehealth.verdicts import verdicts_of
@@ -18,6 +28,9 @@ FRONTIERS = {
     "explained_variance": ("frontier_l0_explained_variance.png", "L0 vs explained variance"),
 }
 LAYER_PLOT = ("metrics_by_layer.png", "Metrics against layer, one line per hook type")
+SAE_PLOT = ("metrics_by_sae.png", "Metrics of each SAE, grouped by hook")
+# The plots of a run report: key -> (file name, title); the frontiers are added where a hook holds several SAEs.
+RUN_PLOTS = {"by_layer": LAYER_PLOT, "by_sae": SAE_PLOT}
 # The panels of the layer plot, in order.
 LAYER_KEYS = (
     "loss_recovered",
@@ -138,7 +151,9 @@ def layer_figure(comparison: Comparison) -> Figure | None:
     fig, axes = _figure(9.0, 2.3 * rows, rows, cols, squeeze=False, sharex=True)
     for ax, key in zip(axes.flat, keys, strict=False):
         for k, (kind, points) in enumerate(series.items()):
-            measured = sorted((layer, e) for layer, e in points if e.result.metrics.get(key) is not None)
+            measured = sorted(
+                ((layer, e) for layer, e in points if e.result.metrics.get(key) is not None), key=lambda p: p[0]
+            )
             if not measured:
                 continue
             xs = [layer for layer, _ in measured]
@@ -158,4 +173,61 @@ def layer_figure(comparison: Comparison) -> Figure | None:
     axes.flat[0].legend(fontsize=7, loc="best")
     s = comparison.settings
     fig.suptitle(f"{len(comparison.entries)} SAEs of {s['model']}, {s['tokens_scored']:,} tokens scored", fontsize=10)
+    return fig
+
+
+def run_figures(comparison: Comparison) -> dict[str, tuple[str, Figure | None]]:
+    """The plots of a run report, key -> (file name, figure or None: nothing to plot, a stale file is removed).
+    Each hook with one SAE: metrics against layer. Some hook with several (a sweep, checkpoints): one point per
+    SAE, and the L0 frontiers of the SAEs that share a hook."""
+    if not shares_a_hook(comparison.entries):
+        return {"by_layer": (LAYER_PLOT[0], layer_figure(comparison)), "by_sae": (SAE_PLOT[0], None)}
+    figures = {"by_layer": (LAYER_PLOT[0], None), "by_sae": (SAE_PLOT[0], sae_figure(comparison))}
+    rivals = [e for _, members in by_hook(comparison.entries) if len(members) > 1 for e in members]
+    for y_key, (file_name, _) in FRONTIERS.items():
+        figures[f"frontier_{y_key}"] = (file_name, frontier_figure(replace(comparison, entries=rivals), y_key))
+    return figures
+
+
+def sae_figure(comparison: Comparison) -> Figure | None:
+    """One panel per metric of LAYER_KEYS with any measured value: one point per SAE (x: the SAEs in run order,
+    labelled with their names), a colour and marker per hook, standard errors as error bars. None without any."""
+    groups = by_hook(comparison.entries)
+    ordered = [e for _, members in groups for e in members]
+    keys = [k for k in LAYER_KEYS if any(e.result.metrics.get(k) is not None for e in ordered)]
+    if not keys:
+        return None
+    cols = 2
+    rows = math.ceil(len(keys) / cols)
+    width = min(16.0, max(9.0, 0.35 * len(ordered)))
+    fig, axes = _figure(width, 2.3 * rows + 0.6, rows, cols, squeeze=False, sharex=True)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        start = 0
+        for k, (hook, members) in enumerate(groups):
+            xs = [start + i for i, e in enumerate(members) if e.result.metrics.get(key) is not None]
+            chosen = [e for e in members if e.result.metrics.get(key) is not None]
+            start += len(members)
+            if not chosen:
+                continue
+            ax.errorbar(
+                xs,
+                [float(e.result.metrics[key]) for e in chosen],
+                yerr=[e.result.uncertainty.get(key, 0.0) for e in chosen],
+                fmt=MARKERS[k % len(MARKERS)],
+                color=PALETTE[k % len(PALETTE)],
+                ms=4,
+                capsize=2,
+                label=short_hook(hook),
+            )
+        ax.set_ylabel(AXIS_LABELS.get(key, metric_label(key)), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.25)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xticks(range(len(ordered)))
+        ax.set_xticklabels([e.name for e in ordered], rotation=45, ha="right", fontsize=7)
+    axes.flat[0].legend(fontsize=7, loc="best", title="hook", title_fontsize=7)
+    s = comparison.settings
+    fig.suptitle(f"{len(ordered)} SAEs of {s['model']}, {s['tokens_scored']:,} tokens scored", fontsize=10)
     return fig

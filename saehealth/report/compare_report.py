@@ -1,5 +1,5 @@
-"""Views of several results side by side, for `saehealth compare` and for an eval of a run folder: the rich
-table in the terminal, and a markdown report with plots (report/compare_plots.py).
+"""Views of several results side by side, for `saehealth compare` and for an eval of a run folder: a markdown
+report with plots (report/compare_plots.py) and its HTML page; the terminal table is report/compare_terminal.py.
 
 A comparison (`comparison.md`) shows SAEs of a sweep or of several libraries with their L0 frontiers; a run
 (`run_report.md`) shows one SAE per hook of a model, ordered by layer, with its metrics plotted against layer.
@@ -13,100 +13,24 @@ import io
 import math
 from pathlib import Path
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
-from saehealth.comparison import Comparison, frontier_names, healthy_count, layer_and_kind
+from saehealth.comparison import (
+    Comparison,
+    frontier_names,
+    healthy_count,
+    layer_and_kind,
+    shares_a_hook,
+)
 from saehealth.output import atomic_write
-from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, frontier_figure, layer_figure
+from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, SAE_PLOT, frontier_figure, run_figures
 from saehealth.report.plots import DPI
-from saehealth.report.text import COMPARISON_HEADERS, STATUS_EMOJI, STATUS_STYLE, format_value
+from saehealth.report.text import COMPARISON_HEADERS, STATUS_EMOJI, format_value
 from saehealth.verdicts import verdicts_of
 
 REPORT_MD = {"comparison": "comparison.md", "run": "run_report.md"}
 REPORT_HTML = {"comparison": "comparison.html", "run": "run_report.html"}
 COMPARISON_MD = REPORT_MD["comparison"]
-# The terminal is narrower than a markdown page: numeric headers on two lines.
-SHORT_HEADERS = {
-    "l0": "L0",
-    "loss_recovered": "loss\nrec.",
-    "delta_ce": "ΔCE",
-    "kl_div_score": "KL\nscore",
-    "explained_variance": "expl.\nvar.",
-    "dead_fraction": "dead",
-    "dense_fraction": "dense",
-    "absorption_fraction": "absorp-\ntion",
-}
 FRONTIER_MARK = "★"
 REUSED_MARK = "↺"
-
-
-# ---------------------------------------------------------------------------------------------- terminal
-def print_comparison(comparison: Comparison, console: Console, *, quiet: bool = False) -> None:
-    """The side-by-side table, the shared settings and where the files are; one line per SAE when quiet."""
-    if quiet:
-        for entry in comparison.entries:
-            healthy, total = healthy_count(entry.result)
-            console.print(f"{entry.name}: {healthy}/{total} healthy", highlight=False)
-        return
-    console.print(comparison_table(comparison))
-    for note in comparison.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    files = comparison.files
-    console.print(
-        f"Report: {files.get('markdown', comparison.out / REPORT_MD[comparison.view])}  JSON: {files.get('json')}\n"
-        f"Per-SAE results and reports: {comparison.out}/<name>/",
-        highlight=False,
-    )
-
-
-def comparison_table(comparison: Comparison) -> Table:
-    """A rich table: one row per SAE, the headline numbers coloured by their verdicts."""
-    run = comparison.view == "run"
-    table = Table(
-        title=_title(comparison),
-        caption=_caption(comparison),
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        pad_edge=False,
-        title_justify="left",
-        caption_justify="left",
-    )
-    # A run's SAEs share a library and usually an architecture and width: each one's hook goes under its name,
-    # which keeps the table within 80 columns.
-    show_hook = not run and len(comparison.hooks) > 1
-    table.add_column("SAE\nhook" if run else "SAE", overflow="fold", min_width=10)
-    if not run:
-        table.add_column("library", overflow="fold", min_width=8)
-        table.add_column("architec-\nture", overflow="fold", min_width=8)
-    if show_hook:
-        table.add_column("hook", overflow="fold", min_width=8)
-    if not run:
-        table.add_column("d_sae", justify="right", no_wrap=True)
-    for key in comparison.summary_keys:
-        table.add_column(SHORT_HEADERS[key], justify="right", no_wrap=True)
-    table.add_column("healthy", justify="right", no_wrap=True)
-    front = _front(comparison)
-    for entry in comparison.entries:
-        r = entry.result
-        verdicts = verdicts_of(r)
-        marks = (f" {FRONTIER_MARK}" if entry.name in front else "") + (f" {REUSED_MARK}" if entry.reused else "")
-        if run:
-            row = [Text(entry.name + marks + "\n") + Text(_short_hook(r.sae.where), style="dim")]
-        else:
-            row = [Text(entry.name + marks), r.sae.source_library, r.sae.architecture]
-            if show_hook:
-                row.append(_short_hook(r.sae.where))
-            row.append(f"{r.sae.d_sae:,}")
-        for key in comparison.summary_keys:
-            status = verdicts.get(key, {}).get("status")
-            row.append(Text(_short(key, r.metrics.get(key)), style=STATUS_STYLE.get(status, "")))
-        healthy, total = healthy_count(r)
-        row.append(Text(f"{healthy}/{total}", style="green" if healthy == total else "yellow"))
-        table.add_row(*row)
-    return table
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -122,7 +46,7 @@ def write_comparison_report(comparison: Comparison, out: Path) -> dict[str, Path
         for y_key, (file_name, _) in FRONTIERS.items():
             figures[f"frontier_{y_key}"] = (file_name, frontier_figure(comparison, y_key))
     else:
-        figures["by_layer"] = (LAYER_PLOT[0], layer_figure(comparison))
+        figures = run_figures(comparison)
     files: dict[str, Path] = {}
     images: dict[str, bytes] = {}
     for key, (file_name, fig) in figures.items():
@@ -160,18 +84,7 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
     ]
     lines += _markdown_table(comparison)
     if run:
-        lines += [
-            "",
-            "Ordered by layer. Marks: ✅ healthy, ⚠️ borderline, ❌ unhealthy, ❔ not measured. Each name links to that "
-            "SAE's full report. In the plot, error bars are one standard error.",
-            "",
-            f"## {LAYER_PLOT[1]}",
-            "",
-        ]
-        if "by_layer" in plots:
-            lines += [f"![{LAYER_PLOT[1]}]({plots['by_layer']})", ""]
-        else:
-            lines += ["No SAE sits inside a block of the model: nothing to plot against layer.", ""]
+        lines += _run_sections(comparison, plots)
     else:
         lines += [
             "",
@@ -196,6 +109,42 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
     if comparison.notes:
         lines += ["## Notes", "", *[f"- {note}" for note in comparison.notes], ""]
     return "\n".join(lines)
+
+
+def _run_sections(comparison: Comparison, plots: dict[str, str]) -> list[str]:
+    """What follows a run's table: how it is ordered, then its plots (against layer, or per SAE and the L0
+    frontiers when some hook holds several SAEs)."""
+    shared = shares_a_hook(comparison.entries)
+    lines = [
+        "",
+        "Ordered by depth (layer, then place in the block: resid_pre, attention, resid_mid, MLP, resid_post), SAEs "
+        "at one hook by name."
+        + (
+            f" {FRONTIER_MARK}: on the L0 vs loss recovered frontier of its hook (no other SAE at that hook has both "
+            "a lower L0 and a higher loss recovered)."
+            if shared
+            else ""
+        )
+        + " Marks: ✅ healthy, ⚠️ borderline, ❌ unhealthy, ❔ not measured. Each name links to that SAE's full "
+        "report. In the plots, error bars are one standard error.",
+        "",
+    ]
+    if not shared:
+        lines += [f"## {LAYER_PLOT[1]}", ""]
+        if "by_layer" in plots:
+            return lines + [f"![{LAYER_PLOT[1]}]({plots['by_layer']})", ""]
+        return lines + ["No SAE sits inside a block of the model: nothing to plot against layer.", ""]
+    lines += [f"## {SAE_PLOT[1]}", ""]
+    if "by_sae" in plots:
+        lines += [f"![{SAE_PLOT[1]}]({plots['by_sae']})", ""]
+    lines += ["## Frontiers of the SAEs that share a hook", ""]
+    for y_key, (_, title) in FRONTIERS.items():
+        names = frontier_names(comparison, y_key)
+        lines += [f"### {title}", ""]
+        if f"frontier_{y_key}" in plots:
+            lines += [f"![{title}]({plots[f'frontier_{y_key}']})", ""]
+        lines += [f"On the frontier: {', '.join(names)}." if names else "No SAE has both metrics measured.", ""]
+    return lines
 
 
 def _markdown_table(comparison: Comparison) -> list[str]:
@@ -241,14 +190,16 @@ def _title(comparison: Comparison, markdown: bool = False) -> str:
 
 
 def _front(comparison: Comparison) -> set[str]:
-    """The frontier marks: a comparison's; a run's SAEs sit at different hooks and are not rivals."""
-    return set(frontier_names(comparison)) if comparison.view == "comparison" else set()
+    """The frontier marks: a comparison's; in a run, only among SAEs that share a hook (comparison.frontier_groups)."""
+    return set(frontier_names(comparison))
 
 
 def _caption(comparison: Comparison) -> str:
     parts = []
     if comparison.view == "comparison" and len(comparison.entries) > 1:
         parts.append(f"{FRONTIER_MARK} on the L0 vs loss recovered frontier" + _per_hook(comparison))
+    elif comparison.view == "run" and shares_a_hook(comparison.entries):
+        parts.append(f"{FRONTIER_MARK} on the L0 vs loss recovered frontier of its hook")
     if any(entry.reused for entry in comparison.entries):
         parts.append(f"{REUSED_MARK} saved result reused")
     parts.append(f"colours: verdicts under the {comparison.settings['thresholds']} thresholds")
@@ -263,11 +214,6 @@ def _layer(layer: int | None) -> str:
     return "—" if layer is None else str(layer)
 
 
-def _short_hook(hook: str) -> str:
-    """'blocks.0.hook_resid_post' -> '0.resid_post': the terminal table is wide enough without the rest."""
-    return hook.removeprefix("blocks.").replace("hook_", "")
-
-
 def _short(key: str, value) -> str:
     """Compact table cell: '—' when not measured, else the report's formatting without uncertainty."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -279,5 +225,4 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-__all__ = ["COMPARISON_MD", "REPORT_MD", "comparison_table", "print_comparison", "render_comparison_markdown"]
-__all__ += ["write_comparison_report"]
+__all__ = ["COMPARISON_MD", "REPORT_MD", "render_comparison_markdown", "write_comparison_report"]

@@ -119,11 +119,13 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
     """The page of several results side by side (a comparison, or a run's SAEs by layer): the table, the plots,
     and a link to each SAE's report.html."""
     from saehealth.comparison import frontier_names, healthy_count
-    from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT
+    from saehealth.report.compare_plots import FRONTIERS, RUN_PLOTS
 
     keys = comparison.summary_keys
-    front = set(frontier_names(comparison)) if comparison.view == "comparison" else set()
-    titles = {f"frontier_{key}": title for key, (_, title) in FRONTIERS.items()} | {"by_layer": LAYER_PLOT[1]}
+    front = set(frontier_names(comparison))
+    titles = {f"frontier_{key}": title for key, (_, title) in FRONTIERS.items()} | {
+        key: title for key, (_, title) in RUN_PLOTS.items()
+    }
     rows = []
     for entry in comparison.entries:
         r = entry.result

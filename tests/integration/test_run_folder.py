@@ -75,10 +75,10 @@ def test_the_run_report_orders_the_saes_by_layer(evaluated):
     run = json.loads((evaluated / "run.json").read_text())
     assert run["view"] == "run" and run["identical_tokens"] is True
     rows = [(row["layer"], row["hook_type"], row["name"]) for row in run["saes"]]
-    assert rows == [
+    assert rows == [  # by depth: within a layer resid_pre, attention, MLP, resid_post
         (None, "hook_embed", "embed"),
-        (0, "hook_resid_post", "resid_post_0"),
         (0, "hook_resid_pre", "resid_pre_0"),
+        (0, "hook_resid_post", "resid_post_0"),
         (1, "hook_attn_out", "attn_out_1"),
         (1, "hook_mlp_out", "mlp_out_1"),
         (1, "hook_resid_post", "resid_post_1"),
@@ -98,7 +98,31 @@ def test_select_picks_members_and_the_terminal_shows_the_table(run_folder, tmp_p
     assert "Scoring 3 SAEs at 3 hooks in one pass" in shown
     assert "1.resid_post" in shown.replace("\n", "").replace(" ", "") and "mlp_out" not in shown
     run = json.loads((tmp_path / "o" / "run.json").read_text())
-    assert [row["name"] for row in run["saes"]] == ["resid_post_0", "resid_pre_0", "resid_post_1"]
+    assert [row["name"] for row in run["saes"]] == ["resid_pre_0", "resid_post_0", "resid_post_1"]
+
+
+def test_a_run_folder_of_saes_at_one_hook_gets_its_run_report(tmp_path, capsys):
+    """Checkpoints of one training run (or a sweep's trainers) at one hook: one row and one point per SAE, in
+    name order with numbers as numbers, frontier marks among them, the markdown and HTML reports written."""
+    run = tmp_path / "checkpoints"
+    for seed, name in enumerate(["step_20000", "step_100000", "step_3000"]):
+        random_sae(run / name, "blocks.1.hook_resid_post", seed)
+    out = tmp_path / "out"
+    main(["eval", "--sae-path", str(run), "--out", str(out), *COMMON])
+    shown = capsys.readouterr().out
+    summary = json.loads((out / "run.json").read_text())
+    assert [row["name"] for row in summary["saes"]] == ["step_3000", "step_20000", "step_100000"]
+    assert summary["hooks"] == ["blocks.1.hook_resid_post"]
+    assert summary["frontier_l0_loss_recovered"]  # rivals at one hook: some SAE is on the frontier
+    assert all(row["on_frontier"] == (row["name"] in summary["frontier_l0_loss_recovered"]) for row in summary["saes"])
+    markdown = (out / "run_report.md").read_text()
+    assert "## Metrics of each SAE, grouped by hook" in markdown and "![Metrics of each SAE" in markdown
+    for name in ("step_3000", "step_20000", "step_100000"):
+        assert f"[{name}]({name}/report.md)" in markdown and name in shown
+    for png in ("metrics_by_sae.png", "frontier_l0_loss_recovered.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "metrics_by_layer.png").exists()
+    assert (out / "run_report.html").read_text().count('<img src="data:image/png') == 3
 
 
 def test_chunked_encoding_gives_the_same_numbers(run_folder, tmp_path, monkeypatch):

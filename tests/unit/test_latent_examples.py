@@ -195,3 +195,13 @@ def test_signed_activations_rank_by_value():
     examples = LatentExamples(1, top=4, sample=1, window=0)
     examples.update(acts, torch.ones(1, 4, dtype=torch.bool), *token_locations(1, 4, 0, "cpu"))
     assert examples.arrays()["top_values"][0].tolist() == [2.0, 1.0, -0.5, -3.0]
+
+
+def test_the_stated_state_size_is_every_tensor_the_accumulator_holds():
+    from saehealth.metrics.latents import state_bytes
+
+    for top, sample in ((20, None), (3, 7), (1, 0)):
+        acc = LatentExamples(100, top, sample)
+        held = [t for part in (acc, acc.top, acc.sample) for t in vars(part).values() if isinstance(t, torch.Tensor)]
+        assert sum(t.numel() * t.element_size() for t in held) == state_bytes(100, top, sample)
+    assert state_bytes(65_536) == 65_536 * 2_188

@@ -9,7 +9,7 @@ import torch
 from saehealth.metrics import downstream
 from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import DownstreamAccumulator, Readout, SiteFinals, downstream_totals
-from saehealth.metrics.geometry import geometry_metrics, max_decoder_cosine
+from saehealth.metrics.geometry import geometry_metrics, nearest_latents
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator, dead_rate_bound
 from saehealth.saebench.sums import SAEBenchSums
@@ -198,7 +198,7 @@ def test_sparsity_counts_dead_dense_and_l0():
 
 def test_decoder_redundancy_finds_duplicates():
     W_dec = torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [0, 1.0, 0], [0, 0.6, 0.8]])
-    best = max_decoder_cosine(W_dec, chunk_size=3)  # chunks that split the matrix
+    best = nearest_latents(W_dec, block_rows=3).max_cosine  # blocks that split the matrix
     assert best.tolist() == pytest.approx([1.0, 1.0, 0.6, 0.6])
     metrics, _ = geometry_metrics(W_dec)
     assert metrics["decoder_redundancy"] == pytest.approx(0.8)
