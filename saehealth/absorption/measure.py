@@ -1,18 +1,22 @@
-"""`measure_absorption`: SAEBench 0.6's first-letter absorption of one SAE, averaged over word splits.
+"""`measure_absorption`: SAEBench 0.6's first-letter absorption of one SAE, over word splits, two estimators.
 
 Absorption depends on which words train the probes and on the prompts' random examples as much as on
 the SAE, so each word split is a full, independent run of SAEBench's procedure (its own prompts, letter
-probes, k-sparse probes and absorption step), the metric is the mean over `n_splits` splits, and
-`uncertainty["absorption_fraction"]` is the standard error of that mean (standard deviation of the
-per-split values over sqrt(splits)). The model-level half of each split (prompting, letter probes) is
-cached, so further SAEs at the hook pay only for the SAE-level half.
+probes, k-sparse probes and absorption step). The per-letter rows pool the splits' words and the metric is
+the mean of the rows (aggregate.py); `uncertainty["absorption_fraction"]` is its standard error (the spread
+of the per-split values over sqrt(splits)).
+
+Two estimators over the same splits, prompts and SAE encodings, differing only in the probe schedule
+(probes.py): the headline `absorption_fraction` under `settings.schedule` (default `converged`, to rank
+SAEs) and `absorption_fraction_saebench` under `saebench-0.6` (SAEBench's schedule, to compare with
+published tables). The model-level half of each split (prompting, letter probes per schedule) is cached, so
+further SAEs at the hook pay only for the SAE-level half.
 """
 
 from __future__ import annotations
 
 import re
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,29 +27,33 @@ import torch
 
 import saehealth.absorption.cache as cache
 import saehealth.absorption.words as words
+from saehealth.absorption.aggregate import PER_LETTER_FLOATS, pool
 from saehealth.absorption.cache import LetterProbes, SplitWords
-from saehealth.absorption.ksparse import find_main_latents
 from saehealth.absorption.probes import DEFAULT_SCHEDULE, LETTER_PROBE, SCHEDULES, train_probes
-from saehealth.absorption.scoring import Thresholds, binary_f1, encode_words, letter_absorption, select_rows
+from saehealth.absorption.scoring import Thresholds, binary_f1
+from saehealth.absorption.splits import score_split
 from saehealth.errors import IncompatibleSAEError
 
-METRIC_KEYS = ("absorption_fraction", "full_absorption_rate", "mean_num_split_features", "absorption_letters_scored")
-SMALL_MODEL = 512  # d_model below which the prompts run on one CPU thread (see _one_cpu_thread)
-RESIDUAL_HOOK = re.compile(r"^blocks\.\d+\.hook_resid_(pre|mid|post)$")
-# Per-letter arrays (float64, (26,), A..Z, mean over the splits that scored the letter, NaN where none did).
-PER_LETTER_FLOATS = (
-    "probe_f1",
+SAEBENCH_SCHEDULE = "saebench-0.6"
+SAEBENCH_KEY = "absorption_fraction_saebench"  # the saebench-0.6 schedule's mean, beside the headline
+METRIC_KEYS = (
     "absorption_fraction",
     "full_absorption_rate",
-    "num_full_absorption",
-    "num_probe_true_positives",
-    "num_split_features",
+    "mean_num_split_features",
+    "absorption_letters_scored",
+    SAEBENCH_KEY,
 )
+SMALL_MODEL = 512  # d_model below which the prompts run on one CPU thread (see _one_cpu_thread)
+RESIDUAL_HOOK = re.compile(r"^blocks\.\d+\.hook_resid_(pre|mid|post)$")
 
 
 @dataclass(frozen=True)
 class AbsorptionSettings:
-    """How absorption is measured. `n_splits`: see the README for the spread and cost it was chosen from."""
+    """How absorption is measured. `n_splits`: see the docs for the spread and cost it was chosen from.
+
+    `saebench_too`: also run the saebench-0.6 schedule over the same splits (`absorption_fraction_saebench`);
+    when `schedule` is saebench-0.6 the headline already is that estimator and it is computed once.
+    """
 
     schedule: str = DEFAULT_SCHEDULE
     n_splits: int = 5
@@ -53,25 +61,42 @@ class AbsorptionSettings:
     thresholds: Thresholds = field(default_factory=Thresholds)
     prompt_batch_size: int = 16  # prompt prefixes per forward pass (x GROUP_SIZE prompts): 64 is 2x slower on CPU
     l1_max_steps: int = 60
+    saebench_too: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown probe schedule {self.schedule!r}: choose from {', '.join(SCHEDULES)}")
         if self.n_splits < 1:
             raise ValueError("absorption needs at least one word split")
+        if self.min_letters < 1:
+            raise ValueError("absorption needs a minimum of at least one letter")
+
+    @property
+    def schedules(self) -> tuple[str, ...]:
+        """The schedules run: the headline one first, then saebench-0.6 when asked for and not the same."""
+        if self.saebench_too and self.schedule != SAEBENCH_SCHEDULE:
+            return (self.schedule, SAEBENCH_SCHEDULE)
+        return (self.schedule,)
 
 
 @dataclass
 class AbsorptionResult:
-    """Metric values (METRIC_KEYS), their standard errors, why they are missing, per-letter arrays, notes."""
+    """Metric values (METRIC_KEYS), their standard errors, why each missing one is missing, per-letter arrays
+    (the headline schedule's by name, the saebench-0.6 schedule's as `saebench_<name>`), notes."""
 
     metrics: dict[str, float | int | None]
     uncertainty: dict[str, float]
-    not_measured_reason: str | None
+    not_measured: dict[str, str]
     per_letter: dict[str, np.ndarray]
     notes: list[str]
     schedule: str
+    n_splits: int = 0
     seconds: float = 0.0
+
+    @property
+    def not_measured_reason(self) -> str | None:
+        """Why the headline `absorption_fraction` is missing (None when it was measured)."""
+        return self.not_measured.get("absorption_fraction")
 
 
 def absorption_applicable(hook_name: str) -> str | None:
@@ -107,7 +132,13 @@ def measure_absorption(
     reason = absorption_applicable(hook_name)
     if reason is not None:
         return AbsorptionResult(
-            dict.fromkeys(METRIC_KEYS), {}, reason, _empty_per_letter(settings), [], settings.schedule
+            dict.fromkeys(METRIC_KEYS),
+            {},
+            dict.fromkeys(METRIC_KEYS, reason),
+            _empty_per_letter(settings),
+            [],
+            settings.schedule,
+            n_splits=settings.n_splits,
         )
     check_hook(model, hook_name)
     if sae.cfg.d_in != model.cfg.d_model:
@@ -123,7 +154,8 @@ def measure_absorption(
     if splits is None:
         splits = words.word_splits(len(vocab), settings.n_splits, seed)
     d = model.cfg.d_model
-    prompted, probes = [], []
+    prompted: list[SplitWords] = []
+    probes: dict[str, list[LetterProbes]] = {schedule: [] for schedule in settings.schedules}
     for s, (train, test) in enumerate(splits):
         train_t, test_t = torch.as_tensor(train, dtype=torch.int64), torch.as_tensor(test, dtype=torch.int64)
         data = store.fetch(
@@ -141,17 +173,19 @@ def measure_absorption(
                 batch_size=settings.prompt_batch_size,
             ),
         )
-        fitted = store.fetch(
-            "probes",
-            s,
-            {"schedule": settings.schedule, "group": words.GROUP_SIZE},
-            lambda path: cache.read_probes(path, d),
-            lambda data=data, s=s: train_letter_probes(
-                data, labels, settings.schedule, seed=words.split_seed(seed, s), init=probes[-1] if probes else None
-            ),
-        )
         prompted.append(data)
-        probes.append(fitted)
+        for schedule, fitted in probes.items():
+            fitted.append(
+                store.fetch(
+                    "probes",
+                    s,
+                    {"schedule": schedule, "group": words.GROUP_SIZE},
+                    lambda path: cache.read_probes(path, d),
+                    lambda data=data, s=s, schedule=schedule, fitted=fitted: train_letter_probes(
+                        data, labels, schedule, seed=words.split_seed(seed, s), init=fitted[-1] if fitted else None
+                    ),
+                )
+            )
     result = score_splits(labels, prompted, probes, sae, settings=settings, device=device, seed=seed)
     result.notes[:0] = notes
     result.seconds = time.perf_counter() - started
@@ -225,134 +259,85 @@ def _train_letter_probes(data: SplitWords, labels: torch.Tensor, schedule: str, 
 def score_splits(
     labels: torch.Tensor,
     prompted: list[SplitWords],
-    probes: list[LetterProbes],
+    probes: list[LetterProbes] | dict[str, list[LetterProbes]],
     sae,
     *,
     settings: AbsorptionSettings | None = None,
     device: str | torch.device = "cpu",
     seed: int = 42,
 ) -> AbsorptionResult:
-    """The SAE-level half on every split, and their mean with its standard error."""
+    """The SAE-level half on every split under each schedule, pooled (aggregate.py) with standard errors.
+
+    `probes`: each split's letter probes under `settings.schedule`, or schedule -> such a list (the
+    saebench-0.6 schedule's gives `absorption_fraction_saebench`).
+    """
+    settings = settings or AbsorptionSettings()
+    by_schedule = probes if isinstance(probes, dict) else {settings.schedule: probes}
     with _one_cpu_thread(device):
-        return _score_splits(labels, prompted, probes, sae, settings or AbsorptionSettings(), device, seed)
+        return _score_splits(labels, prompted, by_schedule, sae, settings, torch.device(device), seed)
 
 
-def _score_splits(labels, prompted, probes, sae, settings: AbsorptionSettings, device, seed: int) -> AbsorptionResult:
-    device = torch.device(device)
-    per_split, notes, reason = [], [], None
-    l1_fits = l1_unconverged = 0
-    warm = None  # the previous split's L1 probes (26, d_sae + 1): the next split starts from them
-    for s, (data, fitted) in enumerate(zip(prompted, probes, strict=True)):
-        values, warm, missing = _score_split(
-            labels, data, fitted, sae, settings=settings, device=device, seed=words.split_seed(seed, s), warm=warm
+def _score_splits(labels, prompted, by_schedule, sae, settings: AbsorptionSettings, device, seed: int):
+    th = settings.thresholds
+    warm: dict[str, torch.Tensor | None] = dict.fromkeys(by_schedule)  # each split starts from the previous one's
+    scores: dict[str, list] = {schedule: [] for schedule in by_schedule}
+    for s, data in enumerate(prompted):
+        split = score_split(
+            labels,
+            data,
+            {schedule: fitted[s] for schedule, fitted in by_schedule.items()},
+            sae,
+            thresholds=th,
+            min_letters=settings.min_letters,
+            l1_max_steps=settings.l1_max_steps,
+            device=device,
+            seed=words.split_seed(seed, s),
+            warm=warm,
         )
-        per_split.append(values)
-        reason = missing or reason
-        if "l1_converged" in values:
-            l1_fits += len(values["l1_converged"])
-            l1_unconverged += int((~values["l1_converged"]).sum())
-    if l1_unconverged:
+        for schedule, score in split.items():
+            scores[schedule].append(score)
+    pooled = {
+        schedule: pool(runs, schedule=schedule, min_letters=settings.min_letters, min_probe_f1=th.min_probe_f1)
+        for schedule, runs in scores.items()
+    }
+    notes = [note for p in pooled.values() for note in p.notes]
+    fits = [c for runs in scores.values() for r in runs if r.l1_converged is not None for c in r.l1_converged]
+    if unconverged := sum(not c for c in fits):
         notes.append(
-            f"Absorption: {l1_unconverged} of {l1_fits} L1 probe fits stopped at the {settings.l1_max_steps}-step "
+            f"Absorption: {unconverged} of {len(fits)} L1 probe fits stopped at the {settings.l1_max_steps}-step "
             "cap before their optimality conditions held."
         )
-    return _combine(per_split, settings, reason, notes)
+    return _result(pooled, settings, len(prompted), notes)
 
 
-def _score_split(labels, data: SplitWords, fitted: LetterProbes, sae, *, settings, device, seed, warm):
-    """One split's per-letter arrays, the L1 probes to start the next split from, and why it was not scored."""
-    th = settings.thresholds
-    letters = [i for i in range(26) if fitted.f1[i] > th.min_probe_f1]
-    values = {name: np.full(26, np.nan) for name in PER_LETTER_FLOATS}
-    values["probe_f1"] = fitted.f1.numpy().astype(np.float64)
-    if len(letters) < settings.min_letters:
-        reason = f"only {len(letters)} letters had probe F1 > {th.min_probe_f1} (minimum {settings.min_letters})"
-        return values, warm, reason
-    latents, _ = encode_words(sae, data.probe_acts, device)
-    abs_latents, abs_inputs = encode_words(sae, data.absorption_acts, device)
-    if abs_latents.shape[0] * abs_latents.shape[1] <= 2**22:  # small enough to hold dense: cheaper row reads
-        abs_latents = abs_latents.to_dense()
-    unit_decoder = torch.nn.functional.normalize(sae.W_dec.detach().float().to(device), dim=-1)
-    labels_d = labels.to(device)
-    train, test = data.train.to(device), data.test.to(device)
-    main = find_main_latents(
-        select_rows(latents, train),
-        labels_d[train],
-        select_rows(latents, test),
-        labels_d[test],
-        letters,
-        schedule=settings.schedule,
-        seed=seed,
-        thresholds=th,
-        l1_max_steps=settings.l1_max_steps,
-        warm=warm,
-    )
-    test_labels = labels[data.test]
-    scores = data.probe_acts[data.test] @ fitted.weight.T + fitted.bias  # (n_test, 26)
-    values["main_latents"] = np.full((26, th.max_k), -1, dtype=np.int64)  # A..Z rows, -1 where not scored
-    values["absorbing_latents"] = np.full((26, th.max_absorbers), -1, dtype=np.int64)
-    for j, letter in enumerate(letters):
-        values["main_latents"][letter, : main.ids.shape[1]] = main.ids[j].cpu().numpy()
-        main_ids = [int(i) for i in main.ids[j] if i >= 0]
-        values["num_split_features"][letter] = len(main_ids)
-        # SAEBench's potential false negatives: held-out words of the letter that its probe detects.
-        tp = torch.nonzero((test_labels == letter) & (scores[:, letter] > 0)).flatten().to(device)
-        values["num_probe_true_positives"][letter] = len(tp)
-        if len(tp) == 0:
-            continue
-        total, n_full, tally = letter_absorption(
-            abs_inputs[tp], select_rows(abs_latents, tp), fitted.weight[letter], unit_decoder, main_ids, th
+def _result(pooled: dict, settings: AbsorptionSettings, n_splits: int, notes: list[str]) -> AbsorptionResult:
+    """The headline schedule's metrics and per-letter arrays, and the saebench-0.6 schedule's beside them."""
+    primary = pooled[settings.schedule]
+    metrics: dict[str, float | int | None] = {**primary.metrics, "absorption_letters_scored": primary.letters_scored}
+    uncertainty, not_measured = {}, {}
+    if primary.standard_error is not None:
+        uncertainty["absorption_fraction"] = primary.standard_error
+    if primary.reason is not None:
+        not_measured.update(
+            dict.fromkeys(("absorption_fraction", "full_absorption_rate", "mean_num_split_features"), primary.reason)
         )
-        top = tally.argsort(descending=True, stable=True)[: th.max_absorbers]
-        top = top[tally[top] > 0].numpy()
-        values["absorbing_latents"][letter, : len(top)] = top
-        values["absorption_fraction"][letter] = total / len(tp)
-        values["num_full_absorption"][letter] = n_full
-        values["full_absorption_rate"][letter] = n_full / len(tp)
-    values["letters"] = letters
-    values["l1_converged"] = main.l1_converged
-    return values, main.l1_warm, None
-
-
-def _combine(per_split: list[dict], settings: AbsorptionSettings, reason: str | None, notes: list[str]):
-    measured = [v for v in per_split if "letters" in v]
-    metrics: dict[str, float | int | None] = dict.fromkeys(METRIC_KEYS)
-    per_letter = _empty_per_letter(settings)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)  # a letter no split scored stays NaN
-        for name in PER_LETTER_FLOATS:
-            per_letter[name] = np.nanmean([v[name] for v in per_split], axis=0)
-    scored_counts = [int(np.sum(v["probe_f1"] > settings.thresholds.min_probe_f1)) for v in per_split]
-    metrics["absorption_letters_scored"] = int(np.median(scored_counts))
-    if not measured:
-        return AbsorptionResult(metrics, {}, reason, per_letter, notes, settings.schedule)
-    if len(measured) < len(per_split):
-        notes.append(
-            f"Absorption: {len(per_split) - len(measured)} of {len(per_split)} word splits were not scored ({reason})."
-        )
-    split_means = {
-        key: np.array([np.mean(v[name][v["letters"]]) for v in measured])
-        for key, name in (
-            ("absorption_fraction", "absorption_fraction"),
-            ("full_absorption_rate", "full_absorption_rate"),
-            ("mean_num_split_features", "num_split_features"),
-        )
-    }
-    for key, values in split_means.items():
-        metrics[key] = float(values.mean())
-    uncertainty = {}
-    if len(measured) >= 2:
-        uncertainty["absorption_fraction"] = float(
-            split_means["absorption_fraction"].std(ddof=1) / np.sqrt(len(measured))
-        )
-    # Latent ids are the first scored split's: another split's main latents may be this one's absorbers.
-    per_letter["main_latents"] = measured[0]["main_latents"]
-    per_letter["absorbing_latents"] = measured[0]["absorbing_latents"]
-    per_letter["split_absorption_fraction"] = split_means["absorption_fraction"]
-    return AbsorptionResult(metrics, uncertainty, None, per_letter, notes, settings.schedule)
+    per_letter = {**_empty_per_letter(settings), **primary.per_letter}
+    saebench = pooled.get(SAEBENCH_SCHEDULE)
+    metrics[SAEBENCH_KEY] = None
+    if saebench is None:
+        not_measured[SAEBENCH_KEY] = "the saebench-0.6 probe schedule was not run"
+    else:
+        metrics[SAEBENCH_KEY] = saebench.metrics["absorption_fraction"]
+        if saebench.standard_error is not None:
+            uncertainty[SAEBENCH_KEY] = saebench.standard_error
+        if saebench.reason is not None:
+            not_measured[SAEBENCH_KEY] = saebench.reason
+        per_letter.update({f"saebench_{name}": array for name, array in saebench.per_letter.items()})
+    return AbsorptionResult(metrics, uncertainty, not_measured, per_letter, notes, settings.schedule, n_splits=n_splits)
 
 
 def _empty_per_letter(settings: AbsorptionSettings) -> dict[str, np.ndarray]:
+    """Per-letter arrays of a measurement that scored nothing: NaN rows, -1 latent ids."""
     arrays = {name: np.full(26, np.nan) for name in PER_LETTER_FLOATS}
     arrays["main_latents"] = np.full((26, settings.thresholds.max_k), -1, dtype=np.int64)
     arrays["absorbing_latents"] = np.full((26, settings.thresholds.max_absorbers), -1, dtype=np.int64)

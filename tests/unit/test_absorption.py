@@ -154,7 +154,9 @@ def test_too_few_letters_is_not_measured_with_the_count():
     assert result.metrics["absorption_fraction"] is None
     assert result.metrics["full_absorption_rate"] is None
     assert result.metrics["absorption_letters_scored"] == 12
-    assert result.not_measured_reason == "only 12 letters had probe F1 > 0.6 (minimum 20)"
+    assert result.not_measured_reason == (
+        "only 12 letters had probe F1 > 0.6 (minimum 20, converged probes: lower it with --absorption-min-letters)"
+    )
     assert np.isnan(result.per_letter["absorption_fraction"]).all()
     assert (result.per_letter["probe_f1"][:12] > 0.6).all()
 
