@@ -104,8 +104,10 @@ class EvalConfig:
         if self.examples < 0:
             raise ConfigError(f"--examples must be 0 (no latent examples) or more, got {self.examples}.")
         check_html_latents(self.html_latents)
-        if self.absorption_min_letters < 1:
-            raise ConfigError("The minimum number of absorption letters must be at least 1.")
+        if not 1 <= self.absorption_min_letters <= 26:
+            raise ConfigError(
+                f"--absorption-min-letters {self.absorption_min_letters} is outside 1 – 26: give a number of letters."
+            )
         if self.absorption_probes not in ABSORPTION_PROBES:
             raise ConfigError(
                 f"Unknown --absorption-probes {self.absorption_probes!r}: choose from {', '.join(ABSORPTION_PROBES)}."

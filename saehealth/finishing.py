@@ -63,7 +63,7 @@ def finish_result(
     timing["geometry_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    absorption, absorption_uncertainty = _absorption(config, plan, details, not_measured, notes)
+    absorption, absorption_uncertainty, absorption_splits = _absorption(config, plan, details, not_measured, notes)
     metrics.update(absorption)
     timing["absorption_s"] = time.perf_counter() - t0
 
@@ -97,6 +97,7 @@ def finish_result(
             n_sequences=output.n_sequences,
             activations=plan.activations,
             absorption_probes=config.absorption_probes,
+            absorption_splits=absorption_splits,
         ),
         metrics={k: _clean_number(v) for k, v in metrics.items()},
         uncertainty={k: v for k, v in {**output.uncertainty, **absorption_uncertainty}.items() if math.isfinite(v)},
@@ -126,7 +127,7 @@ def logit_lens_of(plan: Plan) -> tuple[dict | None, str | None]:
 
 
 def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dict[str, str], notes: list[str]):
-    """(absorption metrics, their uncertainty), the per-letter arrays put into `details`."""
+    """(absorption metrics, their uncertainty, word splits or None), the per-letter arrays put into `details`."""
     from saehealth.absorption import AbsorptionSettings, absorption_applicable, measure_absorption
 
     keys = ABSORPTION_KEYS
@@ -137,30 +138,23 @@ def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dic
         reason = ROUTED_ABSORPTION
     if reason is None and plan.model is None:  # an activation cache, without --model
         reason = "absorption prompts the model, which an activation cache lacks: add --model NAME to measure it"
-    if reason is None:
-        result = measure_absorption(
-            plan.model,
-            plan.sae,
-            plan.hook,
-            seed=config.seed,
-            cache_dir=cache_dir(),
-            device=config.device,
-            settings=AbsorptionSettings(schedule=config.absorption_probes, min_letters=config.absorption_min_letters),
-        )
-        for name, array in result.per_letter.items():
-            details[f"absorption_{name}"] = torch.as_tensor(array)
-        notes.extend(result.notes)
-        if result.not_measured_reason is None:
-            return result.metrics, result.uncertainty
-        reason = result.not_measured_reason
-        measured = {k: v for k, v in result.metrics.items() if v is not None}
-        for key in keys:
-            if key not in measured:
-                not_measured[key] = reason
-        return {**dict.fromkeys(keys), **measured}, result.uncertainty
-    for key in keys:
-        not_measured[key] = reason
-    return dict.fromkeys(keys), {}
+    if reason is not None:
+        not_measured.update(dict.fromkeys(keys, reason))
+        return dict.fromkeys(keys), {}, None
+    result = measure_absorption(
+        plan.model,
+        plan.sae,
+        plan.hook,
+        seed=config.seed,
+        cache_dir=cache_dir(),
+        device=config.device,
+        settings=AbsorptionSettings(schedule=config.absorption_probes, min_letters=config.absorption_min_letters),
+    )
+    for name, array in result.per_letter.items():
+        details[f"absorption_{name}"] = torch.as_tensor(array)
+    notes.extend(result.notes)
+    not_measured.update({key: why for key, why in result.not_measured.items() if result.metrics.get(key) is None})
+    return {**dict.fromkeys(keys), **result.metrics}, result.uncertainty, result.n_splits
 
 
 def cache_dir() -> Path:

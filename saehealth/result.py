@@ -56,6 +56,7 @@ ABSORPTION_KEYS = (
     "full_absorption_rate",
     "mean_num_split_features",
     "absorption_letters_scored",
+    "absorption_fraction_saebench",  # the saebench-0.6 probe schedule's mean over the same word splits
 )
 METRIC_KEYS = RECONSTRUCTION_KEYS + DOWNSTREAM_KEYS + SPARSITY_KEYS + GEOMETRY_KEYS + ABSORPTION_KEYS
 
@@ -103,6 +104,18 @@ class EvalSettings:
     activations: str | None = None
     # The absorption probe schedule (converged | saebench-0.6); results saved before it existed used neither.
     absorption_probes: str | None = None
+    # Word splits the absorption numbers average over (both estimators share them); None before it was recorded.
+    absorption_splits: int | None = None
+
+    def absorption_estimator(self, key: str) -> str | None:
+        """'converged probes, 5 word splits' for an absorption metric (None for other keys or old results)."""
+        if key not in ABSORPTION_KEYS or key == "absorption_letters_scored":
+            return None
+        schedule = "saebench-0.6" if key == "absorption_fraction_saebench" else self.absorption_probes
+        if schedule is None:
+            return None
+        splits = f", {self.absorption_splits} word split{'s' if self.absorption_splits != 1 else ''}"
+        return f"{schedule} probes" + (splits if self.absorption_splits else "")
 
 
 @dataclass

@@ -95,3 +95,11 @@ AbsorptionProbesOption = Annotated[
         help="Absorption probe schedule: converged (trained to convergence) or saebench-0.6 (SAEBench's epochs).",
     ),
 ]
+AbsorptionMinLettersOption = Annotated[
+    int,
+    typer.Option(
+        "--absorption-min-letters",
+        help="Absorption needs this many letters whose probe has F1 > 0.6 (SAEBench's min_feats_for_eval); "
+        "a small model may need fewer than 20.",
+    ),
+]

@@ -39,6 +39,7 @@ HEALTHY_METRICS = {
     "full_absorption_rate": 0.05,
     "mean_num_split_features": 1.3,
     "absorption_letters_scored": 24,
+    "absorption_fraction_saebench": 0.16,
 }
 HEALTHY_TRAINING = {
     "training_tokens": 20_000_000,
@@ -101,6 +102,8 @@ def make_result(
             seed=42,
             mask_special_tokens=True,
             n_sequences=tokens_scored // 127 + 1,
+            absorption_probes="converged",
+            absorption_splits=5,
         ),
         metrics=values,
         uncertainty={k: v for k, v in UNCERTAINTY.items() if values.get(k) is not None},
@@ -118,7 +121,9 @@ def make_result(
         timing={"replay_s": 10.0, "tokens_per_second": 20000.0},
         notes=list(notes or []),
     )
-    result.verdicts = assess(result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=d_sae)
+    result.verdicts = assess(
+        result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=d_sae, absorption_schedule="converged"
+    )
     return result
 
 
