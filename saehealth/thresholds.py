@@ -27,6 +27,15 @@ Secondary bands of the default preset, and why:
   latent's (derived from `near_duplicate_latents` / d_sae).
 - decoder_redundancy ≤ 0.70, ≤ 0.90: mean of each latent's largest decoder cosine; above 0.9 most latents
   have a near copy. Its healthy level depends on d_in and d_sae, so the bands are deliberately loose.
+
+Absorption bands name the estimator they were set for (BAND_ESTIMATORS): `absorption_fraction`'s for the
+default `converged` probe schedule, `absorption_fraction_saebench`'s for SAEBench's `saebench-0.6` schedule.
+The default preset's ≤ 0.25 / ≤ 0.35 is METRICS.md's (the 003 assessment), set on the
+scale of the values Chanin et al. 2024 ("A is for Absorption") and SAEBench 0.6 publish, which use SAEBench's
+probe schedule. The converged schedule reads lower on the same SAE and word splits: on the demo SAE the
+saebench-0.6 schedule reads SCHEDULE_GAP higher (10 seeds; docs/absorption.md, scripts/crosscheck_saebench.py).
+So the bands translate by that gap: in every preset the saebench-0.6 band is the converged one plus
+SCHEDULE_GAP, and an SAE evaluated with `--absorption-probes saebench-0.6` is judged on it (verdicts.py).
 """
 
 from __future__ import annotations
@@ -52,6 +61,12 @@ except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
 # The verdict statuses (HEALTHY ... STATUSES) live with the result that records them, imported above and
 # importable from here beside the bands.
 HEADLINE_METRICS = ("loss_recovered", "l0", "dead_fraction", "absorption_fraction")
+# The probe schedule each absorption band was set for (see the module docstring); the band of a schedule's
+# estimator is found here by its schedule, so a headline measured under saebench-0.6 meets that schedule's band.
+BAND_ESTIMATORS = {"absorption_fraction": "converged", "absorption_fraction_saebench": "saebench-0.6"}
+# How much higher the saebench-0.6 schedule reads than the converged one on the same SAE and word splits
+# (demo SAE, 10 seeds, docs/absorption.md): the saebench-0.6 bands are the converged bands plus this.
+SCHEDULE_GAP = 0.05
 
 # Metrics computed here from the result's metrics (they need d_sae), usable in bands like any other key.
 DERIVED_KEYS = ("near_duplicate_fraction",)
@@ -196,6 +211,13 @@ def get_preset(name: str) -> Thresholds:
         ) from None
 
 
+def _saebench_band(healthy_max: float, borderline_max: float) -> Band:
+    """The saebench-0.6 schedule's band: the converged schedule's, moved up by SCHEDULE_GAP."""
+    return Band(
+        healthy_max=round(healthy_max + SCHEDULE_GAP, 4), borderline_max=round(borderline_max + SCHEDULE_GAP, 4)
+    )
+
+
 _SECONDARY_DEFAULT = {
     "explained_variance": Band(healthy_min=0.70, borderline_min=0.50),
     "kl_div_score": Band(healthy_min=0.90, borderline_min=0.80),
@@ -214,6 +236,7 @@ register_preset(
             "l0": Band(healthy_min=40, healthy_max=120, borderline_min=20, borderline_max=200),
             "dead_fraction": Band(healthy_max=0.10, borderline_max=0.20),
             "absorption_fraction": Band(healthy_max=0.25, borderline_max=0.35),
+            "absorption_fraction_saebench": _saebench_band(0.25, 0.35),
             **_SECONDARY_DEFAULT,
         },
     )
@@ -227,6 +250,7 @@ register_preset(
             "l0": Band(healthy_min=40, healthy_max=100, borderline_min=25, borderline_max=150),
             "dead_fraction": Band(healthy_max=0.05, borderline_max=0.10),
             "absorption_fraction": Band(healthy_max=0.15, borderline_max=0.25),
+            "absorption_fraction_saebench": _saebench_band(0.15, 0.25),
             "explained_variance": Band(healthy_min=0.80, borderline_min=0.65),
             "kl_div_score": Band(healthy_min=0.95, borderline_min=0.90),
             "delta_ce": Band(healthy_max=0.05, borderline_max=0.15),
@@ -245,6 +269,7 @@ register_preset(
             "l0": Band(healthy_min=10, healthy_max=200, borderline_min=5, borderline_max=400),
             "dead_fraction": Band(healthy_max=0.20, borderline_max=0.40),
             "absorption_fraction": Band(healthy_max=0.35, borderline_max=0.50),
+            "absorption_fraction_saebench": _saebench_band(0.35, 0.50),
             "explained_variance": Band(healthy_min=0.60, borderline_min=0.40),
             "kl_div_score": Band(healthy_min=0.80, borderline_min=0.65),
             "delta_ce": Band(healthy_max=0.25, borderline_max=0.60),

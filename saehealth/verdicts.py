@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saehealth.thresholds import (
+    BAND_ESTIMATORS,
     BORDERLINE,
     HEADLINE_METRICS,
     HEALTHY,
@@ -51,15 +52,21 @@ def assess(
     thresholds: Thresholds | str | Path | None = None,
     *,
     d_sae: int | None = None,
+    absorption_schedule: str | None = None,
 ) -> dict[str, dict]:
     """Verdict per banded metric: value, healthy band text, status, whether it is a headline metric, and why
-    it was not measured. Headline metrics come first, then secondary checks, in the preset's order."""
+    it was not measured. Headline metrics come first, then secondary checks, in the preset's order.
+
+    An absorption verdict names the probe schedule its band was set for (`estimator`); `absorption_schedule`
+    (the result's `eval.absorption_probes`) picks the band of the schedule `absorption_fraction` was measured
+    under, when the thresholds have one for it."""
     thresholds = load_thresholds(thresholds)  # also accepts a preset name or file path
     not_measured = not_measured or {}
     values = {**metrics, **derived_metrics(metrics, d_sae)}
     verdicts: dict[str, dict] = {}
     for key in [*thresholds.headline(), *thresholds.secondary()]:
-        band = thresholds.bands[key]
+        band_key = _band_key(key, absorption_schedule, thresholds)
+        band = thresholds.bands[band_key]
         value = values.get(key)
         measured = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         reason = None
@@ -75,8 +82,21 @@ def assess(
             # Numeric bounds (None = unbounded) so advice and plots need not parse the text.
             "healthy_range": [band.healthy_min, band.healthy_max],
             "borderline_range": [band.borderline_min, band.borderline_max],
+            # The probe schedule the band was set for (absorption only; None elsewhere).
+            "estimator": BAND_ESTIMATORS.get(band_key),
         }
     return verdicts
+
+
+def _band_key(key: str, absorption_schedule: str | None, thresholds: Thresholds) -> str:
+    """The band that judges `key`: for the headline absorption, the band set for the schedule it was measured
+    under (e.g. absorption_fraction_saebench's for saebench-0.6) when there is one."""
+    if key != "absorption_fraction" or absorption_schedule in (None, BAND_ESTIMATORS[key]):
+        return key
+    for band_key, schedule in BAND_ESTIMATORS.items():
+        if schedule == absorption_schedule and band_key in thresholds.bands:
+            return band_key
+    return key
 
 
 def _derived_reason(key: str, metrics: Mapping, not_measured: Mapping) -> str | None:
@@ -102,7 +122,13 @@ def is_unhealthy(verdicts: Mapping[str, dict]) -> bool:
 def result_verdicts(result: EvalResult, thresholds: Thresholds | str | Path | None = None) -> dict[str, dict]:
     """`assess` of a result's metrics under the thresholds (a preset name or file; None: the default), and a
     routed SAE's routing checks (unused layers, collapse)."""
-    verdicts = assess(result.metrics, result.not_measured, thresholds, d_sae=result.sae.d_sae)
+    verdicts = assess(
+        result.metrics,
+        result.not_measured,
+        thresholds,
+        d_sae=result.sae.d_sae,
+        absorption_schedule=result.eval.absorption_probes,
+    )
     if result.routing is not None:
         verdicts.update(routing_verdicts(result.routing))
     return verdicts

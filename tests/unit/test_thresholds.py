@@ -236,3 +236,25 @@ def test_band_validation_and_texts():
     band = Band(healthy_min=0.7)
     assert band.status(-math.inf) == "borderline" and band.unhealthy_text() == "—"
     assert Band(healthy_max=0.005).healthy_text() == "≤ 0.005"
+
+
+def test_absorption_bands_name_the_estimator_they_were_set_for():
+    verdicts = assess({**HEALTHY, "absorption_fraction": 0.27, "absorption_fraction_saebench": 0.27})
+    converged, saebench = verdicts["absorption_fraction"], verdicts["absorption_fraction_saebench"]
+    assert (converged["estimator"], converged["band"], converged["status"]) == ("converged", "≤ 0.25", "borderline")
+    # SAEBench's schedule reads higher on the same SAE: its band is the converged one moved up by the gap.
+    assert (saebench["estimator"], saebench["band"], saebench["status"]) == ("saebench-0.6", "≤ 0.30", "healthy")
+    assert saebench["headline"] is False and verdicts["loss_recovered"]["estimator"] is None
+
+
+def test_a_headline_measured_under_saebench_schedule_meets_that_schedules_band():
+    metrics = {**HEALTHY, "absorption_fraction": 0.27, "absorption_fraction_saebench": 0.27}
+    verdict = assess(metrics, absorption_schedule="saebench-0.6")["absorption_fraction"]
+    assert (verdict["estimator"], verdict["band"], verdict["status"], verdict["headline"]) == (
+        "saebench-0.6",
+        "≤ 0.30",
+        "healthy",
+        True,
+    )
+    strict = assess(metrics, thresholds="strict", absorption_schedule="saebench-0.6")["absorption_fraction"]
+    assert (strict["band"], strict["borderline"]) == ("≤ 0.20", "0.20 – 0.30")
