@@ -230,6 +230,8 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                 "d_sae": r.sae.d_sae,
                 "metrics": {key: r.metrics.get(key) for key in keys},
                 "uncertainty": {key: r.uncertainty[key] for key in keys if key in r.uncertainty},
+                # The estimator behind each absorption number (probe schedule, word splits).
+                "estimators": {key: est for key in keys if (est := r.eval.absorption_estimator(key))},
                 "status": {key: verdicts[key]["status"] for key in keys if key in verdicts},
                 "healthy": healthy,
                 "headline_metrics": total,

@@ -91,7 +91,9 @@ def absorption(ctx: AdviceContext) -> Finding | None:
     if status not in NOT_OK:
         return None
     band = ctx.verdicts["absorption_fraction"]["band"]
-    parts = [f"mean absorption fraction {num(ctx.value('absorption_fraction'))} ({status}; healthy {band})"]
+    estimator = ctx.result.eval.absorption_estimator("absorption_fraction")
+    measured = f", {estimator}" if estimator else ""
+    parts = [f"mean absorption fraction {num(ctx.value('absorption_fraction'))} ({status}{measured}; healthy {band})"]
     if (full := ctx.metrics.get("full_absorption_rate")) is not None:
         parts.append(f"full absorption rate {num(full)}")
     if (letters := ctx.metrics.get("absorption_letters_scored")) is not None:

@@ -23,7 +23,12 @@ from saehealth.comparison import (
 from saehealth.output import atomic_write
 from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, SAE_PLOT, frontier_figure, run_figures
 from saehealth.report.plots import DPI
-from saehealth.report.text import COMPARISON_HEADERS, STATUS_EMOJI, format_value
+from saehealth.report.text import (
+    STATUS_EMOJI,
+    absorption_column_estimator,
+    comparison_header,
+    format_value,
+)
 from saehealth.verdicts import verdicts_of
 
 REPORT_MD = {"comparison": "comparison.md", "run": "run_report.md"}
@@ -151,7 +156,8 @@ def _markdown_table(comparison: Comparison) -> list[str]:
     run = comparison.view == "run"
     show_hook = run or len(comparison.hooks) > 1
     header = ["SAE", *(["layer"] if run else ["library", "architecture"]), *(["hook"] if show_hook else []), "d_sae"]
-    header += [COMPARISON_HEADERS[k] for k in comparison.summary_keys] + ["health"]
+    results = [entry.result for entry in comparison.entries]
+    header += [comparison_header(key, results) for key in comparison.summary_keys] + ["health"]
     texts = len(header) - len(comparison.summary_keys) - 2  # left-aligned columns before d_sae
     lines = [
         "| " + " | ".join(header) + " |",
@@ -202,6 +208,8 @@ def _caption(comparison: Comparison) -> str:
         parts.append(f"{FRONTIER_MARK} on the L0 vs loss recovered frontier of its hook")
     if any(entry.reused for entry in comparison.entries):
         parts.append(f"{REUSED_MARK} saved result reused")
+    if estimator := absorption_column_estimator([entry.result for entry in comparison.entries]):
+        parts.append(f"absorption: {estimator}")
     parts.append(f"colours: verdicts under the {comparison.settings['thresholds']} thresholds")
     return "   ".join(parts)
 

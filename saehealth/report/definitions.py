@@ -37,15 +37,23 @@ DEFINITIONS: tuple[tuple[tuple[str, ...], str], ...] = (
     ),
     (
         ("absorption_fraction", "full_absorption_rate", "mean_num_split_features", "absorption_letters_scored"),
-        "SAEBench 0.6's first-letter absorption (lower is better), mean over 5 independent word splits (each with its "
-        "own prompts and probes), standard error in `uncertainty`; split features counted over letters with a true "
-        "positive, as SAEBench; letters scored is the median over splits; probe schedule in `eval.absorption_probes`; "
-        "null with the reason when fewer than 20 letters have a probe with F1 > 0.6",
+        "SAEBench 0.6's first-letter absorption (lower is better) under the probe schedule in "
+        "`eval.absorption_probes` (default converged: to rank SAEs), over `eval.absorption_splits` independent word "
+        "splits (each with its own prompts and probes): per letter, the absorption summed over the probe's true "
+        "positives of every split divided by their number (SAEBench's row, pooled), then the mean over letters with a "
+        "true positive; letters scored is the median over splits; null with the reason when fewer than "
+        "`--absorption-min-letters` (default 20) letters have a probe with F1 > 0.6",
+    ),
+    (
+        ("absorption_fraction_saebench",),
+        "the same, under SAEBench's own probe schedule (saebench-0.6) on the same word splits: the number to compare "
+        "with SAEBench's published tables, and the one written to SAEBench absorption files",
     ),
 )
 UNCERTAINTY = (
     "`uncertainty[key]` holds the standard error of loss recovered, ΔCE, KL score, explained variance and L0 "
-    "(over sequences) and of `absorption_fraction` (over word splits)."
+    "(over sequences) and of `absorption_fraction` and `absorption_fraction_saebench` (the spread of the per-split "
+    "values over word splits)."
 )
 
 

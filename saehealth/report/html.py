@@ -23,9 +23,9 @@ from saehealth.output import atomic_write
 from saehealth.report.definitions import DEFINITIONS, INTRODUCTION, UNCERTAINTY
 from saehealth.report.plots import PLOTS
 from saehealth.report.text import (
-    COMPARISON_HEADERS,
     SEVERITY_MARK,
     STATUS_MARK,
+    comparison_header,
     dead_bound_sentence,
     format_activation,
     format_density,
@@ -161,7 +161,7 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
             title=f"{len(comparison.entries)} SAEs on {s['model']}",
             settings=s,
             identical=comparison.identical_tokens,
-            headers=[COMPARISON_HEADERS[key] for key in keys],
+            headers=[comparison_header(key, [entry.result for entry in comparison.entries]) for key in keys],
             rows=rows,
             plots=[(titles[key], _data_uri(png)) for key, png in images.items()],
             notes=comparison.notes,

@@ -212,7 +212,10 @@ def absorption_figure(result: EvalResult, details: dict) -> Figure | None:
     if b_hi is not None:
         ax.axhline(b_hi, color=RED, linestyle="--", linewidth=1, label=f"unhealthy > {b_hi:g}")
     mean = result.metrics.get("absorption_fraction")
-    note = f" (mean {mean:.3f})" if mean is not None else " (too few letters scored for a verdict)"
+    estimator = result.eval.absorption_estimator("absorption_fraction")
+    note = f" (mean {mean:.3f}" + (f", {estimator})" if estimator else ")")
+    if mean is None:
+        note = " (too few letters scored for a verdict)"
     ax.set_title("Absorption fraction per first letter" + note, fontsize=10)
     ax.set_ylabel("absorption fraction")
     ax.set_ylim(0, max(1.0, float(np.nanmax(per_letter)) * 1.1))

@@ -25,7 +25,7 @@ from saehealth.report.text import (
     value_with_context,
 )
 from saehealth.result import EvalResult
-from saehealth.thresholds import HEALTHY, NOT_MEASURED, Thresholds
+from saehealth.thresholds import BAND_ESTIMATORS, HEALTHY, NOT_MEASURED, Thresholds
 from saehealth.verdicts import headline_summary, is_unhealthy, verdicts_of
 
 BAR_WIDTH = 40
@@ -77,6 +77,8 @@ def verdict_line(result: EvalResult, verdicts: dict) -> str:
         if not v.get("headline"):
             continue
         value = "not measured" if v["value"] is None else format_value(key, v["value"])
+        if v["value"] is not None and (estimator := result.eval.absorption_estimator(key)):
+            value += f" ({estimator})"
         parts.append(f"{key} {value} [{STATUS_STYLE[v['status']]}]{STATUS_MARK[v['status']]}[/]")
     return f"{mark} {headline_summary(verdicts)}: {', '.join(parts)} — {result.sae.path}"
 
@@ -125,6 +127,8 @@ def _standard_cell(verdict: dict) -> Text:
     borderline = verdict.get("borderline")
     if borderline and borderline != "—":
         cell.append(f"\nborderline {borderline}", style="dim")
+    if verdict.get("estimator"):
+        cell.append(f"\nset for {verdict['estimator']} probes", style="dim")
     return cell
 
 
@@ -161,7 +165,10 @@ def _other_measurements(result: EvalResult, verdicts: dict, width: int) -> Group
         if value is None:
             missing.setdefault(result.not_measured.get(key, "no reason recorded"), []).append(key)
         else:
-            cells.append((key, format_value(key, value, result.uncertainty.get(key))))
+            text = format_value(key, value, result.uncertainty.get(key))
+            if estimator := result.eval.absorption_estimator(key):
+                text += f" ({estimator})"
+            cells.append((key, text))
     for i in range(0, len(cells), per_row):
         row: list = []
         for key, text in cells[i : i + per_row]:
@@ -230,24 +237,28 @@ def print_thresholds(thresholds: Thresholds, console: Console, *, presets: list[
         title_style="bold",
         header_style="bold",
     )
-    table.add_column("Metric", no_wrap=True)
+    table.add_column("Metric", overflow="fold", max_width=19)  # a long key folds: the bands keep their lines
     table.add_column("Healthy", style="green")
     table.add_column("Borderline", style="yellow")
     table.add_column("Unhealthy", style="red")
     table.add_column("Kind")
     for key in [*thresholds.headline(), *thresholds.secondary()]:
         band = thresholds.bands[key]
+        kind = Text("headline" if key in thresholds.headline() else "secondary")
+        if key in BAND_ESTIMATORS:  # an absorption band is set for one estimator: its probe schedule
+            kind.append(f"\n{BAND_ESTIMATORS[key]}", style="dim")
         table.add_row(
             Text(key),
             Text(band.healthy_text()),
             Text(band.borderline_text()),
             Text(band.unhealthy_text()),
-            "headline" if key in thresholds.headline() else "secondary",
+            kind,
         )
     console.print(table)
     console.print(
         Text(
-            "Not measured is never healthy. Bounds are inclusive. A TOML/YAML file may set healthy_min, healthy_max, "
+            "Not measured is never healthy. Bounds are inclusive. Absorption bands name the probe schedule they "
+            "were set for. A TOML/YAML file may set healthy_min, healthy_max, "
             'borderline_min, borderline_max for any metric (`extends = "default"` by default); '
             "`saehealth thresholds NAME --toml` prints a starting point.",
             style="dim",

@@ -24,6 +24,7 @@ LABELS = {
     "l0": "L0 (per token)",
     "dead_fraction": "Dead latents",
     "absorption_fraction": "Feature absorption",
+    "absorption_fraction_saebench": "Feature absorption (SAEBench's schedule)",
     "explained_variance": "Explained variance",
     "kl_div_score": "KL divergence score",
     "delta_ce": "Δ CE (nats)",
@@ -44,6 +45,27 @@ COMPARISON_HEADERS = {
     "dense_fraction": "dense",
     "absorption_fraction": "absorption",
 }
+
+
+def absorption_column_estimator(results: list[EvalResult]) -> str | None:
+    """The estimator behind a comparison's absorption column ('converged probes, 5 word splits'), 'mixed: ...'
+    when the results differ, None when no result measured absorption."""
+    found = {
+        r.eval.absorption_estimator("absorption_fraction")
+        for r in results
+        if r.metrics.get("absorption_fraction") is not None
+    } - {None}
+    if not found:
+        return None
+    return found.pop() if len(found) == 1 else "mixed: " + "; ".join(sorted(found))
+
+
+def comparison_header(key: str, results: list[EvalResult]) -> str:
+    """A comparison's markdown and HTML column header; the absorption column names its estimator."""
+    estimator = absorption_column_estimator(results) if key == "absorption_fraction" else None
+    return f"{COMPARISON_HEADERS[key]} ({estimator})" if estimator else COMPARISON_HEADERS[key]
+
+
 COUNT_KEYS = {
     "dead_features",
     "dense_features",
@@ -69,6 +91,7 @@ OTHER_KEYS = (
     "dense_features",
     "dense_features_1pct",
     "near_duplicate_latents",
+    "absorption_fraction_saebench",
     "full_absorption_rate",
     "mean_num_split_features",
     "absorption_letters_scored",
@@ -129,7 +152,10 @@ def measurement_rows(result: EvalResult, verdicts: Mapping) -> list[tuple[str, s
         note = result.not_measured.get(key, "") if value is None else ""
         if key in verdicts and value is None:
             note = verdicts[key].get("reason") or note
-        rows.append((key, format_value(key, value, result.uncertainty.get(key)), note))
+        text = format_value(key, value, result.uncertainty.get(key))
+        if value is not None and (estimator := result.eval.absorption_estimator(key)):
+            text += f" ({estimator})"
+        rows.append((key, text, note))
     return rows
 
 
@@ -153,15 +179,23 @@ def value_with_context(result: EvalResult, key: str, verdict: Mapping) -> str:
     count = result.metrics.get(counts.get(key, ""))
     if verdict.get("value") is not None and count is not None:
         text += f" ({int(count):,} of {result.sae.d_sae:,})"
+    if verdict.get("value") is not None and (estimator := result.eval.absorption_estimator(key)):
+        text += f" ({estimator})"
     return text
 
 
 def standard_text(verdict: Mapping) -> str:
-    """'≥ 0.70 (borderline 0.60 – 0.70)'."""
+    """'≥ 0.70 (borderline 0.60 – 0.70)'; an absorption band adds the schedule it was set for."""
     borderline = verdict.get("borderline")
+    text = str(verdict["band"])
     if borderline and borderline != "—":
-        return f"{verdict['band']} (borderline {borderline})"
-    return str(verdict["band"])
+        text += f" (borderline {borderline})"
+    return text + band_estimator_text(verdict)
+
+
+def band_estimator_text(verdict: Mapping) -> str:
+    """', set for converged probes' for a band declared for one absorption estimator, else ''."""
+    return f", set for {verdict['estimator']} probes" if verdict.get("estimator") else ""
 
 
 def status_text(verdict: Mapping) -> str:

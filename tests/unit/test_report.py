@@ -266,3 +266,20 @@ def test_thresholds_command(tmp_path, capsys):
     bad.write_text("l0:\n  healthy_minimum: 3\n")
     code, _, err = run_cli(["thresholds", str(bad)], capsys)
     assert code == 1 and "unknown field 'healthy_minimum'" in err
+
+
+def test_every_absorption_number_names_its_estimator():
+    result = make_result({"absorption_fraction": 0.244, "absorption_fraction_saebench": 0.317})
+    result.uncertainty.update(absorption_fraction=0.012, absorption_fraction_saebench=0.021)
+    text = render_markdown(result, make_details(result))
+    assert (
+        "| **Feature absorption** | 0.244 ± 0.012 (converged probes, 5 word splits) | ≤ 0.25 (borderline 0.25 – 0.35)"
+        ", set for converged probes | ✅ healthy |" in text
+    )
+    assert (
+        "| **Feature absorption (SAEBench's schedule)** | 0.317 ± 0.021 (saebench-0.6 probes, 5 word splits) | "
+        "≤ 0.30 (borderline 0.30 – 0.40), set for saebench-0.6 probes | ⚠️ borderline |" in text
+    )
+    terminal = render(result, make_details(result))
+    assert "absorption_fraction 0.244 (converged probes, 5 word splits)" in terminal  # the one-line verdict
+    assert "set for converged probes" in terminal and "(saebench-0.6 probes, 5 word splits)" in terminal
