@@ -175,54 +175,75 @@ def absorption_document(
 ) -> tuple[dict | None, str | None]:
     """(SAEBench's AbsorptionEvalOutput as a dictionary, None) or (None, why SAEBench would write no file).
 
-    The numbers are the result's as they are: its absorption metrics for the means, its per-letter details
-    for the letters (those whose probe passed the F1 gate and has true positives, as SAEBench lists them) and
-    for the standard deviations across those letters."""
-    m = result.metrics
-    if m.get("absorption_fraction") is None:
-        reason = result.not_measured.get("absorption_fraction", "absorption was not measured")
-        return None, f"no absorption file: {reason}"
-    per_letter = {k[len("absorption_") :]: v.double() for k, v in details.items() if k.startswith("absorption_")}
-    fraction = per_letter.get("absorption_fraction")
-    if fraction is None:
-        raise SaeHealthError(f"{result.sae.path}: the saved details lack per-letter absorption: re-run with --force.")
-    rows = [i for i in range(len(LETTERS)) if not math.isnan(float(fraction[i]))]
+    The file holds SAEBench's estimator, `absorption_fraction_saebench` (the saebench-0.6 probe schedule over
+    the result's word splits), never the converged headline. Its rows are that schedule's per-letter rows,
+    one definition (absorption/aggregate.py: SAEBench's row over the true positives of every split), listed
+    for the letters with a probe true positive as SAEBench lists them; each rate is its integer count over
+    the true positives, and every mean and standard deviation is over the rows, so the file agrees with
+    itself and its mean with the result."""
+    key = "absorption_fraction_saebench"
+    if result.metrics.get(key) is None:
+        reason = result.not_measured.get(key, "absorption was not measured")
+        return None, f"no absorption file: SAEBench's estimator was not measured ({reason})"
+    prefix = "absorption_" if result.eval.absorption_probes == "saebench-0.6" else "absorption_saebench_"
+    per_letter = {k[len(prefix) :]: v.double() for k, v in details.items() if k.startswith(prefix)}
+    needed = ("absorption_fraction", "num_full_absorption", "num_probe_true_positives", "num_split_features")
+    if any(name not in per_letter for name in needed):
+        raise SaeHealthError(
+            f"{result.sae.path}: the saved details lack the saebench-0.6 schedule's per-letter absorption: "
+            "re-run with --force."
+        )
+    true_positives = per_letter["num_probe_true_positives"]
+    rows = [i for i in range(len(LETTERS)) if float(true_positives[i]) > 0]  # NaN (not scored) compares False
     if len(rows) < 2:
         return None, f"no absorption file: {len(rows)} letter(s) scored, SAEBench's standard deviations need 2"
-    letters = [
-        {
-            "first_letter": LETTERS[i],
-            "mean_absorption_fraction": float(fraction[i]),
-            "full_absorption_rate": float(per_letter["full_absorption_rate"][i]),
-            "num_full_absorption": int(per_letter["num_full_absorption"][i]),
-            "num_probe_true_positives": int(per_letter["num_probe_true_positives"][i]),
-            "num_split_features": int(per_letter["num_split_features"][i]),
-        }
-        for i in rows
-    ]
-
-    def spread(key: str) -> float:
-        return statistics.stdev(float(letter[key]) for letter in letters)
-
-    metrics = {
-        "mean": {
-            "mean_absorption_fraction_score": m["absorption_fraction"],
-            "mean_full_absorption_score": m["full_absorption_rate"],
-            "mean_num_split_features": m["mean_num_split_features"],
-            "std_dev_absorption_fraction_score": spread("mean_absorption_fraction"),
-            "std_dev_full_absorption_score": spread("full_absorption_rate"),
-            "std_dev_num_split_features": spread("num_split_features"),
-        }
+    letters = []
+    for i in rows:
+        tp, full = int(true_positives[i]), int(per_letter["num_full_absorption"][i])
+        letters.append(
+            {
+                "first_letter": LETTERS[i],
+                "mean_absorption_fraction": float(per_letter["absorption_fraction"][i]),
+                "full_absorption_rate": full / tp,
+                "num_full_absorption": full,
+                "num_probe_true_positives": tp,
+                # SAEBench's row holds one run's count of main latents; over several splits, their mean, rounded.
+                "num_split_features": round(float(per_letter["num_split_features"][i])),
+            }
+        )
+    metrics = {"mean": _row_means(letters)}
+    unstructured = {
+        "estimator": "saebench-0.6 probe schedule",
+        "word_splits": result.eval.absorption_splits,
+        "absorption_fraction_saebench": result.metrics[key],
+        "absorption_fraction_saebench_standard_error": result.uncertainty.get(key),
+        "rows": "per letter, SAEBench's row over the probe true positives of every word split (sums divided once)",
     }
-    return _document(
-        "absorption_first_letter", _absorption_config(result), metrics, letters, result, sae_cfg, name
-    ), None
+    document = _document("absorption_first_letter", _absorption_config(result), metrics, letters, result, sae_cfg, name)
+    document["eval_result_unstructured"]["saehealth"]["absorption"] = unstructured
+    return document, None
+
+
+def _row_means(letters: list[dict]) -> dict[str, float]:
+    """SAEBench's eval_result_metrics.mean: means and standard deviations over the per-letter rows."""
+
+    def column(field_name: str) -> list[float]:
+        return [float(letter[field_name]) for letter in letters]
+
+    return {
+        "mean_absorption_fraction_score": statistics.fmean(column("mean_absorption_fraction")),
+        "mean_full_absorption_score": statistics.fmean(column("full_absorption_rate")),
+        "mean_num_split_features": statistics.fmean(column("num_split_features")),
+        "std_dev_absorption_fraction_score": statistics.stdev(column("mean_absorption_fraction")),
+        "std_dev_full_absorption_score": statistics.stdev(column("full_absorption_rate")),
+        "std_dev_num_split_features": statistics.stdev(column("num_split_features")),
+    }
 
 
 def _absorption_config(result: EvalResult) -> dict:
-    """The AbsorptionEvalConfig fields that describe saehealth's run; the schema requires none of them, so the
-    ones for SAEBench's own probe optimiser (epochs, batch sizes) and its fixed token position are left out:
-    saehealth fits its probes to convergence and builds prompts from token ids."""
+    """SAEBench's AbsorptionEvalConfig fields, as the computation behind the file's numbers ran them: its
+    probe schedule (epochs, batch size, L1 decay) is saebench-0.6's. `prompt_token_pos` is left out: saehealth
+    builds prompts from token ids and reads the word's own token."""
     from saehealth.absorption import words
     from saehealth.absorption.probes import L1_PROBE
     from saehealth.absorption.scoring import Thresholds
@@ -236,6 +257,8 @@ def _absorption_config(result: EvalResult) -> dict:
         "prompt_template": words.PROMPT_TEMPLATE,
         "llm_dtype": result.provenance.dtype,
         "k_sparse_probe_l1_decay": L1_PROBE.l1,
+        "k_sparse_probe_batch_size": L1_PROBE.batch_size,
+        "k_sparse_probe_num_epochs": L1_PROBE.epochs,
         "min_GT_probe_f1": s.min_probe_f1,
         "min_feats_for_eval": int(result.request.get("absorption_min_letters") or 20),
     }
