@@ -1,13 +1,19 @@
 #!/usr/bin/env python
-"""Time the first-letter absorption metric on the built-in model, one row per SAE width.
+"""Time the first-letter absorption metric on the built-in model, one row per SAE width and estimator set.
 
-    python scripts/bench_absorption.py [--d-sae 1024,65536] [--k 32] [--threads 1] [--splits 5]
+    python scripts/bench_absorption.py [--d-sae 1024,65536] [--k 32] [--threads 1] [--splits 5] [--repeats 1]
+    python scripts/bench_absorption.py --sae-path checkpoints/demo --min-letters 10 --repeats 3
+
+With --sae-path the SAE is that checkpoint (at its own hook) instead of fitted ones.
 
 For each width, fits a TopK SAE (d_in 128) on the built-in corpus's activations at the hook (not part
 of the metric; decoder rows start at data points, so a few hundred Adam steps give a usable dictionary),
 then runs `measure_absorption` twice with one cache folder: cold (prompts the model, trains the letter
 probes, writes the cache) and warm (reads the cache; only the SAE-level k-sparse probing and absorption
-run). Prints one row per width: wall and CPU seconds cold and warm, and the metric with its standard error.
+run). Each is timed twice, interleaved: the headline schedule alone (`converged`) and with SAEBench's schedule
+beside it over the same splits (the default), so the cost of the second estimator is a ratio of two runs side by
+side; with --repeats N the rows repeat and the last line gives the medians. Prints wall and CPU seconds cold and
+warm, and the metrics with their standard errors.
 """
 
 from __future__ import annotations
@@ -77,8 +83,12 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=256)
     parser.add_argument("--splits", type=int, default=None, help="word splits (default: the metric's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (medians printed when > 1)")
+    parser.add_argument("--sae-path", default=None, help="time this checkpoint instead of fitted SAEs")
+    parser.add_argument("--min-letters", type=int, default=20, help="letters needed (the demo SAE: 10)")
     args = parser.parse_args()
 
+    import numpy as np
     import torch
 
     import saehealth
@@ -86,33 +96,54 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = AbsorptionSettings() if args.splits is None else AbsorptionSettings(n_splits=args.splits)
+    splits = {"min_letters": args.min_letters} | ({} if args.splits is None else {"n_splits": args.splits})
+    variants = {"converged only": {"saebench_too": False}, "both schedules": {}}
     model = saehealth.load_model(saehealth.BUILTIN_MODEL)
+    print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, {args.repeats} interleaved repeat(s)")
+    print("d_sae   estimators      cold wall/cpu s  warm wall/cpu s  absorption (converged)  (saebench-0.6)  letters")
+    for d_sae, sae, hook in _saes(args, model):
+        cold: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, extra in variants.items():
+                settings = AbsorptionSettings(**splits, **extra)
+                times = []
+                with tempfile.TemporaryDirectory() as cache_dir:
+                    for _ in ("cold", "warm"):
+                        cpu = time.process_time()
+                        result = measure_absorption(model, sae, hook, cache_dir=Path(cache_dir), settings=settings)
+                        times.append((result.seconds, time.process_time() - cpu))
+                cold[name].append(times[0][0])
+                print(
+                    f"{d_sae:<7d} {name:<15} {times[0][0]:6.1f}/{times[0][1]:5.1f}     {times[1][0]:6.1f}/{times[1][1]:5.1f}"
+                    f"     {_shown(result, 'absorption_fraction'):<22}  {_shown(result, 'absorption_fraction_saebench'):<14}"
+                    f"  {result.metrics['absorption_letters_scored']}",
+                    flush=True,
+                )
+        base, both = np.median(cold["converged only"]), np.median(cold["both schedules"])
+        print(f"{d_sae:<7d} median cold: converged only {base:.1f} s, both schedules {both:.1f} s: x{both / base:.2f}")
+
+
+def _saes(args, model):
+    """(d_sae, SAE, hook) to time: the checkpoint given, or TopK SAEs fitted at each width."""
+    import saehealth
+
+    if args.sae_path:
+        sae = saehealth.load_sae(args.sae_path)
+        yield sae.cfg.d_sae, sae, sae.cfg.metadata.hook_name
+        return
     acts = hook_activations(model, args.hook, args.sequences)
-    print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, {settings.n_splits} word splits")
-    print("d_sae   k   fit s  FVU    cold wall/cpu s  warm wall/cpu s  absorption        letters  notes")
     for d_sae in (int(w) for w in args.d_sae.split(",")):
-        started = time.perf_counter()
         steps = args.steps if args.steps is not None else max(30, 300 * 1024 // d_sae)  # a wide step is slow
         sae, fvu = fit_topk_sae(acts, d_sae, args.k, steps)
-        fit_s = time.perf_counter() - started
-        times = []
-        with tempfile.TemporaryDirectory() as cache_dir:
-            for _ in ("cold", "warm"):
-                cpu = time.process_time()
-                result = measure_absorption(model, sae, args.hook, cache_dir=Path(cache_dir), settings=settings)
-                times.append(f"{result.seconds:6.1f}/{time.process_time() - cpu:5.1f}")
-        value = result.metrics["absorption_fraction"]
-        shown = (
-            "not measured"
-            if value is None
-            else f"{value:.3f} ± {result.uncertainty.get('absorption_fraction', float('nan')):.3f}"
-        )
-        print(
-            f"{d_sae:<7d} {args.k:<3d} {fit_s:5.1f}  {fvu:.3f}  {times[0]:>15}  {times[1]:>15}  {shown:<16}  "
-            f"{result.metrics['absorption_letters_scored']:<7}  {'; '.join(result.notes) or '-'}",
-            flush=True,
-        )
+        print(f"fitted d_sae {d_sae} k {args.k} in {steps} steps: FVU {fvu:.3f}", flush=True)
+        yield d_sae, sae, args.hook
+
+
+def _shown(result, key: str) -> str:
+    value = result.metrics.get(key)
+    if value is None:
+        return "not measured"
+    return f"{value:.3f} ± {result.uncertainty.get(key, float('nan')):.3f}"
 
 
 if __name__ == "__main__":

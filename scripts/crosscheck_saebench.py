@@ -10,8 +10,10 @@ the script seeds Python's and torch's generators (SAEBench's own `random_seed` i
 SAEBench's probe cache, points `HookedTransformer.from_pretrained_no_processing` at saehealth's built-in
 model, lowers `min_feats_for_eval` to --min-letters (said in the output), and runs `run_eval` on the SAE.
 It then feeds SAEBench's own word split to saehealth's `saebench-0.6` schedule (one split) and runs
-saehealth's default (`converged`, its own splits), and prints per-letter and mean numbers with wall
-times. Not a test: it takes minutes and builds a 1 GB virtualenv.
+saehealth's default measurement cold (5 word splits of its own, both estimators: `converged` and
+`saebench-0.6`), and prints per-letter and mean numbers, paired differences and wall times, with the
+ratio of SAEBench's time to saehealth's cold time per seed (one process each, same thread count).
+Not a test: it takes minutes and builds a 1 GB virtualenv.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ def compare(args, seeds, saebench: dict) -> None:
     from saehealth.absorption.words import LETTERS, saebench_vocab
 
     torch.set_num_threads(args.threads)
+    settings = {"min_letters": args.min_letters}  # the 5-split default, both schedules
     model = saehealth.load_model(saehealth.BUILTIN_MODEL)
     sae = saehealth.load_sae(args.sae_path)
     hook = sae.cfg.metadata.hook_name
@@ -153,43 +156,74 @@ def compare(args, seeds, saebench: dict) -> None:
             )
             sb_seconds = time.perf_counter() - started
             cold = time.perf_counter()
-            ours = measure_absorption(model, sae, hook, seed=seed, cache_dir=Path(tmp))
+            ours = measure_absorption(
+                model, sae, hook, seed=seed, cache_dir=Path(tmp) / str(seed), settings=AbsorptionSettings(**settings)
+            )
             cold = time.perf_counter() - cold
             sb_metrics = (sb["result"] or {}).get("eval_result_metrics", {}).get("mean", {})
             details = {d["first_letter"].upper(): d for d in (sb["result"] or {}).get("eval_result_details", [])}
             print(
                 f"\nseed {seed}: SAEBench {sb['seconds']:.1f}s, saehealth saebench-0.6 on SAEBench's split "
-                f"{sb_seconds:.1f}s, saehealth converged (5 splits, cold) {cold:.1f}s"
+                f"{sb_seconds:.1f}s, saehealth cold (5 splits, both schedules) {cold:.1f}s"
             )
-            print("letter  SAEBench  saehealth(saebench-0.6)  saehealth(converged)")
+            print("letter  SAEBench  saehealth(saebench-0.6, its split)  saehealth(converged)  saehealth(saebench-0.6)")
             for i, letter in enumerate(LETTERS):
                 theirs = details.get(letter, {}).get("mean_absorption_fraction")
                 a, b = ours_sb.per_letter["absorption_fraction"][i], ours.per_letter["absorption_fraction"][i]
-                print(f"  {letter}     {_f(theirs)}     {_f(a)}                  {_f(b)}")
-            row = (
-                seed,
-                sb_metrics.get("mean_absorption_fraction_score"),
-                ours_sb.metrics["absorption_fraction"],
-                ours.metrics["absorption_fraction"],
-                ours.uncertainty.get("absorption_fraction"),
-                sb["seconds"],
-                cold,
+                c = ours.per_letter["saebench_absorption_fraction"][i]
+                print(
+                    f"  {letter}     {_f(theirs)}     {_f(a)}                             {_f(b)}                 {_f(c)}"
+                )
+            rows.append(
+                (
+                    seed,
+                    sb_metrics.get("mean_absorption_fraction_score"),
+                    ours_sb.metrics["absorption_fraction"],
+                    ours.metrics["absorption_fraction"],
+                    ours.uncertainty.get("absorption_fraction"),
+                    ours.metrics["absorption_fraction_saebench"],
+                    ours.uncertainty.get("absorption_fraction_saebench"),
+                    sb["seconds"],
+                    cold,
+                )
             )
-            rows.append(row)
     print(
-        "\nseed  SAEBench  saehealth(saebench-0.6, its split)  saehealth(converged) ± se  SAEBench s  saehealth cold s"
+        "\nseed  SAEBench  saebench-0.6 (SAEBench's split)  converged ± se (5 splits)  saebench-0.6 ± se (5 splits)"
+        "  SAEBench s  saehealth cold s  ratio"
     )
-    for seed, theirs, a, b, se, s1, s2 in rows:
+    for seed, theirs, a, b, se_b, c, se_c, s1, s2 in rows:
         print(
-            f"{seed:4d}  {_f(theirs)}    {_f(a)}                            {_f(b)} ± {_f(se)}        {s1:6.1f}      {s2:6.1f}"
+            f"{seed:4d}  {_f(theirs)}    {_f(a)}                          {_f(b)} ± {_f(se_b)}            "
+            f"{_f(c)} ± {_f(se_c)}               {s1:6.1f}      {s2:6.1f}       {s1 / s2:4.1f}x"
         )
     if len(rows) >= 2:
-        columns = list(zip(*rows, strict=True))
-        print("\nover seeds, mean ± standard deviation:")
-        for name, values in (("SAEBench", columns[1]), ("saebench-0.6", columns[2]), ("converged", columns[3])):
-            kept = np.array([v for v in values if v is not None], dtype=float)
-            print(f"  {name:<13} {kept.mean():.3f} ± {kept.std(ddof=1):.3f}  ({len(kept)} seeds)")
-        print(f"  wall time     SAEBench {np.mean(columns[5]):.1f} s, saehealth cold {np.mean(columns[6]):.1f} s")
+        summarise(rows)
+
+
+def summarise(rows: list[tuple]) -> None:
+    """Means and standard deviations over seeds, paired differences against SAEBench, and the time ratio."""
+    import numpy as np
+
+    columns = list(zip(*rows, strict=True))
+    print("\nover seeds, mean ± standard deviation:")
+    named = (("SAEBench", 1), ("saebench-0.6, SAEBench's split", 2), ("converged, 5 splits", 3))
+    for name, i in (*named, ("saebench-0.6, 5 splits", 5)):
+        kept = np.array([v for v in columns[i] if v is not None], dtype=float)
+        print(f"  {name:<31} {kept.mean():.3f} ± {kept.std(ddof=1):.3f}  ({len(kept)} seeds)")
+    print("paired differences from SAEBench, mean ± standard error over seeds:")
+    for name, i in (*named[1:], ("saebench-0.6, 5 splits", 5)):
+        pairs = [(v, t) for v, t in zip(columns[i], columns[1], strict=True) if v is not None and t is not None]
+        diff = np.array([v - t for v, t in pairs], dtype=float)
+        below = sum(d < 0 for d in diff)
+        print(
+            f"  {name:<31} {diff.mean():+.3f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.3f}  "
+            f"({below} of {len(diff)} seeds below SAEBench)"
+        )
+    ratio = np.array(columns[7], dtype=float) / np.array(columns[8], dtype=float)
+    print(
+        f"  wall time     SAEBench {np.mean(columns[7]):.1f} s, saehealth cold {np.mean(columns[8]):.1f} s; "
+        f"SAEBench / saehealth per seed: median {np.median(ratio):.1f}x (min {ratio.min():.1f}x)"
+    )
 
 
 def _f(value) -> str:
