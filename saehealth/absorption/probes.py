@@ -32,6 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from saehealth.absorption.adam_probes import matmul as _matmul
+from saehealth.absorption.adam_probes import train_adam
+from saehealth.absorption.adam_probes import transpose as _transpose
+
 SCHEDULES = ("converged", "saebench-0.6")
 DENSE_ABOVE = 0.25  # fraction of non-zero inputs above which the converged schedule works on dense inputs
 DEFAULT_SCHEDULE = "converged"
@@ -102,30 +106,8 @@ def train_probes(
     pos_weight = (len(y) - positives) / positives
     if schedule == "converged":
         return _train_converged(x, y, pos_weight, objective, max_steps=max_steps, tol=tol, init=init)
-    return _train_saebench(x, y, pos_weight, objective, seed=seed)
-
-
-# ---------------------------------------------------------------- shared pieces
-
-
-def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.sparse.mm(x, w) if x.is_sparse or x.layout == torch.sparse_csr else x @ w
-
-
-def _bce_terms(z: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (word, probe): pos-weighted BCE and its derivative in the logit (torch's BCEWithLogits)."""
-    log_sig = torch.nn.functional.logsigmoid(z)
-    log_one_minus = torch.nn.functional.logsigmoid(-z)
-    loss = -(pos_weight * y * log_sig + (1 - y) * log_one_minus)
-    sig = torch.sigmoid(z)
-    dz = pos_weight * y * (sig - 1) + (1 - y) * sig
-    return loss, dz
-
-
-def _transpose(x: torch.Tensor) -> torch.Tensor:
-    if x.is_sparse or x.layout == torch.sparse_csr:
-        return x.to_sparse_coo().t().coalesce().to_sparse_csr()
-    return x.T
+    weight, bias, steps, grad = train_adam(x, y, pos_weight, objective, seed=seed)
+    return TrainedProbes(weight, bias, steps, torch.ones(y.shape[1], dtype=torch.bool), grad)
 
 
 # ---------------------------------------------------------------- converged
@@ -336,43 +318,3 @@ def _working_set_hessian(columns: _ColumnReader, ids: torch.Tensor, curvature: t
     hess[:, :size, size] = hess[:, size, :size] = weighted.sum(2)
     hess[:, size, size] = curvature.sum(1)
     return hess
-
-
-# ---------------------------------------------------------------- saebench-0.6
-
-
-def _train_saebench(x, y, pos_weight, objective: ProbeObjective, *, seed: int) -> TrainedProbes:
-    """SAEBench's `_run_probe_training`: Adam with L2 weight decay, exponential lr decay per epoch."""
-    n, d = x.shape
-    n_probes = y.shape[1]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    bound = 1 / math.sqrt(d)  # nn.Linear's default initialisation, weights and bias alike
-    weight = ((torch.rand(n_probes, d, generator=gen) * 2 - 1) * bound).to(x.device).requires_grad_()
-    bias = ((torch.rand(n_probes, generator=gen) * 2 - 1) * bound).to(x.device).requires_grad_()
-    optimizer = torch.optim.Adam([weight, bias], lr=objective.lr, weight_decay=objective.weight_decay)
-    gamma = math.exp(math.log(objective.end_lr / objective.lr) / objective.epochs)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-    x32 = x.float().coalesce() if x.is_sparse else (x.to_sparse_coo().float() if x.layout == torch.sparse_csr else x)
-    y32, pw = y.float(), pos_weight.float()
-    steps = 0
-    for _ in range(objective.epochs):
-        order = torch.randperm(n, generator=gen).to(x.device)
-        for start in range(0, n, objective.batch_size):
-            rows = order[start : start + objective.batch_size]
-            batch = x32.index_select(0, rows) if x32.is_sparse else x32[rows]
-            logits = _matmul(batch, weight.T) + bias
-            # Averaged over all 26 letters as SAEBench's loss is, whichever letters are trained here.
-            loss, _ = _bce_terms(logits, y32[rows], pw)
-            total = loss.sum() / (len(rows) * objective.n_probes)
-            if objective.l1:
-                total = total + objective.l1 * weight.abs().sum() / objective.n_probes
-            optimizer.zero_grad()
-            total.backward()
-            optimizer.step()
-            steps += 1
-        scheduler.step()
-    weight, bias = weight.detach(), bias.detach()
-    with torch.no_grad():
-        _, dz = _bce_terms(_matmul(x32, weight.T) + bias, y32, pw)
-        grad = _matmul(_transpose(x32), dz).T / n
-    return TrainedProbes(weight, bias, steps, torch.ones(n_probes, dtype=torch.bool), grad)

@@ -87,13 +87,15 @@ def near_duplicates(ctx: AdviceContext) -> Finding | None:
 
 
 def absorption(ctx: AdviceContext) -> Finding | None:
-    status = ctx.status("absorption_fraction")
-    if status not in NOT_OK:
+    # The headline estimator first; SAEBench's (saebench-0.6 schedule) when only it is outside its band.
+    key = next((k for k in ("absorption_fraction", "absorption_fraction_saebench") if ctx.status(k) in NOT_OK), None)
+    if key is None:
         return None
-    band = ctx.verdicts["absorption_fraction"]["band"]
-    estimator = ctx.result.eval.absorption_estimator("absorption_fraction")
+    status = ctx.status(key)
+    band = ctx.verdicts[key]["band"]
+    estimator = ctx.result.eval.absorption_estimator(key)
     measured = f", {estimator}" if estimator else ""
-    parts = [f"mean absorption fraction {num(ctx.value('absorption_fraction'))} ({status}{measured}; healthy {band})"]
+    parts = [f"mean absorption fraction {num(ctx.value(key))} ({status}{measured}; healthy {band})"]
     if (full := ctx.metrics.get("full_absorption_rate")) is not None:
         parts.append(f"full absorption rate {num(full)}")
     if (letters := ctx.metrics.get("absorption_letters_scored")) is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import uuid
 from collections.abc import Mapping
@@ -282,7 +283,7 @@ def _document(
         "sae_lens_id": CUSTOM_SAE_ID,
         "sae_lens_release_id": name,
         "sae_lens_version": result.provenance.sae_lens,
-        "sae_cfg_dict": dict(sae_cfg),
+        "sae_cfg_dict": _sae_cfg_dict(sae_cfg, result.sae.hook_name),
         "eval_result_unstructured": {
             "saehealth": {
                 "sae_path": result.sae.path,
@@ -293,6 +294,16 @@ def _document(
             }
         },
     }
+
+
+def _sae_cfg_dict(sae_cfg: Mapping, hook_name: str) -> dict:
+    """The SAE's config as SAEBench writes it: SAELens 6 keeps the hook in `metadata` and has no `hook_layer`,
+    which SAEBench's configs carry as the block number (`blocks.N.…`); None for a hook outside a block."""
+    cfg = dict(sae_cfg)
+    if cfg.get("hook_layer") is None:
+        match = re.match(r"^blocks\.(\d+)\.", hook_name)
+        cfg["hook_layer"] = int(match.group(1)) if match else None
+    return cfg
 
 
 def _number(value: Any, digits: int | None = None) -> float | int:

@@ -54,6 +54,7 @@ def test_files_are_named_and_laid_out_as_saebench_does(tmp_path):
     core = json.loads(files.paths[0].read_text())
     assert core["eval_type_id"] == "core" and core["sae_lens_id"] == "custom_sae"
     assert core["sae_lens_release_id"] == "my/sae" and core["sae_cfg_dict"]["architecture"] == "standard"
+    assert core["sae_cfg_dict"]["hook_layer"] == 0  # the block of blocks.0.hook_resid_post, as SAEBench writes it
     assert core["datetime_epoch_millis"] == 1735689600000  # the result's start time
     assert list(core["eval_result_metrics"]) == list(CORE_CATEGORIES)
 
