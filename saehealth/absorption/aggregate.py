@@ -10,8 +10,9 @@ positives (sums over splits, divided once):
     full_absorption_rate[l]     = sum_s full_absorptions[s, l] / sum_s true_positives[s, l]
 
 over the letters with at least one true positive (the rows SAEBench would list), `num_split_features[l]` the
-mean over the splits that scored the letter, and every mean is the mean of those rows. The standard error is
-the spread of the same statistic computed on each split alone (sd over splits / sqrt(splits)).
+mean over the splits that scored the letter, and every mean is the mean of those rows. Its standard error is
+the jackknife's over the splits (the same statistic with each split left out in turn), so it is the error of
+this pooled mean itself; `split_means` keeps each split's own mean for the reports.
 """
 
 from __future__ import annotations
@@ -71,11 +72,7 @@ def pool(scores: list[SplitScore], *, schedule: str, min_letters: int, min_probe
             f"Absorption ({schedule} probes): {n - len(scored)} of {n} word splits had fewer than {min_letters} "
             "letters with a usable probe and were not scored."
         )
-    fraction_sum = np.sum([s.fraction_sum for s in scored], axis=0, dtype=np.float64)
-    true_positives = np.sum([s.true_positives for s in scored], axis=0)
-    full = np.sum([s.full_absorptions for s in scored], axis=0)
-    times_scored = np.sum([s.scored_letters for s in scored], axis=0)
-    feature_sum = np.sum([s.split_features for s in scored], axis=0)
+    fraction_sum, true_positives, full, times_scored, feature_sum = _sums(scored)
     any_split = times_scored > 0
     rows = true_positives > 0
     per_letter["num_probe_true_positives"] = np.where(any_split, true_positives, np.nan).astype(np.float64)
@@ -96,9 +93,33 @@ def pool(scores: list[SplitScore], *, schedule: str, min_letters: int, min_probe
         "full_absorption_rate": float(per_letter["full_absorption_rate"][rows].mean()),
         "mean_num_split_features": float(per_letter["num_split_features"][rows].mean()),
     }
-    finite = split_means[np.isfinite(split_means)]
-    se = float(finite.std(ddof=1) / np.sqrt(len(finite))) if len(finite) >= 2 else None
-    return Pooled(metrics, se, letters_scored, None, per_letter, split_means, len(scored), notes)
+    return Pooled(metrics, _jackknife_error(scored), letters_scored, None, per_letter, split_means, len(scored), notes)
+
+
+def _sums(scored: list[SplitScore]):
+    """(fraction sums, true positives, full absorptions, times scored, main-latent counts) summed over splits."""
+    return tuple(
+        np.sum([getattr(s, name) for s in scored], axis=0, dtype=np.float64 if name == "fraction_sum" else np.int64)
+        for name in ("fraction_sum", "true_positives", "full_absorptions", "scored_letters", "split_features")
+    )
+
+
+def _pooled_mean(scored: list[SplitScore]) -> float:
+    """The pooled mean absorption fraction of these splits (NaN when no letter has a true positive)."""
+    fraction_sum, true_positives, *_ = _sums(scored)
+    rows = true_positives > 0
+    return float(np.mean(fraction_sum[rows] / true_positives[rows])) if rows.any() else float("nan")
+
+
+def _jackknife_error(scored: list[SplitScore]) -> float | None:
+    """Jackknife standard error over splits: sqrt((n - 1) / n * sum_i (mean without split i - their mean)^2)."""
+    n = len(scored)
+    if n < 2:
+        return None
+    left_out = np.array([_pooled_mean(scored[:i] + scored[i + 1 :]) for i in range(n)])
+    if not np.isfinite(left_out).all():
+        return None
+    return float(np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean()) ** 2)))
 
 
 def _split_mean(score: SplitScore) -> float:

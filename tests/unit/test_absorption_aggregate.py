@@ -42,11 +42,20 @@ def test_rows_pool_the_true_positives_of_every_split_and_the_mean_is_over_rows()
     assert pooled.metrics["absorption_fraction"] == pytest.approx((0.3 + 0.25) / 2, abs=1e-15)
     assert pooled.metrics["full_absorption_rate"] == pytest.approx((0.3 + 0.25) / 2, abs=1e-15)
     assert pooled.metrics["mean_num_split_features"] == 2.0  # A 2, B 2; C has no row
-    # Each split's own mean: (0.25 + 0) / 2 and (1/3 + 1/2) / 2; standard error sd / sqrt(2).
-    split_means = np.array([0.125, 5 / 12])
-    assert pooled.split_means.tolist() == pytest.approx(split_means.tolist(), abs=1e-15)
-    assert pooled.standard_error == pytest.approx(split_means.std(ddof=1) / math.sqrt(2), abs=1e-15)
+    # Each split's own mean: (1/4 + 0/2) / 2 and (2/6 + 1/2) / 2. Leaving one split out leaves the other's
+    # mean, so the jackknife error is sqrt(1/2 * 2 * (half their difference)^2) = half their difference.
+    assert pooled.split_means.tolist() == pytest.approx([0.125, 5 / 12], abs=1e-15)
+    assert pooled.standard_error == pytest.approx((5 / 12 - 0.125) / 2, abs=1e-15)
     assert pooled.letters_scored == 3 and pooled.reason is None
+
+
+def test_the_standard_error_is_the_jackknifes_over_splits():
+    splits = [_split(2, a=(float(i), 10, 0, 1), b=(0.0, 10, 0, 1)) for i in (1, 2, 6)]
+    pooled = pool(splits, schedule="converged", min_letters=2, min_probe_f1=0.6)
+    assert pooled.metrics["absorption_fraction"] == pytest.approx(9 / 30 / 2, abs=1e-15)  # A 9/30, B 0
+    left_out = np.array([8 / 20, 7 / 20, 3 / 20]) / 2  # A's pooled fraction without each split, B 0
+    expected = math.sqrt(2 / 3 * np.sum((left_out - left_out.mean()) ** 2))
+    assert pooled.standard_error == pytest.approx(expected, abs=1e-15)
 
 
 def test_the_reason_names_the_letter_count_the_result_records():
