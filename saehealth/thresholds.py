@@ -375,6 +375,8 @@ def thresholds_to_toml(thresholds: Thresholds) -> str:
         "",
     ]
     for key, band in thresholds.bands.items():
+        if key in BAND_ESTIMATORS:
+            lines.append(f"# set for the {BAND_ESTIMATORS[key]} probe schedule")
         lines.append(f"[{key}]")
         lines.extend(f"{name} = {value:g}" for name, value in band.as_dict().items())
         lines.append("")

@@ -332,7 +332,8 @@ def _result(pooled: dict, settings: AbsorptionSettings, n_splits: int, notes: li
             uncertainty[SAEBENCH_KEY] = saebench.standard_error
         if saebench.reason is not None:
             not_measured[SAEBENCH_KEY] = saebench.reason
-        per_letter.update({f"saebench_{name}": array for name, array in saebench.per_letter.items()})
+        if saebench is not primary:  # a saebench-0.6 headline's arrays are these already (export.py reads them)
+            per_letter.update({f"saebench_{name}": array for name, array in saebench.per_letter.items()})
     return AbsorptionResult(metrics, uncertainty, not_measured, per_letter, notes, settings.schedule, n_splits=n_splits)
 
 

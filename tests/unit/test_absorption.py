@@ -308,3 +308,19 @@ def test_the_cli_offers_exactly_the_probe_schedules():
     with pytest.raises(ConfigError, match="Unknown --absorption-probes 'saebench'") as error:
         EvalConfig(sae_path="x", absorption_probes="saebench")
     assert "\n" not in str(error.value)
+
+
+def test_a_saebench_schedule_headline_is_also_saebenchs_estimator():
+    acts, labels, _, train, test = _planted_words(0.25)
+    _, _, result = _score(acts, labels, train, test, _planted_sae(with_absorbers=True), schedule="saebench-0.6")
+
+    assert result.schedule == "saebench-0.6"
+    assert result.metrics["absorption_fraction_saebench"] == result.metrics["absorption_fraction"] is not None
+    # One set of per-letter arrays (the details file refuses two names for one array).
+    assert not [name for name in result.per_letter if name.startswith("saebench_")]
+
+
+def test_without_saebenchs_schedule_its_estimator_is_not_measured_with_the_reason(absorbed):
+    *_, result = absorbed
+    assert result.metrics["absorption_fraction_saebench"] is None
+    assert result.not_measured["absorption_fraction_saebench"] == "the saebench-0.6 probe schedule was not run"
