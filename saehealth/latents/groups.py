@@ -201,9 +201,12 @@ def _absorption(result: EvalResult, details: Mapping) -> list[LatentGroup]:
     if not letters:
         return []
     members = list(dict.fromkeys(x for letter in letters for x in (*letter.main, *letter.absorbing)))
+    estimator = result.eval.absorption_estimator("absorption_fraction")
+    estimator = f" ({estimator})" if estimator else ""
     finding = (
-        f"absorption_fraction {format_value('absorption_fraction', result.metrics.get('absorption_fraction'))}: "
-        f"{len(letters)} letters have absorbed tokens in the word splits that scored them (a letter's fraction is its"
-        " mean over those splits); each letter's main latents, then the latents that take over"
+        f"absorption_fraction {format_value('absorption_fraction', result.metrics.get('absorption_fraction'))}"
+        f"{estimator}: "
+        f"{len(letters)} letters have absorbed tokens in the word splits that scored them (a letter's fraction is over"
+        " the true positives of all those splits); each letter's main latents, then the latents that take over"
     )
     return [LatentGroup("absorption", "Absorbed letters", finding, members, letters=letters)]

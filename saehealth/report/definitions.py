@@ -52,8 +52,8 @@ DEFINITIONS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 UNCERTAINTY = (
     "`uncertainty[key]` holds the standard error of loss recovered, ΔCE, KL score, explained variance and L0 "
-    "(over sequences) and of `absorption_fraction` and `absorption_fraction_saebench` (the spread of the per-split "
-    "values over word splits)."
+    "(over sequences) and of `absorption_fraction` and `absorption_fraction_saebench` (the jackknife over word "
+    "splits)."
 )
 
 
