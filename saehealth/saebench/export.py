@@ -297,12 +297,18 @@ def _document(
 
 
 def _sae_cfg_dict(sae_cfg: Mapping, hook_name: str) -> dict:
-    """The SAE's config as SAEBench writes it: SAELens 6 keeps the hook in `metadata` and has no `hook_layer`,
-    which SAEBench's configs carry as the block number (`blocks.N.…`); None for a hook outside a block."""
+    """The SAE's config as SAEBench writes it: its `_standardize_sae_cfg` gives every SAE a `hook_layer`, the
+    first number in the hook name, which SAELens 6 configs (hook in `metadata`) lack; it lands in `metadata`
+    there, at the top level of an older, flat config."""
     cfg = dict(sae_cfg)
-    if cfg.get("hook_layer") is None:
-        match = re.match(r"^blocks\.(\d+)\.", hook_name)
-        cfg["hook_layer"] = int(match.group(1)) if match else None
+    number = re.search(r"\d+", hook_name)
+    layer = int(number.group(0)) if number else None
+    if isinstance(cfg.get("metadata"), Mapping):
+        cfg["metadata"] = dict(cfg["metadata"])
+        if cfg["metadata"].get("hook_layer") is None:
+            cfg["metadata"]["hook_layer"] = layer
+    elif cfg.get("hook_layer") is None:
+        cfg["hook_layer"] = layer
     return cfg
 
 

@@ -55,6 +55,8 @@ def test_files_are_named_and_laid_out_as_saebench_does(tmp_path):
     assert core["eval_type_id"] == "core" and core["sae_lens_id"] == "custom_sae"
     assert core["sae_lens_release_id"] == "my/sae" and core["sae_cfg_dict"]["architecture"] == "standard"
     assert core["sae_cfg_dict"]["hook_layer"] == 0  # the block of blocks.0.hook_resid_post, as SAEBench writes it
+    saelens6 = core_document(result, details, {"metadata": {"hook_name": "blocks.0.hook_resid_post"}}, "sae")
+    assert saelens6["sae_cfg_dict"]["metadata"]["hook_layer"] == 0 and "hook_layer" not in saelens6["sae_cfg_dict"]
     assert core["datetime_epoch_millis"] == 1735689600000  # the result's start time
     assert list(core["eval_result_metrics"]) == list(CORE_CATEGORIES)
 
