@@ -57,15 +57,15 @@ for seed in args["seeds"]:
     shutil.rmtree(common.RESULTS_DIR, ignore_errors=True)
     config = AbsorptionEvalConfig(model_name=cfg.get("model_name", "tiny"), random_seed=seed, llm_batch_size=64,
                                   llm_dtype="float32", min_feats_for_eval=args["min_letters"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     results = absorption.run_eval(config, [("crosscheck", sae)], "cpu", args["out"], force_rerun=True)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     probe_dir = common.PROBES_DIR / model.cfg.model_name / f"layer_{int(sae.cfg.metadata.hook_name.split('.')[1])}"
     import pandas as pd
     split = {name: pd.read_csv(probe_dir / f"{name}_df.csv", keep_default_na=False, na_values=[""])["token"].tolist()
              for name in ("train", "test")}
     result = next(iter(results.values()), None)
-    out[seed] = {"seconds": seconds, "split": split, "result": result}
+    out[seed] = {"seconds": seconds, "cpu_seconds": cpu, "split": split, "result": result}
 print("CROSSCHECK_JSON" + json.dumps(out, default=str))
 """
 
@@ -155,11 +155,15 @@ def compare(args, seeds, saebench: dict) -> None:
                 splits=[tuple(split)],
             )
             sb_seconds = time.perf_counter() - started
-            cold = time.perf_counter()
+            cold, cold_cpu = time.perf_counter(), time.process_time()
             ours = measure_absorption(
                 model, sae, hook, seed=seed, cache_dir=Path(tmp) / str(seed), settings=AbsorptionSettings(**settings)
             )
-            cold = time.perf_counter() - cold
+            cold, cold_cpu = time.perf_counter() - cold, time.process_time() - cold_cpu
+            print(
+                f"seed {seed} CPU seconds: SAEBench {sb['cpu_seconds']:.1f}, saehealth cold {cold_cpu:.1f} "
+                f"({sb['cpu_seconds'] / cold_cpu:.1f}x; on a busy machine CPU time is the fairer comparison)"
+            )
             sb_metrics = (sb["result"] or {}).get("eval_result_metrics", {}).get("mean", {})
             details = {d["first_letter"].upper(): d for d in (sb["result"] or {}).get("eval_result_details", [])}
             print(
