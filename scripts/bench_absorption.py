@@ -103,6 +103,7 @@ def main() -> None:
     print("d_sae   estimators      cold wall/cpu s  warm wall/cpu s  absorption (converged)  (saebench-0.6)  letters")
     for d_sae, sae, hook in _saes(args, model):
         cold: dict[str, list[float]] = {name: [] for name in variants}
+        cold_cpu: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):
             for name, extra in variants.items():
                 settings = AbsorptionSettings(**splits, **extra)
@@ -113,14 +114,16 @@ def main() -> None:
                         result = measure_absorption(model, sae, hook, cache_dir=Path(cache_dir), settings=settings)
                         times.append((result.seconds, time.process_time() - cpu))
                 cold[name].append(times[0][0])
+                cold_cpu[name].append(times[0][1])
                 print(
                     f"{d_sae:<7d} {name:<15} {times[0][0]:6.1f}/{times[0][1]:5.1f}     {times[1][0]:6.1f}/{times[1][1]:5.1f}"
                     f"     {_shown(result, 'absorption_fraction'):<22}  {_shown(result, 'absorption_fraction_saebench'):<14}"
                     f"  {result.metrics['absorption_letters_scored']}",
                     flush=True,
                 )
-        base, both = np.median(cold["converged only"]), np.median(cold["both schedules"])
-        print(f"{d_sae:<7d} median cold: converged only {base:.1f} s, both schedules {both:.1f} s: x{both / base:.2f}")
+        for kind, spent in (("wall", cold), ("CPU", cold_cpu)):
+            base, both = np.median(spent["converged only"]), np.median(spent["both schedules"])
+            print(f"{d_sae:<7d} median cold {kind}: converged only {base:.1f} s, both {both:.1f} s: x{both / base:.2f}")
 
 
 def _saes(args, model):
