@@ -196,8 +196,13 @@ class _Comparer:
             model = None
             if not cache or options.model:
                 kwargs = shared_model_kwargs(named)
+                needed = max([options.context_length or m[1].context_size or 0 for m in members]) or None
                 model = load_model(
-                    model_name, device=options.device, dtype=options.dtype, from_pretrained_kwargs=kwargs
+                    model_name,
+                    device=options.device,
+                    dtype=options.dtype,
+                    from_pretrained_kwargs=kwargs,
+                    context=needed,
                 )
             self.timing["load_model_s"] = time.perf_counter() - t0
             if cache:

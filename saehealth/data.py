@@ -173,11 +173,13 @@ def sequence_batches(
     batch_size: int,
     seed: int,
     shard: tuple[int, int] = (0, 1),
+    prepend_bos: bool = True,
 ):
     """Yield (batch, context_length) LongTensors of evaluation sequences, `n_sequences` at most.
 
-    Text rows are shuffled with `seed`, tokenized one at a time, joined into one stream with BOS between
-    documents, and cut into sequences that each start with BOS (as SAELens' activation store does).
+    Text rows are shuffled with `seed`, tokenized one at a time and joined into one stream, as SAELens'
+    activation store does: every sequence starts with BOS when `prepend_bos` (the SAE's `prepend_bos`), and a
+    BOS separates two documents inside a sequence (never at its start, so no sequence begins with two BOS).
     Pre-tokenized rows are cut into `context_length` pieces as they are. Streaming keeps memory
     independent of how many tokens are evaluated. `shard=(rank, world_size)` keeps the sequences whose index
     i (in that order) has i mod world_size == rank: a torchrun rank's share, the same tokens as one process.
@@ -187,6 +189,8 @@ def sequence_batches(
     rows = dataset.shuffle(seed=seed)
     text_col, tok_col = text_column(rows), token_column(rows)
     bos = tokenizer.bos_token_id
+    head = [bos] if bos is not None and prepend_bos else []
+    separator = [bos] if bos is not None else []  # SAELens' default sequence separator
     batch: list[list[int]] = []
 
     def sequences():
@@ -197,11 +201,15 @@ def sequence_batches(
                     yield ids[start : start + context_length]
             return
         buffer: list[int] = []
-        body = context_length - 1 if bos is not None else context_length
+        body = context_length - len(head)
         for row in rows:
-            buffer += ([bos] if bos is not None else []) + tokenizer.encode(row[text_col], add_special_tokens=False)
+            # A document that starts a sequence follows its BOS directly; one that starts mid-sequence follows a
+            # separator.
+            ids = tokenizer.encode(row[text_col], add_special_tokens=False)
+            if ids:  # an empty document adds nothing, not even a separator
+                buffer += (separator if buffer else []) + ids
             while len(buffer) >= body:
-                yield ([bos] if bos is not None else []) + buffer[:body]
+                yield head + buffer[:body]
                 buffer = buffer[body:]
 
     def checked(batch: list[list[int]]):

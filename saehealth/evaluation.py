@@ -155,7 +155,13 @@ class Evaluation:
         if model is None:
             t0 = time.perf_counter()
             kwargs = loaded.model_from_pretrained_kwargs
-            model = load_model(model_name, device=cfg.device, dtype=cfg.dtype, from_pretrained_kwargs=kwargs)
+            model = load_model(
+                model_name,
+                device=cfg.device,
+                dtype=cfg.dtype,
+                from_pretrained_kwargs=kwargs,
+                context=cfg.context_length or loaded.context_size,
+            )
             if kwargs and model_name != builtin.BUILTIN_MODEL:
                 self.notes.append(f"Model loaded with the checkpoint's model_from_pretrained_kwargs {kwargs}.")
             self.timing["load_model_s"] = time.perf_counter() - t0
@@ -166,13 +172,16 @@ class Evaluation:
             route, hook, site = routed_plan_site(loaded, model)
         else:
             hook, site = planning.site_of(cfg, loaded, model)
-        context = planning.context_length(cfg, model, loaded)
+        context = planning.context_length(cfg, model, loaded, self.notes)
         dataset_name, split = planning.dataset_choice(cfg, model_name, loaded, self.notes)
         if dataset is None:
             dataset = load_dataset(dataset_name, split)
         n_sequences = planning.sequences_wanted(cfg, context)
         check_ranks(n_sequences)
-        plan = Plan(loaded, model_name, hook, model, site, context, dataset_name, split, dataset, n_sequences)
+        bos = planning.prepend_bos_of(loaded, model)
+        plan = Plan(
+            loaded, model_name, hook, model, site, context, dataset_name, split, dataset, n_sequences, prepend_bos=bos
+        )
         plan.route = route
         return plan
 
@@ -343,12 +352,16 @@ def token_batches(plan: Plan, config: EvalConfig):
         config.batch_size,
         config.seed,
         shard=(here.rank, here.world_size),
+        prepend_bos=plan.prepend_bos,
     )
 
 
 def reference_sequence(plan: Plan, config: EvalConfig):
     """The evaluation's first sequence, (1, context), on every rank: the reference mean of the variance sums."""
-    return next(iter(sequence_batches(plan.dataset, plan.model.tokenizer, plan.context, 1, 1, config.seed)), None)
+    first = sequence_batches(
+        plan.dataset, plan.model.tokenizer, plan.context, 1, 1, config.seed, prepend_bos=plan.prepend_bos
+    )
+    return next(iter(first), None)
 
 
 def share_of_tokens(plan: Plan) -> int:

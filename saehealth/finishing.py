@@ -98,6 +98,7 @@ def finish_result(
             activations=plan.activations,
             absorption_probes=config.absorption_probes,
             absorption_splits=absorption_splits,
+            prepend_bos=plan.prepend_bos,
         ),
         metrics={k: _clean_number(v) for k, v in metrics.items()},
         uncertainty={k: v for k, v in {**output.uncertainty, **absorption_uncertainty}.items() if math.isfinite(v)},

@@ -59,12 +59,18 @@ def processing_label(from_pretrained_kwargs: dict | None) -> str:
 
 
 def load_model(
-    name: str, device: str = "cpu", dtype: str | torch.dtype = "float32", from_pretrained_kwargs: dict | None = None
+    name: str,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    from_pretrained_kwargs: dict | None = None,
+    context: int | None = None,
 ):
     """A `HookedTransformer` for the built-in model, a local directory or a TransformerLens name.
 
     `from_pretrained_kwargs` (a SAELens checkpoint's `model_from_pretrained_kwargs`) go to TransformerLens'
-    `from_pretrained` for pretrained and Hugging Face models, on top of no weight processing.
+    `from_pretrained` for pretrained and Hugging Face models, on top of no weight processing. `context` (the
+    tokens per sequence the evaluation needs) lifts the context TransformerLens caps some families at for memory
+    (Mistral and Qwen3 at 2,048, Gemma at 8,192) up to what the model allows.
     """
     torch_dtype = resolve_dtype(dtype)
     if name == builtin.BUILTIN_MODEL:
@@ -75,12 +81,12 @@ def load_model(
         if (path / builtin.MODEL_CONFIG_FILE).is_file():
             return _load_saehealth_layout(path, device, torch_dtype)
         if (path / "config.json").is_file():
-            return _load_hf_directory(path, device, torch_dtype, kwargs)
+            return _load_hf_directory(path, device, torch_dtype, kwargs, context)
         raise ModelError(
             f"{path} holds no model: expected {builtin.MODEL_CONFIG_FILE} + {builtin.MODEL_WEIGHTS_FILE} "
             "(saehealth layout) or a Hugging Face config.json with weights."
         )
-    return _load_pretrained(name, device, torch_dtype, kwargs)
+    return _load_pretrained(name, device, torch_dtype, kwargs, context)
 
 
 def _hooked_transformer():
@@ -150,46 +156,65 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def _load_hf_directory(path: Path, device: str, dtype: torch.dtype, kwargs: dict):
-    """A local Hugging Face checkpoint of an architecture TransformerLens converts (the `architectures` its
-    config.json names), built from its own config.json: nothing is fetched from the hub."""
+def _load_hf_directory(path: Path, device: str, dtype: torch.dtype, kwargs: dict, n_ctx: int | None = None):
+    """A local Hugging Face checkpoint of an architecture TransformerLens converts, its configuration decided by
+    its own config.json and never by the folder's name (`model_folders.py`): nothing is fetched from the hub."""
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from saehealth import model_folders
+
     hf_logging.disable_progress_bar()  # a bar per load is noise in saehealth's output
-    _read_json(path / "config.json")  # one-line errors for a config that is unreadable or not JSON
+    on_disk = _read_json(path / "config.json")  # one-line errors for a config that is unreadable or not JSON
+    if on_disk.get("architectures"):
+        model_folders.architecture_of(path, on_disk)  # refuse what cannot be converted before loading weights
     _check_hf_weights(path)
     local = str(path.resolve())
     options = dict(kwargs)
     steps = {name: options.pop(name) for name in list(options) if name in NO_PROCESSING}
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(local, torch_dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(local)
+        hf_model = AutoModelForCausalLM.from_pretrained(local, dtype=dtype)
     except Exception as exc:  # OSError (missing files), ValueError, pickle refusals: transformers raises many
         raise ModelError(
             f"The Hugging Face model in {path} cannot be loaded ({_first_line(exc)}): check the folder's files."
         ) from None
+    tokenizer = _folder_tokenizer(path)
+    # transformers' view of the config (its defaults filled in); the class it built when config.json names none
+    hf_config = {
+        **hf_model.config.to_dict(),
+        "architectures": on_disk.get("architectures") or [type(hf_model).__name__],
+    }
     try:
-        cfg = loading.get_pretrained_model_config(
-            local,
-            hf_cfg=hf_model.config.to_dict(),
-            fold_ln=steps.get("fold_ln", False),
-            device=device,
-            dtype=dtype,
-            **options,
+        cfg = model_folders.transformer_lens_config(
+            path, hf_config, device=device, dtype=dtype, fold_ln=steps.get("fold_ln", False), n_ctx=n_ctx, **options
         )
         state_dict = loading.get_pretrained_state_dict(local, cfg, hf_model, dtype=dtype)
-    except (NotImplementedError, ValueError, KeyError, AttributeError) as exc:
+    except (NotImplementedError, ValueError, KeyError, AttributeError, TypeError) as exc:
         raise ModelError(
             f"TransformerLens cannot convert the Hugging Face model in {path} ({_first_line(exc)}): "
-            "use an architecture TransformerLens supports (its config.json 'architectures')."
+            f"saehealth loads {', '.join(sorted(model_folders.supported_architectures()))}."
         ) from None
     model = _hooked_transformer()(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(state_dict, **steps)
     model.move_model_modules_to_device()
     model.eval()
     return model
+
+
+def _folder_tokenizer(path: Path):
+    """The folder's tokenizer; ModelError naming what is missing (a pretokenized dataset still needs it: the
+    masks of special tokens and the latent examples' text come from it)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path.resolve()))
+    except Exception as exc:  # OSError, ValueError ("Couldn't instantiate the backend tokenizer"), ...
+        raise ModelError(
+            f"The model folder {path} has no usable tokenizer ({_first_line(exc)}): save the tokenizer the model "
+            "was trained with into it (tokenizer.save_pretrained(folder)); saehealth needs it even for a "
+            "pretokenized dataset, to know BOS/EOS/padding and to show latent examples as text."
+        ) from None
 
 
 def _official_name(name: str) -> str | None:
@@ -201,7 +226,7 @@ def _official_name(name: str) -> str | None:
         return None
 
 
-def _load_pretrained(name: str, device: str, dtype: torch.dtype, kwargs: dict):
+def _load_pretrained(name: str, device: str, dtype: torch.dtype, kwargs: dict, context: int | None = None):
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
 
     official = _official_name(name)
@@ -210,15 +235,30 @@ def _load_pretrained(name: str, device: str, dtype: torch.dtype, kwargs: dict):
             f"Unknown model {name!r}: give {builtin.BUILTIN_MODEL!r} (the built-in model), a local model "
             f"directory, or a TransformerLens model name.{suggest(name, OFFICIAL_MODEL_NAMES)}"
         )
+    if context is not None and "n_ctx" not in kwargs:
+        default = _pretrained_context(official)
+        if default is not None and context > default:
+            kwargs = {**kwargs, "n_ctx": context}  # TransformerLens caps some families for memory: lift it
     try:
         model = _hooked_transformer().from_pretrained(official, device=device, dtype=dtype, **kwargs)
     except OSError as exc:  # hub unreachable or files missing
         raise ModelError(
             f"Could not download {official!r} from the Hugging Face hub ({type(exc).__name__}); "
-            "check network access or pass a local model directory with --model."
+            "check network access, or save the model to a folder (its config.json, weights and tokenizer, as "
+            "save_pretrained writes them) and pass that folder with --model."
         ) from exc
     model.eval()
     return model
+
+
+def _pretrained_context(official: str) -> int | None:
+    """TransformerLens' context for an official name, when it knows it without the hub (name-driven families)."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        return int(loading.convert_hf_model_config(official)["n_ctx"])
+    except Exception:  # noqa: BLE001  # config-driven families need the hub: leave the context as it is
+        return None
 
 
 def hook_names(model) -> list[str]:

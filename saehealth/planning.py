@@ -37,6 +37,7 @@ class Plan:
     n_sequences: int
     activations: str | None = None  # the activation cache's layout, when scored from one
     special_tokens_known: bool = True  # False for a cache without token ids: nothing could be masked
+    prepend_bos: bool = True  # every sequence starts with BOS (`prepend_bos_of`)
     route: Any = None  # routed SAEs: the router resolved on the model (saehealth.routed.passes.RoutedSite)
 
     @property
@@ -78,18 +79,31 @@ def site_of(config: EvalConfig, loaded, model) -> tuple[str, SpliceSite]:
     return hook, site
 
 
-def context_length(config: EvalConfig, model, loaded) -> int:
-    """Tokens per sequence: --context-length, else the checkpoint's, capped at the model's context."""
+def context_length(config: EvalConfig, model, loaded, notes: list[str] | None = None) -> int:
+    """Tokens per sequence: --context-length, else the checkpoint's, capped at the model's context (with a note)."""
     context = config.context_length or loaded.context_size or model.cfg.n_ctx
     if context > model.cfg.n_ctx:
         if config.context_length:
             raise ConfigError(
                 f"--context-length {context} is longer than the model's context ({model.cfg.n_ctx}): lower it."
             )
+        if notes is not None:
+            notes.append(
+                f"The SAE was trained on contexts of {context} tokens, longer than the model's {model.cfg.n_ctx}: "
+                f"evaluated on {model.cfg.n_ctx}-token sequences."
+            )
         context = model.cfg.n_ctx
     if context < 2:
         raise ConfigError("The context length must be at least 2 tokens to score next-token predictions.")
     return context
+
+
+def prepend_bos_of(loaded, model) -> bool:
+    """Whether sequences start with BOS: as the SAE records it (SAELens `prepend_bos`), else as its model family
+    does in TransformerLens and SAELens (`default_prepend_bos`: True for most families, Gemma included)."""
+    if loaded.prepend_bos is not None:
+        return loaded.prepend_bos
+    return bool(getattr(model.cfg, "default_prepend_bos", True))
 
 
 def dataset_choice(config: EvalConfig, model: str, loaded, notes: list[str]) -> tuple[str, str]:

@@ -106,6 +106,8 @@ class EvalSettings:
     absorption_probes: str | None = None
     # Word splits the absorption numbers average over (both estimators share them); None before it was recorded.
     absorption_splits: int | None = None
+    # Whether every sequence began with BOS (the SAE's prepend_bos); results saved before it existed did.
+    prepend_bos: bool = True
 
     def absorption_estimator(self, key: str) -> str | None:
         """'converged probes, 5 word splits' for an absorption metric (None for other keys or old results)."""

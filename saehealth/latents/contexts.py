@@ -27,7 +27,8 @@ def evaluation_sequences(result: EvalResult, up_to: int) -> torch.Tensor:
     Raises a `SaeHealthError` when the dataset or tokenizer cannot be loaded, or the dataset now yields
     fewer sequences than the evaluation saw (it changed since)."""
     ev = result.eval
-    sequences = _sequences(ev.model, ev.dataset, ev.split, ev.context_length, ev.seed, min(up_to + 1, ev.n_sequences))
+    wanted = min(up_to + 1, ev.n_sequences)
+    sequences = _sequences(ev.model, ev.dataset, ev.split, ev.context_length, ev.seed, wanted, ev.prepend_bos)
     if sequences.shape[0] <= up_to:
         raise DataError(
             f"{ev.dataset} [{ev.split}] now yields {sequences.shape[0]} sequences of {ev.context_length} tokens, "
@@ -37,13 +38,18 @@ def evaluation_sequences(result: EvalResult, up_to: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=4)
-def _sequences(model: str, dataset: str, split: str, context: int, seed: int, wanted: int) -> torch.Tensor:
+def _sequences(
+    model: str, dataset: str, split: str, context: int, seed: int, wanted: int, prepend_bos: bool = True
+) -> torch.Tensor:
     from saehealth.data import load_dataset, sequence_batches
     from saehealth.latents.tokens import load_tokenizer
 
     # Batch size only groups sequences: the first `wanted` are the evaluation's first `wanted`.
     rows, tokenizer = load_dataset(dataset, split), load_tokenizer(model)
-    batches = [batch.to(torch.int32) for batch in sequence_batches(rows, tokenizer, context, wanted, 256, seed)]
+    batches = [
+        batch.to(torch.int32)
+        for batch in sequence_batches(rows, tokenizer, context, wanted, 256, seed, prepend_bos=prepend_bos)
+    ]
     if not batches:
         return torch.zeros(0, context, dtype=torch.int32)
     return torch.cat(batches)[:wanted]

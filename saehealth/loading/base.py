@@ -58,6 +58,12 @@ class LoadedSAE:
         return dict(value) if isinstance(value, dict) else {}
 
     @property
+    def prepend_bos(self) -> bool | None:
+        """Whether the SAE's training sequences began with BOS (SAELens `prepend_bos`); None when not recorded."""
+        value = getattr(getattr(self.sae.cfg, "metadata", None), "prepend_bos", None)
+        return value if isinstance(value, bool) else None
+
+    @property
     def hook_head_index(self) -> int | None:
         """The one attention head the SAE reads and writes (SAELens `hook_head_index`), or None."""
         value = getattr(getattr(self.sae.cfg, "metadata", None), "hook_head_index", None)

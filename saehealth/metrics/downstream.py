@@ -20,10 +20,25 @@ from saehealth.result import DOWNSTREAM_KEYS
 
 VARIANTS = ("clean", "sae", "zero")
 
-# Elements of one tile of logits. CPU: 2M floats (8 MiB) keeps a tile near the cache and below the
-# allocator's mmap threshold; accelerators: large tiles, so that kernel launches stay few.
+# Tiles of positions, sized by memory rather than by a vocabulary: on CPU a tile of TILE_ELEMENTS_CPU logits
+# (8 MiB: near the cache and below the allocator's mmap threshold) is fastest at a small vocabulary, but at
+# GPT-2's 50,257 that is 41 positions, and per-tile costs (a thread barrier in every kernel, Python, W_U read
+# once per unembedding) then dominate: 2.3x slower than 333 positions on 2 busy threads. So a tile has at least
+# TILE_ROWS_MIN_CPU positions, as long as its temporaries (about _TILE_COPIES float32 copies of the tile's
+# logits) stay within TILE_BYTES_MAX. Accelerators: large tiles, so that kernel launches stay few.
 TILE_ELEMENTS_CPU = 2**21
+TILE_ROWS_MIN_CPU = 256
 TILE_ELEMENTS_ACCELERATOR = 2**26
+TILE_BYTES_MAX = 2**30
+_TILE_COPIES = 4
+
+
+def tile_rows(d_vocab: int, device: str | torch.device) -> int:
+    """Positions per tile of logits at this vocabulary on this device type (see TILE_ELEMENTS_CPU)."""
+    most = max(1, TILE_BYTES_MAX // (_TILE_COPIES * 4 * d_vocab))
+    if torch.device(device).type != "cpu":
+        return max(1, min(most, TILE_ELEMENTS_ACCELERATOR // d_vocab))
+    return max(1, min(most, max(TILE_ROWS_MIN_CPU, TILE_ELEMENTS_CPU // d_vocab)))
 
 
 @dataclass
@@ -65,13 +80,8 @@ def downstream_totals(
 
     clean: final residuals (batch, pos, d); tokens and mask (batch, pos). Returns float64 (batch,) tensors: the
     clean totals (n_pred, ce_clean), per site its zero ablation's (ce_zero, kl_zero), and per site and SAE its
-    own (ce_sae, kl_sae).
-
-    With lse = logsumexp(logits) and p the clean distribution,
-        CE      = lse − logit[next token]
-        KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
-    so each variant costs one logsumexp and one row-wise dot product with p, and the clean side (p, its
-    entropy) is computed once per tile for every SAE at every site.
+    own (ce_sae, kl_sae): the per-position values of `score_tile`, summed over each sequence's predicting
+    positions a tile at a time.
     """
     batch, length = tokens.shape
     n_pos = length - 1
@@ -90,29 +100,81 @@ def downstream_totals(
         for site, zero in zip(sites, zeros, strict=True)
     ]
 
-    for seqs, pos in _tiles(batch, n_pos, readout.d_vocab, tokens.device):
-        weight, target = predicting[seqs, pos], targets[seqs, pos]
-        clean_logits = readout.logits(clean[seqs, pos])
-        p, lse_clean = _softmax_logsumexp(clean_logits)
-        neg_entropy = torch.linalg.vecdot(p, clean_logits) - lse_clean
-        clean_totals["ce_clean"][seqs] += _summed(_cross_entropy(clean_logits, lse_clean, target), weight)
-        del clean_logits
+    def add(totals: dict, per_position: dict, seqs: slice, weight: torch.Tensor) -> None:
+        for name, values in per_position.items():
+            totals[name][seqs] += _summed(values, weight)
 
-        for zero, whole, totals, finals, own in zip(zeros, whole_zeros, site_totals, spliced, sae_totals, strict=True):
-            if whole is not None:
-                zero_logits, lse_zero = whole[0][:, pos], whole[1][:, pos]
-            else:
-                zero_logits = readout.logits(zero[seqs if zero.shape[0] > 1 else slice(None), pos])
-                lse_zero = _softmax_logsumexp(zero_logits)[1]
-            totals["kl_zero"][seqs] += _summed(_kl(neg_entropy, p, zero_logits, lse_zero), weight)
-            totals["ce_zero"][seqs] += _summed(_cross_entropy(zero_logits, lse_zero, target), weight)
-            del zero_logits
-            for final, sae in zip(finals, own, strict=True):
-                logits = readout.logits(final[seqs, pos])
-                lse = _softmax_logsumexp(logits)[1]
-                sae["kl_sae"][seqs] += _summed(_kl(neg_entropy, p, logits, lse), weight)
-                sae["ce_sae"][seqs] += _summed(_cross_entropy(logits, lse, target), weight)
+    for seqs, pos in _tiles(batch, n_pos, readout.d_vocab, tokens.device):
+        zero_tiles = [  # cached (logits, lse) of batch 1, or the zero ablation's final residuals
+            (whole[0][:, pos], whole[1][:, pos])
+            if whole is not None
+            else zero[seqs if zero.shape[0] > 1 else slice(None), pos]
+            for zero, whole in zip(zeros, whole_zeros, strict=True)
+        ]
+        tile = score_tile(
+            readout,
+            clean[seqs, pos],
+            zero_tiles,
+            [[final[seqs, pos] for final in finals] for finals in spliced],
+            targets[seqs, pos],
+        )
+        weight = predicting[seqs, pos]
+        add(clean_totals, tile.clean, seqs, weight)
+        for totals, per_position in zip(site_totals, tile.sites, strict=True):
+            add(totals, per_position, seqs, weight)
+        for own, per_site in zip(sae_totals, tile.saes, strict=True):
+            for totals, per_position in zip(own, per_site, strict=True):
+                add(totals, per_position, seqs, weight)
     return clean_totals, site_totals, sae_totals
+
+
+@dataclass
+class TileScores:
+    """Per-position values of one tile (sequences × positions): the clean model's, per site its zero ablation's,
+    per site and SAE its own. Each maps a total's name to a (sequences, positions) tensor."""
+
+    clean: dict[str, torch.Tensor]
+    sites: list[dict[str, torch.Tensor]]
+    saes: list[list[dict[str, torch.Tensor]]]
+
+
+def score_tile(
+    readout: Readout,
+    clean: torch.Tensor,
+    zeros: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+    spliced: Sequence[Sequence[torch.Tensor]],
+    target: torch.Tensor,
+) -> TileScores:
+    """CE and KL at every position of one tile: the one place where a tile's logits exist.
+
+    clean (seqs, pos, d) final residuals; per site its zero ablation as final residuals (seqs or 1, pos, d) or as
+    cached (logits, logsumexp) of batch 1; per site and SAE its spliced final residuals; target (seqs, pos, 1).
+    With lse = logsumexp(logits) and p the clean distribution,
+        CE      = lse − logit[next token]
+        KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
+    so each variant costs one logsumexp and one row-wise dot product with p, and the clean side (p, its
+    entropy) is computed once per tile for every SAE at every site.
+    """
+    clean_logits = readout.logits(clean)
+    p, lse_clean = _softmax_logsumexp(clean_logits)
+    neg_entropy = torch.linalg.vecdot(p, clean_logits) - lse_clean
+    scores = TileScores({"ce_clean": _cross_entropy(clean_logits, lse_clean, target)}, [], [])
+    del clean_logits
+
+    def variant(logits: torch.Tensor, lse: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+        return {f"ce_{kind}": _cross_entropy(logits, lse, target), f"kl_{kind}": _kl(neg_entropy, p, logits, lse)}
+
+    for zero, finals in zip(zeros, spliced, strict=True):
+        zero_logits, lse_zero = zero if isinstance(zero, tuple) else _logits_lse(readout, zero)
+        scores.sites.append(variant(zero_logits, lse_zero, "zero"))
+        del zero_logits
+        scores.saes.append([variant(*_logits_lse(readout, final), "sae") for final in finals])
+    return scores
+
+
+def _logits_lse(readout: Readout, final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = readout.logits(final)
+    return logits, _softmax_logsumexp(logits)[1]
 
 
 def _cross_entropy(logits: torch.Tensor, lse: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -132,9 +194,8 @@ def _summed(per_position: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _tiles(batch: int, n_pos: int, d_vocab: int, device: torch.device):
-    """(sequence slice, position slice) tiles of about TILE_ELEMENTS logits, covering (batch, n_pos)."""
-    budget = TILE_ELEMENTS_CPU if torch.device(device).type == "cpu" else TILE_ELEMENTS_ACCELERATOR
-    rows = max(1, budget // d_vocab)
+    """(sequence slice, position slice) tiles of `tile_rows` positions, covering (batch, n_pos)."""
+    rows = tile_rows(d_vocab, device)
     seq_step, pos_step = (max(1, rows // n_pos), n_pos) if rows >= n_pos else (1, rows)
     for s in range(0, batch, seq_step):
         for p in range(0, n_pos, pos_step):

@@ -162,13 +162,23 @@ def test_downstream_tiles_and_shared_zero_give_the_untiled_answer(monkeypatch):
     assert whole[2][0][0]["kl_sae"] == pytest.approx(kl_sae, rel=1e-5, abs=1e-6)
     assert whole[2][0][1]["kl_sae"] == pytest.approx(torch.zeros(5), abs=1e-5)
 
-    monkeypatch.setattr(downstream, "TILE_ELEMENTS_CPU", 13 * 3)  # 3 positions a tile: one sequence split in 3
+    monkeypatch.setattr(downstream, "tile_rows", lambda d_vocab, device: 3)  # one sequence split in 3 tiles
     for _ in range(2):  # the second batch reads the cached zero logits
         tiled = downstream_totals(readout, clean, [SiteFinals(zero_one, "site", [sae, clean])], tokens, mask)
         for got, want in zip([tiled[0], *tiled[1], *tiled[2][0]], [whole[0], *whole[1], *whole[2][0]], strict=True):
             for name in want:
                 assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-6), name
     assert list(readout.zero_cache) == [("site", 8)]
+
+
+def test_tiles_are_sized_by_memory_not_by_a_small_vocabulary():
+    """At GPT-2's vocabulary a CPU tile holds hundreds of positions (not 41), and never more than its memory
+    budget allows; at the built-in model's 4,096 it keeps the cache-sized 512."""
+    assert downstream.tile_rows(4096, "cpu") == 512
+    assert downstream.tile_rows(50257, "cpu") == downstream.TILE_ROWS_MIN_CPU
+    huge = 2**26
+    assert downstream.tile_rows(huge, "cpu") * huge * 4 * downstream._TILE_COPIES <= downstream.TILE_BYTES_MAX
+    assert downstream.tile_rows(50257, "cuda") == downstream.TILE_ELEMENTS_ACCELERATOR // 50257
 
 
 def test_softmax_logsumexp_matches_torch():

@@ -1,0 +1,90 @@
+"""Evaluation sequences begin with BOS as the SAE records it, and never with two, as SAELens builds them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+
+from saehealth.data import sequence_batches
+from saehealth.planning import prepend_bos_of
+
+BOS = 0
+
+
+class CharTokenizer:
+    """One token per character (a=1, b=2, ...), BOS = 0."""
+
+    bos_token_id = BOS
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:  # noqa: ARG002
+        return [ord(c) - ord("a") + 1 for c in text]
+
+    def __len__(self) -> int:
+        return 27
+
+
+def _sequences(texts, context, prepend_bos):
+    dataset = Dataset.from_dict({"text": texts})
+    # seed 0 shuffles; a one-row-per-letter corpus keeps the order visible through the letters themselves.
+    batches = sequence_batches(dataset, CharTokenizer(), context, 100, 100, 0, prepend_bos=prepend_bos)
+    return torch.cat(list(batches)).tolist()
+
+
+def _saelens_rows(texts, context, prepend_bos):
+    """SAELens' concat_and_batch_sequences rule, written out: a row starts with BOS (when prepend_bos) and the
+    text; a document that continues a row is preceded by a separator BOS; a document that starts a row is not."""
+    order = Dataset.from_dict({"text": texts}).shuffle(seed=0)["text"]
+    rows, row = [], None
+    for text in order:
+        tokens = CharTokenizer().encode(text)
+        first = True
+        while tokens:
+            if row is None:
+                row = [BOS] if prepend_bos else []
+            elif first:
+                row.append(BOS)
+            take = context - len(row)
+            row, tokens, first = row + tokens[:take], tokens[take:], False
+            if len(row) == context:
+                rows.append(row)
+                row = None
+    return rows
+
+
+@pytest.mark.parametrize("prepend_bos", [True, False])
+@pytest.mark.parametrize("context", [3, 4, 5])
+def test_sequences_are_built_as_saelens_builds_them(prepend_bos, context):
+    texts = ["abc", "def", "", "ghij", "kl", "mnopq"]
+    assert _sequences(texts, context, prepend_bos) == _saelens_rows(texts, context, prepend_bos)
+
+
+def test_no_sequence_starts_with_two_bos():
+    for row in _sequences(["abc", "def", "ghi", "jkl"], 4, prepend_bos=True):
+        assert row[0] == BOS and row[1] != BOS
+
+
+def test_without_prepend_bos_sequences_start_with_the_text():
+    rows = _sequences(["abcdef", "ghijkl"], 3, prepend_bos=False)
+    assert rows[0][0] != BOS
+    assert sum(row.count(BOS) for row in rows) <= 1  # only the separator between the two documents
+
+
+def test_the_first_sequence_of_an_evaluation_has_one_bos():
+    (first, *_) = _sequences(["abcdefgh"], 4, prepend_bos=True)
+    assert first == [BOS, 1, 2, 3]
+
+
+class _Loaded:
+    def __init__(self, recorded):
+        self.prepend_bos = recorded
+
+
+class _Model:
+    class cfg:  # noqa: N801
+        default_prepend_bos = False
+
+
+@pytest.mark.parametrize(("recorded", "expected"), [(True, True), (False, False), (None, False)])
+def test_bos_follows_the_sae_else_the_model_family(recorded, expected):
+    assert prepend_bos_of(_Loaded(recorded), _Model()) is expected
