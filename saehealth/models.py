@@ -207,14 +207,20 @@ def _folder_tokenizer(path: Path):
     masks of special tokens and the latent examples' text come from it)."""
     from transformers import AutoTokenizer
 
+    advice = (
+        "save the tokenizer the model was trained with into it (tokenizer.save_pretrained(folder)); saehealth "
+        "needs it even for a pretokenized dataset, to know BOS/EOS/padding and to show latent examples as text."
+    )
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        # transformers 5 would build an empty tokenizer of the model's type: refuse instead
+        raise ModelError(f"The model folder {path} has no usable tokenizer (no {_TOKENIZER_FILES[0]}): {advice}")
     try:
         return AutoTokenizer.from_pretrained(str(path.resolve()))
     except Exception as exc:  # OSError, ValueError ("Couldn't instantiate the backend tokenizer"), ...
-        raise ModelError(
-            f"The model folder {path} has no usable tokenizer ({_first_line(exc)}): save the tokenizer the model "
-            "was trained with into it (tokenizer.save_pretrained(folder)); saehealth needs it even for a "
-            "pretokenized dataset, to know BOS/EOS/padding and to show latent examples as text."
-        ) from None
+        raise ModelError(f"The model folder {path} has no usable tokenizer ({_first_line(exc)}): {advice}") from None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
 def _official_name(name: str) -> str | None:
