@@ -294,7 +294,10 @@ def _set_references(model, members, scorers, tokens: torch.Tensor, include_speci
     """Give every SAE's reconstruction accumulator the mean activation of `tokens` (one sequence) at its spliced
     hook as its reference mean, so that every torchrun rank accumulates about the same one."""
     hooks = {site.hook_name for site, _ in members}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+    layers = [site.layer for site, _ in members]
+    # Only as far as the deepest hook: at a 50k vocabulary the unembedding alone costs as much as a few blocks.
+    stop = max(layers) + 1 if None not in layers else None
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks, stop_at_layer=stop)
     mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
     for (site, _), scorer in zip(members, scorers, strict=True):
         x = sae_view(cache[site.hook_name], site.head_dims, site.head_index)

@@ -4,6 +4,7 @@
     python scripts/bench_eval.py [--sae PATH | --hook HOOK] [--tokens 50000] [--batch-size 16] [--device cpu] [--repeats 3]
     python scripts/bench_eval.py --examples-cost   # the pass with latent examples (--examples 20) vs without (0)
     python scripts/bench_eval.py --memory      # peak memory of the saehealth pass at 50k vs 1M tokens
+    python scripts/bench_eval.py --shape gpt2-small --tokens 4096 --repeats 5   # a real shape (bench_shapes.py)
 
 Both evaluate the same SAE on identical token batches with every metric on (SAELens:
 `get_eval_everything_config`, the reconstruction and sparsity/variance groups each over all batches).
@@ -35,6 +36,9 @@ from saehealth.data import load_dataset, sequence_batches  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
 from saehealth.scoring import score_batches  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_shapes import SHAPES, compare_at_shape  # noqa: E402
 
 HOOK = "blocks.0.hook_resid_post"  # the middle of the built-in model's residual stream
 
@@ -196,6 +200,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--memory", action="store_true", help="measure peak memory at 50k vs 1M tokens")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="--shape only: wall time, or process CPU time (with --threads 1 on a busy machine)",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=["builtin", *SHAPES],
+        default="builtin",
+        help="random weights at a real model's shape, with a profile and the arithmetic floor (bench_shapes.py); "
+        "--d-sae defaults to 24576 there",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     if args.threads:
@@ -203,7 +220,10 @@ def main() -> None:
     if args.memory_child:
         memory_child(args.memory_child, args.device)
         return
-    report = memory(args) if args.memory else examples_cost(args) if args.examples_cost else speed(args)
+    if args.shape != "builtin":
+        report = compare_at_shape(args)
+    else:
+        report = memory(args) if args.memory else examples_cost(args) if args.examples_cost else speed(args)
     print(json.dumps(report, indent=2))
 
 
