@@ -62,6 +62,19 @@ def shared_context(template: EvalConfig, model, named: list[tuple[str, object]])
     return next(iter(by_context)) if by_context else planning.context_length(template, model, first)
 
 
+def shared_prepend_bos(model, named: list[tuple[str, object]]) -> bool:
+    """Whether the shared sequences start with BOS: every SAE must agree (its prepend_bos, else the family's)."""
+    by_bos: dict[str, list[str]] = {}
+    for name, loaded in named:
+        by_bos.setdefault(f"prepend_bos={planning.prepend_bos_of(loaded, model)}", []).append(name)
+    if len(by_bos) > 1:
+        raise ConfigError(
+            f"The SAEs were trained with and without BOS at the start of each sequence ({grouped(by_bos)}): "
+            "compare them in separate runs."
+        )
+    return planning.prepend_bos_of(named[0][1], model)
+
+
 def shared_dataset(template: EvalConfig, model_name: str, named: list[tuple[str, object]]) -> tuple[str, str, list]:
     """(dataset, split, notes) from the options, else the first SAE that records a dataset."""
     first_error = None

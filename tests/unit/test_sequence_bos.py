@@ -88,3 +88,12 @@ class _Model:
 @pytest.mark.parametrize(("recorded", "expected"), [(True, True), (False, False), (None, False)])
 def test_bos_follows_the_sae_else_the_model_family(recorded, expected):
     assert prepend_bos_of(_Loaded(recorded), _Model()) is expected
+
+
+def test_a_comparison_refuses_saes_that_disagree_on_bos():
+    from saehealth.errors import ConfigError
+    from saehealth.shared_settings import shared_prepend_bos
+
+    assert shared_prepend_bos(_Model(), [("a", _Loaded(None)), ("b", _Loaded(False))]) is False
+    with pytest.raises(ConfigError, match="with and without BOS.*separate runs"):
+        shared_prepend_bos(_Model(), [("a", _Loaded(True)), ("b", _Loaded(None))])
