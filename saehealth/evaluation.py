@@ -165,6 +165,8 @@ class Evaluation:
             if kwargs and model_name != builtin.BUILTIN_MODEL:
                 self.notes.append(f"Model loaded with the checkpoint's model_from_pretrained_kwargs {kwargs}.")
             self.timing["load_model_s"] = time.perf_counter() - t0
+        if (note := planning.dtype_note(cfg, loaded)) is not None:
+            self.notes.append(note)
         route = None
         if loaded.route is not None:  # a routed SAE reads several hooks (saehealth/routed/)
             from saehealth.routed.scoring import routed_plan_site

@@ -106,6 +106,17 @@ def prepend_bos_of(loaded, model) -> bool:
     return bool(getattr(model.cfg, "default_prepend_bos", True))
 
 
+def dtype_note(config: EvalConfig, loaded) -> str | None:
+    """A note when the model ran in another dtype for training (the checkpoint's model_from_pretrained_kwargs)
+    than the evaluation's --dtype."""
+    kwargs = loaded.model_from_pretrained_kwargs
+    trained = kwargs.get("dtype") or kwargs.get("torch_dtype")
+    if trained is None or str(trained).removeprefix("torch.") == config.dtype:
+        return None
+    name = str(trained).removeprefix("torch.")
+    return f"The model ran in {name} for training but is evaluated in {config.dtype}: pass --dtype {name} to match."
+
+
 def dataset_choice(config: EvalConfig, model: str, loaded, notes: list[str]) -> tuple[str, str]:
     """(dataset, split): the options', else the built-in corpus for the built-in model or the checkpoint's; a
     held-out split where there is one (a note says when it had to fall back to 'train')."""

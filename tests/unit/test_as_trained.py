@@ -1,4 +1,5 @@
-"""Evaluation sequences begin with BOS as the SAE records it, and never with two, as SAELens builds them."""
+"""Replayed as the SAE was trained: sequences begin with BOS as it records it, never with two, built as SAELens
+builds them; a note when its model ran in another dtype."""
 
 from __future__ import annotations
 
@@ -97,3 +98,15 @@ def test_a_comparison_refuses_saes_that_disagree_on_bos():
     assert shared_prepend_bos(_Model(), [("a", _Loaded(None)), ("b", _Loaded(False))]) is False
     with pytest.raises(ConfigError, match="with and without BOS.*separate runs"):
         shared_prepend_bos(_Model(), [("a", _Loaded(True)), ("b", _Loaded(None))])
+
+
+def test_a_model_trained_in_another_dtype_gets_a_note():
+    from types import SimpleNamespace
+
+    from saehealth.planning import dtype_note
+
+    config = SimpleNamespace(dtype="float32")
+    assert dtype_note(config, SimpleNamespace(model_from_pretrained_kwargs={})) is None
+    assert dtype_note(config, SimpleNamespace(model_from_pretrained_kwargs={"dtype": "float32"})) is None
+    note = dtype_note(config, SimpleNamespace(model_from_pretrained_kwargs={"dtype": "torch.bfloat16"}))
+    assert note.endswith("pass --dtype bfloat16 to match.")
