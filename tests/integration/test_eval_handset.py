@@ -130,9 +130,9 @@ def test_the_model_is_loaded_as_the_checkpoint_records(tmp_path, builtin_model, 
 
     monkeypatch.setattr("saehealth.evaluation.load_model", fake_load_model)
     result = _evaluate(path, tmp_path / "out", dataset=saehealth.BUILTIN_DATASET, split="validation")
-    assert seen == [
-        ("gpt2", {"device": "cpu", "dtype": "float32", "from_pretrained_kwargs": {"center_writing_weights": True}})
-    ]
+    kwargs = {"center_writing_weights": True}
+    # context: what the SAE needs (this one records none), so that a capped family's context can be lifted
+    assert seen == [("gpt2", {"device": "cpu", "dtype": "float32", "from_pretrained_kwargs": kwargs, "context": None})]
     assert any("model_from_pretrained_kwargs" in note for note in result.notes)
 
 
