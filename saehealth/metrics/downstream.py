@@ -23,7 +23,7 @@ VARIANTS = ("clean", "sae", "zero")
 # Tiles of positions, sized by memory rather than by a vocabulary: on CPU a tile of TILE_ELEMENTS_CPU logits
 # (8 MiB: near the cache and below the allocator's mmap threshold) is fastest at a small vocabulary, but at
 # GPT-2's 50,257 that is 41 positions, and per-tile costs (a thread barrier in every kernel, Python, W_U read
-# once per unembedding) then dominate: 2.3x slower than 333 positions on 2 busy threads. So a tile has at least
+# once per unembedding) then dominate on 2 busy threads. So a tile has at least
 # TILE_ROWS_MIN_CPU positions, as long as its temporaries (about _TILE_COPIES float32 copies of the tile's
 # logits) stay within TILE_BYTES_MAX. Accelerators: large tiles, so that kernel launches stay few.
 TILE_ELEMENTS_CPU = 2**21
