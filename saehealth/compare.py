@@ -31,13 +31,7 @@ from saehealth.loading.files import natural_key
 from saehealth.output import check_output_folder
 from saehealth.result import EvalResult
 from saehealth.scoring import progress, score_batches
-from saehealth.shared_settings import (
-    shared_context,
-    shared_dataset,
-    shared_model,
-    shared_model_kwargs,
-    shared_prepend_bos,
-)
+from saehealth.shared_settings import shared_context, shared_dataset, shared_model, shared_model_kwargs
 
 DEFAULT_OUT = Path("reports") / "comparison"
 # Checkpoint file names that say nothing about the SAE: such an SAE is named after its folder.
@@ -224,7 +218,6 @@ class _Comparer:
             else:
                 template = replace(options, model=model_name)
                 context = shared_context(template, model, named)
-                shared_prepend_bos(model, named)  # the shared batches follow the first SAE's: all must agree
                 dataset_name, split, dataset_notes = shared_dataset(template, model_name, named)
             self.notes += dataset_notes
             shared = replace(template, context_length=context, dataset=dataset_name, split=split)

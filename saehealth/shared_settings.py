@@ -46,7 +46,9 @@ def shared_model_kwargs(named: list[tuple[str, object]]) -> dict:
 
 def shared_context(template: EvalConfig, model, named: list[tuple[str, object]]) -> int:
     """The context length every SAE is evaluated at: --context-length, else the one the SAEs record (after
-    capping at the model's context, as eval does); SAEs that record none go along with the rest."""
+    capping at the model's context, as eval does); SAEs that record none go along with the rest. The shared
+    sequences' other setting, BOS at their start, must be the same for every SAE too (`shared_prepend_bos`)."""
+    shared_prepend_bos(model, named)
     first = named[0][1]
     if template.context_length is not None:
         return planning.context_length(template, model, first)
