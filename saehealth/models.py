@@ -66,7 +66,12 @@ def load_model(
     `from_pretrained_kwargs` (a SAELens checkpoint's `model_from_pretrained_kwargs`) go to TransformerLens'
     `from_pretrained` for pretrained and Hugging Face models, on top of no weight processing.
     """
-    torch_dtype = resolve_dtype(dtype)
+    model = _load_model(name, device, resolve_dtype(dtype), from_pretrained_kwargs)
+    model.saehealth_name = name  # what it was loaded as: an evaluation of this object names the model the same
+    return model
+
+
+def _load_model(name: str, device: str, torch_dtype: torch.dtype, from_pretrained_kwargs: dict | None):
     if name == builtin.BUILTIN_MODEL:
         return _load_saehealth_layout(builtin.assets_dir(), device, torch_dtype)
     path = Path(name).expanduser()
