@@ -73,14 +73,28 @@ class CompareConfig:
         return Path(self.out) if self.out is not None else DEFAULT_OUT
 
 
-def compare(paths=(), *, config: CompareConfig | None = None, console=None, **options) -> Comparison | None:
-    """Evaluate several SAE checkpoints on identical tokens and write the comparison; returns it.
+def compare(paths=(), *, model=None, config: CompareConfig | None = None, console=None, **options) -> Comparison | None:
+    """Evaluate several SAEs on identical tokens and write the comparison; returns it.
 
     Either pass a `CompareConfig`, or the paths, `sweep`, `out`, `select` and any `EvalConfig` option as keyword
     arguments: `saehealth.compare.compare(["a", "b"], sweep=("checkpoints/sweep_*",), n_tokens=20_000)`.
     Writes `<out>/<name>/` per SAE (result.json, details, report.md) and `<out>/comparison.{json,md}` with
     frontier plots. Under torchrun, ranks other than 0 return None.
+
+    SAEs in memory: `paths` may hold SAE objects beside paths (a dict names them: {"a": sae, "b": "ckpt/"}) and
+    `model` a loaded HookedTransformer; then nothing is written unless `out=` is given (in_memory.py).
     """
+    from saehealth.loading.objects import is_sae_object
+
+    items = list(paths.values()) if isinstance(paths, dict) else [paths] if isinstance(paths, (str, Path)) else paths
+    if config is None and (any(is_sae_object(item) for item in items) or not isinstance(model, (str, type(None)))):
+        from saehealth.in_memory import object_members
+
+        model, members, options, extras = object_members(paths, model, options)
+        config = CompareConfig.of([path for path, _, _ in members], **options)
+        return _Comparer(config, console, members, model=model, write=config.out is not None, extras=extras).run()
+    if model is not None:
+        options["model"] = model
     if config is None:
         config = CompareConfig.of(paths, **options)
     elif options or paths:
@@ -165,10 +179,15 @@ def member_names(paths: list[str]) -> list[str]:
 class _Comparer:
     """One comparison run: load every SAE, resolve the shared settings, one shared pass, finish, write."""
 
-    def __init__(self, config: CompareConfig, console=None, members: list | None = None):
+    def __init__(
+        self, config: CompareConfig, console=None, members: list | None = None, model=None, write=True, extras=None
+    ):
         self.config = config
         self.console = console
         self.members = members  # (sae_path, LoadedSAE, load seconds) already loaded by the caller
+        self.model = model  # the caller's HookedTransformer (SAEs in memory), else loaded here
+        self.write = write  # False: no folder is read or written (SAEs in memory without out=)
+        self.extras = extras or {}  # more of every request: the in-memory model's weights fingerprint
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
 
@@ -179,7 +198,7 @@ class _Comparer:
         started = time.perf_counter()
         cfg, options = self.config, self.config.evaluation
         distributed.setup(options.device)
-        if distributed.ranks().first:  # only rank 0 writes: before any work, refuse a folder that is not ours
+        if distributed.ranks().first and self.write:  # only rank 0 writes: refuse a folder that is not ours
             folder = check_output_folder(cfg.out_folder, "comparison")
             if options.saebench_out is not None:  # each SAE's files are checked with its result folder
                 from saehealth.saebench.export import check_saebench_out
@@ -193,8 +212,8 @@ class _Comparer:
             model_name = shared_model(options, named)
             cache = options.activations is not None  # an activation cache: the model only when --model asks for it
             t0 = time.perf_counter()
-            model = None
-            if not cache or options.model:
+            model = self.model
+            if model is None and (not cache or options.model):
                 kwargs = shared_model_kwargs(named)
                 model = load_model(
                     model_name, device=options.device, dtype=options.dtype, from_pretrained_kwargs=kwargs
@@ -260,11 +279,14 @@ class _Comparer:
                 "Not every result was computed on the same tokens (a saved result from another run was reused): "
                 "pass --force to re-run them all."
             )
-        self._write(comparison, started)
+        if self.write:
+            self._write(comparison, started)
         return comparison
 
     def _evaluation(self, shared: EvalConfig, name: str, path: str, loaded, seconds: float, notes) -> Evaluation:
-        evaluation = Evaluation(replace(shared, sae_path=path, out=self.config.out_folder / name), loaded=loaded)
+        config = replace(shared, sae_path=path, out=self.config.out_folder / name)
+        evaluation = Evaluation(config, loaded=loaded, model=self.model, write=self.write)
+        evaluation.request_extra = self.extras
         evaluation.timing["load_sae_s"] = seconds
         evaluation.notes += notes
         if loaded.model_name is None:

@@ -61,15 +61,13 @@ def evaluate(
 
     A checkpoint: pass an `EvalConfig`, or the checkpoint path and any `EvalConfig` field as keyword arguments:
     `saehealth.evaluate("checkpoints/demo", n_tokens=50_000, device="cuda")`; the result is also written to the
-    output folder. An SAE in memory: `saehealth.evaluate(sae=obj, model=model, hook=..., ...)`, where `obj` is a
-    sae_lens SAE or any module with encode/decode and `model` a HookedTransformer or a name; nothing is written
-    unless `out=` is given (saehealth/in_memory.py). Under torchrun, ranks other than 0 return None.
+    output folder. An SAE in memory: `saehealth.evaluate(sae=obj, model=model, hook=..., ...)`, with `obj` a
+    sae_lens SAE or any module with encode(x)/decode(latents) and `model` a HookedTransformer or a name; nothing
+    is written unless `out=` is given (in_memory.py). Under torchrun, ranks other than 0 return None.
     """
     from saehealth.loading.objects import is_sae_object
 
     if sae is not None or is_sae_object(sae_path):
-        from saehealth.in_memory import evaluate_object
-
         if config is not None:
             raise ConfigError("Pass keyword options with sae=, not a config.")
         return evaluate_object(sae if sae is not None else sae_path, model=model, console=console, **options)
@@ -84,6 +82,25 @@ def evaluate(
     elif options or sae_path is not None:
         raise ConfigError("Pass either a config or keyword options to evaluate(), not both.")
     return Evaluation(config, console).run()
+
+
+def evaluate_object(sae, model=None, console=None, name: str | None = None, **options) -> EvalResult | None:
+    """The `EvalResult` of an in-memory SAE on `model` (in_memory.py); written only with `out=`."""
+    from saehealth.in_memory import keep_details, prepare_object
+
+    if options.get("saebench_out") is not None and not hasattr(getattr(sae, "cfg", None), "to_dict"):
+        raise ConfigError("saebench_out= writes a SAELens config: it needs a sae_lens SAE, not a custom module.")
+    loaded, model, config, extras = prepare_object(sae, model, name=name, **options)
+    run = Evaluation(config, console, loaded=loaded, model=model, write=config.out is not None)
+    run.request_extra = extras
+    was_training = loaded.sae.training
+    try:
+        result = run.run()
+        if result is not None and run.details is not None:
+            keep_details(result, run.details)
+        return result
+    finally:
+        loaded.sae.train(was_training)  # scoring puts the SAE in eval mode: a training loop's SAE goes back
 
 
 def result_folder(config: EvalConfig) -> Path:
@@ -109,6 +126,7 @@ class Evaluation:
         self.model = model  # a HookedTransformer the caller holds (an SAE object's evaluation), else loaded
         self.write = write  # False: no result folder is read or written (an in-memory SAE without out=)
         self.request_extra: dict = {}  # more that decides the numbers (an in-memory model's weights fingerprint)
+        self.details: dict | None = None  # the per-latent details, once finished (in-memory results render them)
         self.timing: dict[str, float] = {}
         self.notes: list[str] = []
         self.not_measured: dict[str, str] = {}
@@ -303,7 +321,7 @@ class Evaluation:
             save_result_folder(
                 result_folder(self.config), result, details, latents=latents, html_latents=self.config.html_latents
             )
-        self.details, self.lens = details, (lens, lens_reason)  # for in-memory callers that render without files
+        self.details = details
         return result
 
     def _request(self) -> dict:

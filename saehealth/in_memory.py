@@ -1,8 +1,8 @@
 """Evaluating SAEs and models that exist only in memory (a notebook, a training loop).
 
-`evaluate(sae=obj, model=model, hook=...)` lands here: the object is wrapped (loading/objects.py), never copied;
-the model is the caller's `HookedTransformer` (or a name, loaded once); the same `Evaluation` steps as for a
-checkpoint then run, so the numbers are those of the same weights saved and evaluated from the command line.
+`evaluate(sae=obj, model=model, hook=...)` prepares here: the object is wrapped (loading/objects.py), never
+copied; the model is the caller's `HookedTransformer` (or a name, loaded once); evaluation.py then runs the same
+`Evaluation` steps as for a checkpoint, so the numbers are those of the same weights saved and evaluated from the command line.
 Nothing is written unless `out=` is given; then the folder is reused only for the same SAE weights and, for a
 model object, the same model weights (their fingerprints are part of the request).
 """
@@ -31,7 +31,7 @@ def details_of(result: EvalResult) -> dict | None:
     return _DETAILS.get(id(result))
 
 
-def _keep_details(result: EvalResult, details: dict) -> None:
+def keep_details(result: EvalResult, details: dict) -> None:
     _DETAILS[id(result)] = details
     weakref.finalize(result, _DETAILS.pop, id(result), None)
 
@@ -97,23 +97,28 @@ def prepare_object(sae, model=None, name: str | None = None, **options):
     return loaded, model, config, extras
 
 
-def evaluate_object(sae, model=None, console=None, name: str | None = None, **options) -> EvalResult | None:
-    """The `EvalResult` of an in-memory SAE on `model` (see the module docstring); written only with `out=`."""
-    from saehealth.evaluation import Evaluation
+def object_members(items, model, options: dict[str, Any]):
+    """(model object, [(name, LoadedSAE, 0.0)], options for CompareConfig.of, request extras) for a comparison
+    of SAE objects and checkpoint paths (a dict names its SAEs; objects are otherwise named by class)."""
+    from saehealth.loading import load_checkpoint
+    from saehealth.loading.objects import is_sae_object
 
-    if options.get("saebench_out") is not None:
-        from sae_lens import SAE
-
-        if not isinstance(sae, SAE):
-            raise ConfigError("saebench_out= writes a SAELens config: it needs a sae_lens SAE, not a custom module.")
-    loaded, model, config, extras = prepare_object(sae, model, name=name, **options)
-    evaluation = Evaluation(config, console, loaded=loaded, model=model, write=config.out is not None)
-    evaluation.request_extra = extras
-    was_training = loaded.sae.training
-    try:
-        result = evaluation.run()
-        if result is not None and getattr(evaluation, "details", None) is not None:
-            _keep_details(result, evaluation.details)
-        return result
-    finally:
-        loaded.sae.train(was_training)  # scoring puts the SAE in eval mode: a training loop's SAE goes back
+    named = list(items.items()) if isinstance(items, dict) else [(None, item) for item in items]
+    first_object = next((item for _, item in named if is_sae_object(item)), None)
+    model, model_name = resolve_model(model, first_object, options)
+    options = {**options, "model": model_name}
+    options.setdefault("device", str(model.cfg.device))
+    options.setdefault("dtype", dtype_name(model.cfg.dtype))
+    members = []
+    for i, (name, item) in enumerate(named):
+        if is_sae_object(item):
+            hook = object_hook(item, options)
+            label = name or f"{type(item).__name__}_{i}"
+            members.append((label, wrap_sae(item, d_in=hook_width(model, hook), hook=hook, model_name=model_name,
+                                            name=label), 0.0))  # fmt: skip
+            continue
+        loaded = load_checkpoint(item, hook=options.get("hook"), device=options["device"], dtype=options["dtype"])
+        if isinstance(loaded, list):
+            raise ConfigError(f"{item} holds {len(loaded)} SAEs: list the ones to compare by their own paths.")
+        members.append((str(item), loaded, 0.0))
+    return model, members, options, {"model_weights": weights_fingerprint(model)}

@@ -130,3 +130,17 @@ def test_rendering_functions(tmp_path, builtin_model):
     assert "Health assessment" in console.export_text()
     folder = saehealth.write_report(result, tmp_path / "report")
     assert (folder / "report.md").is_file() and (folder / "report.html").is_file()
+
+
+def test_compare_objects_and_paths_in_one_pass(tmp_path, builtin_model, monkeypatch):
+    from saehealth.compare import compare
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(5)
+    a, b = HomeGrownTopK(128, 64, k=8), HomeGrownTopK(128, 64, k=4)
+    alone = saehealth.evaluate(sae=a, model=builtin_model, hook=HOOK, **OPTIONS)
+    comparison = compare({"a": a, "b": b}, model=builtin_model, hook=HOOK, **OPTIONS)
+    assert [entry.name for entry in comparison.entries] == ["a", "b"]
+    assert not list(tmp_path.iterdir())  # nothing written without out=
+    _assert_same(comparison.entries[0].result.metrics, alone.metrics)  # the shared pass gives the same numbers
+    assert comparison.entries[1].result.metrics["l0"] <= 4
