@@ -190,9 +190,16 @@ def warnings_between(previous: HealthCheck | None, current: HealthCheck) -> list
     return found
 
 
-def held_out_tokens(model, n_tokens: int, context: int | None = None, dataset: str | None = None, seed: int = 42):
+def held_out_tokens(
+    model,
+    n_tokens: int,
+    context: int | None = None,
+    dataset: str | None = None,
+    seed: int = 42,
+    split: str = "validation",
+):
     """(n_sequences, context) token ids of the held-out split the evaluation would use for `model`: the built-in
-    corpus' validation split for the built-in model, else `dataset`'s validation/test split."""
+    corpus for the built-in model, else `dataset`; `split` another split (training data for a loop, say)."""
     import math
 
     from saehealth import builtin
@@ -202,7 +209,6 @@ def held_out_tokens(model, n_tokens: int, context: int | None = None, dataset: s
     name = dataset or (builtin.BUILTIN_DATASET if model_label(model) == builtin.BUILTIN_MODEL else None)
     if name is None:
         raise ConfigError("Which held-out data? Pass dataset=NAME (its validation or test split is used).")
-    split = "validation"
     data = load_dataset(name, split)
     context = min(context or model.cfg.n_ctx, model.cfg.n_ctx)
     n_sequences = max(1, math.ceil(n_tokens / context))
