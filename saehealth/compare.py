@@ -23,7 +23,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from saehealth import distributed
-from saehealth.comparison import SUMMARY_JSON, VIEWS, ComparedSAE, Comparison, by_layer, comparison_to_dict
+from saehealth.comparison import (
+    SUMMARY_JSON,
+    VIEWS,
+    ComparedSAE,
+    Comparison,
+    by_layer,
+    by_training_tokens,
+    comparison_to_dict,
+    is_trajectory,
+)
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
@@ -117,7 +126,9 @@ def evaluate_path(config: EvalConfig, select: str | None = None, console=None) -
         )  # fmt: skip
         seconds = time.perf_counter() - t0
     if isinstance(loaded, list):
-        run = CompareConfig((config.sae_path,), (), result_folder(config), config, select, "run")
+        names = member_names([item.path or config.sae_path for item in loaded])
+        view = "trajectory" if is_trajectory(names, [item.hook_name for item in loaded]) else "run"
+        run = CompareConfig((config.sae_path,), (), result_folder(config), config, select, view)
         members = [(item.path or config.sae_path, item, seconds / len(loaded)) for item in loaded]
         return _Comparer(run, console, members).run()
     if select is not None and loaded.path:  # one member picked out of a run folder: evaluated as itself
@@ -207,7 +218,7 @@ class _Comparer:
         with distributed.step():
             members = self.members if self.members is not None else self._load_all(cfg)
             paths = [path for path, _, _ in members]
-            names = member_names(paths) if cfg.view == "run" else unique_names(paths)
+            names = member_names(paths) if cfg.view in ("run", "trajectory") else unique_names(paths)
             named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
             model_name = shared_model(options, named)
             cache = options.activations is not None  # an activation cache: the model only when --model asks for it
@@ -271,6 +282,8 @@ class _Comparer:
                 export_result(entry.result, evaluation.loaded.sae, options.saebench_out, entry.folder, self.console)
         if cfg.view == "run":
             entries = by_layer(entries)
+        elif cfg.view == "trajectory":
+            entries = by_training_tokens(entries)
         comparison = Comparison(
             entries, _settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
         )

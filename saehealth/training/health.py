@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from saehealth.errors import ConfigError, DataError
+from saehealth.report.trajectory_plot import TRAJECTORY_KEYS
 
 HEALTH_JSON = "training_health.json"
 HEALTH_PLOT = "training_health.png"
 # Options `saehealth train` takes for the checks (they are not SAELens config fields).
 OPTIONS = {"health-every": "every", "health-tokens": "tokens", "health-absorption-every": "absorption_every"}
-PLOTTED = ("loss_recovered", "explained_variance", "l0", "dead_fraction")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class TrainingHealth:
 
     def _log(self, check) -> None:
         m = check.metrics
-        shown = ", ".join(f"{k} {m[k]:.4g}" for k in PLOTTED if m.get(k) is not None)
+        shown = ", ".join(f"{k} {m[k]:.4g}" for k in TRAJECTORY_KEYS if m.get(k) is not None)
         self.say(f"health @ {check.tokens_seen:,} tokens: {shown}")
         for warning in check.warnings:
             self.say(f"[yellow]health warning:[/] {warning}")
@@ -191,21 +191,9 @@ def checks_after_each_step(health: TrainingHealth | None) -> Iterator[None]:
 
 
 def plot_trajectory(tokens: list, metrics: list[dict], path: Path, title: str = "Health during training") -> None:
-    """The headline metrics (one panel each) against training tokens, as a PNG."""
-    import matplotlib
+    """The headline metrics against training tokens (report/trajectory_plot.py), as a PNG."""
+    from saehealth.report.trajectory_plot import trajectory_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.2))
-    for ax, key in zip(axes, PLOTTED, strict=True):
-        points = [(t, m.get(key)) for t, m in zip(tokens, metrics, strict=True) if m.get(key) is not None]
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-        ax.set_title(key)
-        ax.set_xlabel("training tokens")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig = trajectory_figure(tokens, metrics, title=title)
+    if fig is not None:
+        fig.savefig(path, dpi=100)
