@@ -75,7 +75,11 @@ class ModuleSAE(torch.nn.Module):
         return next((p.device for p in self.module.parameters()), torch.device("cpu"))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.encode(x.to(self.device))
+        return self.module.encode(x.to(self.device, self.dtype))
+
+    def run_time_activation_norm_fn_in(self, x: torch.Tensor) -> torch.Tensor:
+        """What the SAE's encoder is given, as SAELens names it: an object normalises inside its own encode."""
+        return x
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.module.decode(latents)

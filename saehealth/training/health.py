@@ -123,9 +123,9 @@ class TrainingHealth:
             import wandb
         except ImportError:
             return
-        if wandb.run is not None:
+        if wandb.run is not None:  # SAELens' run, while it is open (log_to_wandb); its steps are training steps
             values = {f"health/{k}": v for k, v in m.items() if isinstance(v, (int, float))}
-            wandb.log({**values, "health/tokens_seen": check.tokens_seen})
+            wandb.log({**values, "health/tokens_seen": check.tokens_seen}, step=check.step)
 
 
 class _Scaled(torch.nn.Module):

@@ -144,3 +144,11 @@ def test_compare_objects_and_paths_in_one_pass(tmp_path, builtin_model, monkeypa
     assert not list(tmp_path.iterdir())  # nothing written without out=
     _assert_same(comparison.entries[0].result.metrics, alone.metrics)  # the shared pass gives the same numbers
     assert comparison.entries[1].result.metrics["l0"] <= 4
+
+
+def test_a_bfloat16_module_runs_in_its_own_dtype(builtin_model):
+    torch.manual_seed(6)
+    module = HomeGrownTopK(128, 64, k=8).to(torch.bfloat16)
+    result = saehealth.evaluate(sae=module, model=builtin_model, hook=HOOK, **OPTIONS)
+    assert all(p.dtype == torch.bfloat16 for p in module.parameters())  # wrapped, not cast or copied
+    assert result.metrics["l0"] == pytest.approx(8.0)
