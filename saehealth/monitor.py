@@ -3,7 +3,8 @@
 `HealthMonitor(model, hook, tokens)` runs the clean side once, at construction: per batch the clean forward to
 the end (its final residual), the activations the hook's continuation needs, and the zero-ablated continuation.
 `check(sae, step=..., tokens_seen=...)` then costs one SAE encode/decode per token plus the continuation from the
-hook and the unembedding, and scores exactly what `saehealth eval` scores on those tokens (the same `SAEScorer`
+hook and the unembedding of the spliced run (the clean logits' softmax, entropy and CE are kept too, up to
+CLEAN_SIDE_BYTES), and scores exactly what `saehealth eval` scores on those tokens (the same `SAEScorer`
 accumulators and `scoring.tally_batch`), so a check's numbers are an evaluation's numbers. Memory: the clean and
 zero final residuals and the recorded activations, a few (tokens × d_model) float tensors.
 
@@ -23,6 +24,7 @@ import torch
 from saehealth.data import special_token_mask
 from saehealth.errors import ConfigError
 from saehealth.loading.objects import sae_of
+from saehealth.metrics.downstream import downstream_totals
 from saehealth.models import check_hook
 from saehealth.replay import (
     BatchOutputs,
@@ -43,6 +45,9 @@ CHECK_METRICS = (
     "loss_recovered", "delta_ce", "kl_div_with_sae", "explained_variance", "fvu", "l0", "dead_fraction",
     "dense_fraction", "cossim", "l2_ratio",
 )  # fmt: skip
+# The clean logits' softmax over the held-out tokens is kept between checks up to this size (tokens × vocabulary
+# floats); beyond it each check recomputes it (the same numbers, one more unembedding).
+CLEAN_SIDE_BYTES = 2**29
 # Loss recovered falling by more than this since the previous check is worth a warning.
 LOSS_RECOVERED_DROP = 0.02
 
@@ -71,6 +76,7 @@ class _Batch:
     clean: torch.Tensor  # final residual of the clean forward
     recorded: dict  # the activations the continuation from the hook needs
     zero: tuple  # zero_final's (final residual, key)
+    clean_side: dict | None  # the clean logits' softmax, entropy and CE per tile (None: too big to keep)
 
 
 class HealthMonitor:
@@ -107,13 +113,17 @@ class HealthMonitor:
         self._readout = readout(model)
         cache = ReplayCache()
         self._batches: list[_Batch] = []
+        keep_clean_side = tokens.numel() * int(model.cfg.d_vocab) * 4 <= CLEAN_SIDE_BYTES
         with torch.no_grad():
             for start in range(0, tokens.shape[0], batch_size):
                 batch = tokens[start : start + batch_size].to(self.device)
                 mask = special_token_mask(batch, model.tokenizer, include_special_tokens)
                 clean, recorded = record_clean(model, [self.site], batch)
                 zero = zero_final(model, self.site, batch, recorded, cache)
-                self._batches.append(_Batch(batch, mask, clean, recorded, zero))
+                clean_side = {} if keep_clean_side else None
+                if clean_side is not None:  # the clean logits' softmax, entropy and CE, tile by tile, now
+                    downstream_totals(self._readout, clean, [], batch, mask, clean_side)
+                self._batches.append(_Batch(batch, mask, clean, recorded, zero, clean_side))
             # The reconstruction's reference mean, from the first sequence (as scoring._set_references).
             first = tokens[:1].to(self.device)
             _, act = model.run_with_cache(first, names_filter=[hook])
@@ -136,7 +146,7 @@ class HealthMonitor:
                 group = SiteGroup(self.site, [scorer])
                 site_out = replay_site(self.model, group, batch.tokens, batch.mask, batch.recorded, None, batch.zero)
                 out = BatchOutputs(batch.clean, [site_out])
-                tally_batch(self._readout, [[0]], [scorer], out, batch.tokens, batch.mask)
+                tally_batch(self._readout, [[0]], [scorer], out, batch.tokens, batch.mask, batch.clean_side)
         finally:
             scorer.restore()
             wrapped.train(was_training)  # a training loop's SAE goes back to training mode

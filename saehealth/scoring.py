@@ -280,11 +280,14 @@ def _local_pass(model, members, batches, include_special_tokens, device, advance
     return [scorer.tally for scorer in scorers]
 
 
-def tally_batch(unembedding, site_members: list[list[int]], scorers: list[SAEScorer], out, tokens, mask) -> None:
+def tally_batch(
+    unembedding, site_members: list[list[int]], scorers: list[SAEScorer], out, tokens, mask, clean_cache=None
+) -> None:
     """Add one replayed batch (`replay.BatchOutputs`) to the scorers: the downstream totals of every SAE at every
-    site (`site_members[j]`: the scorers of site j, in `out.sites` order), then each scorer's own update."""
+    site (`site_members[j]`: the scorers of site j, in `out.sites` order), then each scorer's own update.
+    `clean_cache`: the batch's clean side, kept across calls (metrics/downstream.py `downstream_totals`)."""
     finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
-    clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask)
+    clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask, clean_cache)
     for site, site_totals, sae_totals in zip(finals, per_site, per_sae, strict=True):  # SAEBench's KL
         last_shared, last_own = last_position_kl(unembedding, out.clean, site.zero, site.spliced, mask)
         site_totals.update(last_shared)

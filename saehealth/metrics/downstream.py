@@ -60,6 +60,7 @@ def downstream_totals(
     sites: Sequence[SiteFinals],
     tokens: torch.Tensor,
     mask: torch.Tensor,
+    clean_cache: dict | None = None,
 ) -> tuple[dict, list[dict], list[list[dict]]]:
     """Per-sequence CE and KL totals for one batch, for every SAE of every site.
 
@@ -71,7 +72,9 @@ def downstream_totals(
         CE      = lse − logit[next token]
         KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
     so each variant costs one logsumexp and one row-wise dot product with p, and the clean side (p, its
-    entropy) is computed once per tile for every SAE at every site.
+    entropy) is computed once per tile for every SAE at every site. `clean_cache` (a dict kept by the caller
+    for this batch of tokens) keeps each tile's clean side, so that scoring other SAEs on the same batch later
+    (a health monitor's checks) skips it.
     """
     batch, length = tokens.shape
     n_pos = length - 1
@@ -92,11 +95,18 @@ def downstream_totals(
 
     for seqs, pos in _tiles(batch, n_pos, readout.d_vocab, tokens.device):
         weight, target = predicting[seqs, pos], targets[seqs, pos]
-        clean_logits = readout.logits(clean[seqs, pos])
-        p, lse_clean = _softmax_logsumexp(clean_logits)
-        neg_entropy = torch.linalg.vecdot(p, clean_logits) - lse_clean
-        clean_totals["ce_clean"][seqs] += _summed(_cross_entropy(clean_logits, lse_clean, target), weight)
-        del clean_logits
+        tile = (seqs.start, pos.start)
+        if clean_cache is not None and tile in clean_cache:
+            p, neg_entropy, ce_clean = clean_cache[tile]
+        else:
+            clean_logits = readout.logits(clean[seqs, pos])
+            p, lse_clean = _softmax_logsumexp(clean_logits)
+            neg_entropy = torch.linalg.vecdot(p, clean_logits) - lse_clean
+            ce_clean = _summed(_cross_entropy(clean_logits, lse_clean, target), weight)
+            del clean_logits
+            if clean_cache is not None:
+                clean_cache[tile] = (p, neg_entropy, ce_clean)
+        clean_totals["ce_clean"][seqs] += ce_clean
 
         for zero, whole, totals, finals, own in zip(zeros, whole_zeros, site_totals, spliced, sae_totals, strict=True):
             if whole is not None:
