@@ -14,9 +14,8 @@ compute (x is the hook's activation; pre = encoder(x − pre_bias)):
 | GatedSAE     | [pre + gate_bias > 0] · relu(exp(r_mag)·pre + mag_bias)          | `gated` (b_gate, r_mag, b_mag)  |
 | MatryoshkaSAE| relu((x − b_dec)@W_enc + b_enc), then per-token topk_k, or with a learned threshold θ ≥ 0 relu(·)·[relu(·) > θ] | `topk`, or `jumprelu` with θ on every latent |
 
-The routed types (RouteSAE, RouteMatryoshkaSAE) read several hooks through a router: they are dispatched by
-`type` to the loader registered for them with `register_routed_loader` (saehealth's routed loader), never loaded
-as single-hook SAEs.
+The routed types (RouteSAE, RouteMatryoshkaSAE) read several hooks through a router: a checkpoint whose YAML
+names one is handed to the routed loader (`from_routesae_seed.py`), never loaded as a single-hook SAE.
 
 The YAML's `layer` is a Hugging Face `hidden_states` index: h ≥ 1 is the output of decoder layer h − 1, i.e.
 TransformerLens `blocks.{h-1}.hook_resid_post`; h = 0 is the embeddings (`blocks.0.hook_resid_pre`).
@@ -24,7 +23,6 @@ TransformerLens `blocks.{h-1}.hook_resid_post`; h = 0 is the embeddings (`blocks
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ import torch
 import yaml
 
 from saehealth.errors import CheckpointError, IncompatibleSAEError
-from saehealth.loading.base import Adapter, LoadedSAE, LoadRequest, register_adapter
+from saehealth.loading.base import ADAPTERS, Adapter, LoadedSAE, LoadRequest, register_adapter
 from saehealth.loading.convert import build_sae
 from saehealth.loading.files import check_fields, load_torch_file, orient, peek_torch_file, require_tensors, vector
 
@@ -40,16 +38,9 @@ SINGLE_HOOK_TYPES = ("VanillaSAE", "TopKSAE", "JumpReLUSAE", "GatedSAE", "Matryo
 ROUTED_TYPES = ("RouteSAE", "RouteMatryoshkaSAE")
 _YAML_SUFFIXES = (".yaml", ".yml")
 _WEIGHT_SUFFIXES = (".pt", ".pth")
-# The routed loader (issue 22's) registers itself here: type name -> load(pt_path, config, yaml_path, request).
-RoutedLoader = Callable[[Path, dict, Path, LoadRequest], LoadedSAE]
-_ROUTED_LOADERS: dict[str, RoutedLoader] = {}
-
-
-def register_routed_loader(type_name: str, loader: RoutedLoader) -> None:
-    """Let a routed-SAE loader take the `BaseSAE` checkpoints whose YAML says `type: <type_name>`."""
-    if type_name not in ROUTED_TYPES:
-        raise ValueError(f"{type_name!r} is not a routed BaseSAE type ({', '.join(ROUTED_TYPES)}).")
-    _ROUTED_LOADERS[type_name] = loader
+# The adapter that loads the routed types (saehealth/loading/from_routesae_seed.py): a folder or file of this
+# layout whose YAML names one is handed to it.
+ROUTED_ADAPTER = "routesae_seed"
 
 
 def read_model_config(path: Path) -> dict | None:
@@ -114,14 +105,10 @@ class BaseSAEAdapter(Adapter):
         content = read_model_config(config_path) or {}
         model = content["model"]
         kind = str(model["type"])
-        if kind in ROUTED_TYPES:
-            loader = _ROUTED_LOADERS.get(kind)
-            if loader is None:
-                raise CheckpointError(
-                    f"{weights} is a {kind} (routed over several layers, per {config_path.name}): it is handled by "
-                    "saehealth's routed loader, which this installation lacks."
-                )
-            return loader(weights, content, config_path, request)
+        if kind in ROUTED_TYPES:  # routed over several layers: the routed loader's, on the weights file itself
+            if ROUTED_ADAPTER not in ADAPTERS:
+                raise CheckpointError(f"{weights} is a {kind}: saehealth's routed loader is not installed.")
+            return ADAPTERS.get(ROUTED_ADAPTER).load(weights, request)
         state = load_torch_file(weights)
         if not isinstance(state, dict):
             raise CheckpointError(f"{weights} holds no state dict: save model.state_dict().")

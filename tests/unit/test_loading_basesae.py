@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from saehealth.errors import CheckpointError
 from saehealth.loading import detect_format, load_checkpoint
 
 D_IN, D_SAE, K = 12, 32, 5
@@ -136,13 +135,12 @@ def test_layer_zero_is_the_embeddings_and_the_last_is_refused(tmp_path):
 
 
 def test_routed_types_go_to_the_routed_loader(tmp_path):
-    from saehealth.loading import from_basesae
-
-    folder = _save(tmp_path / "r", "RouteSAE", {"router.router.weight": _rand(3, D_IN)}, base_sae_type="TopKSAE")
-    assert detect_format(folder) == "basesae"
-    if "RouteSAE" not in from_basesae._ROUTED_LOADERS:
-        with pytest.raises(CheckpointError, match="routed loader"):
-            load_checkpoint(folder)
+    """A folder of the seed's layout whose YAML names a routed type loads through the routed adapter."""
+    folder = _save(tmp_path / "r", "RouteSAE", {}, base_sae_type="TopKSAE", n_layers=5, start_layer=1, end_layer=3)
+    state = {"router.router.weight": _rand(2, D_IN)} | {f"sae.{k}": v for k, v in _state("TopKSAE").items()}
+    torch.save(state, folder / "RouteSAE_3.pt")
+    loaded = load_checkpoint(folder)
+    assert loaded.format == "routesae_seed"
 
 
 def test_a_bare_pt_without_yaml_is_not_taken_for_basesae(tmp_path):
