@@ -41,6 +41,7 @@ _WEIGHT_SUFFIXES = (".pt", ".pth")
 # The adapter that loads the routed types (saehealth/loading/from_routesae_seed.py): a folder or file of this
 # layout whose YAML names one is handed to it.
 ROUTED_ADAPTER = "routesae_seed"
+ROUTER_KEY = "router.router.weight"
 
 
 def read_model_config(path: Path) -> dict | None:
@@ -92,7 +93,13 @@ class BaseSAEAdapter(Adapter):
 
     def detect(self, path: Path) -> bool:
         found = locate(path)
-        return found is not None and isinstance(peek_torch_file(found[0]), dict)
+        state = peek_torch_file(found[0]) if found is not None else None
+        if not isinstance(state, dict):
+            return False
+        # A routed .pt file (a router matrix, or a YAML naming a routed type) is the routed adapter's to detect
+        # and explain; a folder holding one comes here and is handed over.
+        routed = ROUTER_KEY in state or (read_model_config(found[1]) or {})["model"]["type"] in ROUTED_TYPES
+        return path.is_dir() or not routed
 
     def load(self, path: Path, request: LoadRequest) -> LoadedSAE:
         found = locate(path)
