@@ -23,7 +23,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from saehealth import distributed
-from saehealth.comparison import SUMMARY_JSON, VIEWS, ComparedSAE, Comparison, by_layer, comparison_to_dict
+from saehealth.comparison import (
+    SUMMARY_JSON,
+    VIEWS,
+    ComparedSAE,
+    Comparison,
+    by_layer,
+    by_training_tokens,
+    comparison_to_dict,
+    is_trajectory,
+)
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
@@ -73,14 +82,28 @@ class CompareConfig:
         return Path(self.out) if self.out is not None else DEFAULT_OUT
 
 
-def compare(paths=(), *, config: CompareConfig | None = None, console=None, **options) -> Comparison | None:
-    """Evaluate several SAE checkpoints on identical tokens and write the comparison; returns it.
+def compare(paths=(), *, model=None, config: CompareConfig | None = None, console=None, **options) -> Comparison | None:
+    """Evaluate several SAEs on identical tokens and write the comparison; returns it.
 
     Either pass a `CompareConfig`, or the paths, `sweep`, `out`, `select` and any `EvalConfig` option as keyword
     arguments: `saehealth.compare.compare(["a", "b"], sweep=("checkpoints/sweep_*",), n_tokens=20_000)`.
     Writes `<out>/<name>/` per SAE (result.json, details, report.md) and `<out>/comparison.{json,md}` with
     frontier plots. Under torchrun, ranks other than 0 return None.
+
+    SAEs in memory: `paths` may hold SAE objects beside paths (a dict names them: {"a": sae, "b": "ckpt/"}) and
+    `model` a loaded HookedTransformer; then nothing is written unless `out=` is given (in_memory.py).
     """
+    from saehealth.loading.objects import is_sae_object
+
+    items = list(paths.values()) if isinstance(paths, dict) else [paths] if isinstance(paths, (str, Path)) else paths
+    if config is None and (any(is_sae_object(item) for item in items) or not isinstance(model, (str, type(None)))):
+        from saehealth.in_memory import object_members
+
+        model, members, options, extras = object_members(paths, model, options)
+        config = CompareConfig.of([path for path, _, _ in members], **options)
+        return _Comparer(config, console, members, model=model, write=config.out is not None, extras=extras).run()
+    if model is not None:
+        options["model"] = model
     if config is None:
         config = CompareConfig.of(paths, **options)
     elif options or paths:
@@ -103,7 +126,9 @@ def evaluate_path(config: EvalConfig, select: str | None = None, console=None) -
         )  # fmt: skip
         seconds = time.perf_counter() - t0
     if isinstance(loaded, list):
-        run = CompareConfig((config.sae_path,), (), result_folder(config), config, select, "run")
+        names = member_names([item.path or config.sae_path for item in loaded])
+        view = "trajectory" if is_trajectory(names, [item.hook_name for item in loaded]) else "run"
+        run = CompareConfig((config.sae_path,), (), result_folder(config), config, select, view)
         members = [(item.path or config.sae_path, item, seconds / len(loaded)) for item in loaded]
         return _Comparer(run, console, members).run()
     if select is not None and loaded.path:  # one member picked out of a run folder: evaluated as itself
@@ -165,10 +190,15 @@ def member_names(paths: list[str]) -> list[str]:
 class _Comparer:
     """One comparison run: load every SAE, resolve the shared settings, one shared pass, finish, write."""
 
-    def __init__(self, config: CompareConfig, console=None, members: list | None = None):
+    def __init__(
+        self, config: CompareConfig, console=None, members: list | None = None, model=None, write=True, extras=None
+    ):
         self.config = config
         self.console = console
         self.members = members  # (sae_path, LoadedSAE, load seconds) already loaded by the caller
+        self.model = model  # the caller's HookedTransformer (SAEs in memory), else loaded here
+        self.write = write  # False: no folder is read or written (SAEs in memory without out=)
+        self.extras = extras or {}  # more of every request: the in-memory model's weights fingerprint
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
 
@@ -179,7 +209,7 @@ class _Comparer:
         started = time.perf_counter()
         cfg, options = self.config, self.config.evaluation
         distributed.setup(options.device)
-        if distributed.ranks().first:  # only rank 0 writes: before any work, refuse a folder that is not ours
+        if distributed.ranks().first and self.write:  # only rank 0 writes: refuse a folder that is not ours
             folder = check_output_folder(cfg.out_folder, "comparison")
             if options.saebench_out is not None:  # each SAE's files are checked with its result folder
                 from saehealth.saebench.export import check_saebench_out
@@ -188,13 +218,13 @@ class _Comparer:
         with distributed.step():
             members = self.members if self.members is not None else self._load_all(cfg)
             paths = [path for path, _, _ in members]
-            names = member_names(paths) if cfg.view == "run" else unique_names(paths)
+            names = member_names(paths) if cfg.view in ("run", "trajectory") else unique_names(paths)
             named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
             model_name = shared_model(options, named)
             cache = options.activations is not None  # an activation cache: the model only when --model asks for it
             t0 = time.perf_counter()
-            model = None
-            if not cache or options.model:
+            model = self.model
+            if model is None and (not cache or options.model):
                 kwargs = shared_model_kwargs(named)
                 needed = max([options.context_length or m[1].context_size or 0 for m in members]) or None
                 model = load_model(
@@ -257,6 +287,8 @@ class _Comparer:
                 export_result(entry.result, evaluation.loaded.sae, options.saebench_out, entry.folder, self.console)
         if cfg.view == "run":
             entries = by_layer(entries)
+        elif cfg.view == "trajectory":
+            entries = by_training_tokens(entries)
         comparison = Comparison(
             entries, _settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
         )
@@ -265,11 +297,14 @@ class _Comparer:
                 "Not every result was computed on the same tokens (a saved result from another run was reused): "
                 "pass --force to re-run them all."
             )
-        self._write(comparison, started)
+        if self.write:
+            self._write(comparison, started)
         return comparison
 
     def _evaluation(self, shared: EvalConfig, name: str, path: str, loaded, seconds: float, notes) -> Evaluation:
-        evaluation = Evaluation(replace(shared, sae_path=path, out=self.config.out_folder / name), loaded=loaded)
+        config = replace(shared, sae_path=path, out=self.config.out_folder / name)
+        evaluation = Evaluation(config, loaded=loaded, model=self.model, write=self.write)
+        evaluation.request_extra = self.extras
         evaluation.timing["load_sae_s"] = seconds
         evaluation.notes += notes
         if loaded.model_name is None:

@@ -2,7 +2,8 @@
 
 A `Comparison` holds one entry per SAE (its name, checkpoint and result) and the settings they share. Its `view`
 says how it is shown: `comparison` (SAEs of a sweep or of several libraries: the L0 frontier matters) or `run`
-(one SAE per hook of a model, from a run folder: ordered by layer, metrics plotted against layer). The reports
+(one SAE per hook of a model, from a run folder: ordered by layer, metrics plotted against layer) or `trajectory`
+(the checkpoints of one training run, at one hook: ordered by training tokens, metrics plotted against them). The reports
 of either live in `report/compare_report.py`; the JSON summary is `comparison_to_dict`.
 """
 
@@ -17,9 +18,11 @@ from pathlib import Path
 from saehealth.result import EvalResult
 
 COMPARISON_SCHEMA_VERSION = 1
-VIEWS = ("comparison", "run")
+VIEWS = ("comparison", "run", "trajectory")
 # The JSON summary of each view (its markdown report is named in report/compare_report.py).
-SUMMARY_JSON = {"comparison": "comparison.json", "run": "run.json"}
+SUMMARY_JSON = {"comparison": "comparison.json", "run": "run.json", "trajectory": "trajectory.json"}
+# A SAELens training checkpoint's folder: named after the training tokens it had seen (`final_<n>` at the end).
+_CHECKPOINT_NAME = re.compile(r"^(?:final_)?(\d+)$")
 # The columns of every comparison view (table, markdown, JSON), in order.
 SUMMARY_KEYS = (
     "l0",
@@ -70,7 +73,23 @@ class Comparison:
 
     @property
     def summary_keys(self) -> tuple[str, ...]:
-        return SUMMARY_KEYS + RUN_EXTRA_KEYS if self.view == "run" else SUMMARY_KEYS
+        return SUMMARY_KEYS + RUN_EXTRA_KEYS if self.view in ("run", "trajectory") else SUMMARY_KEYS
+
+
+def training_tokens(name: str) -> int | None:
+    """The training tokens a SAELens checkpoint folder's name records ('4096', 'final_8192'), else None."""
+    match = _CHECKPOINT_NAME.match(Path(name).name)
+    return int(match.group(1)) if match else None
+
+
+def is_trajectory(names: list[str], hooks: list[str | None]) -> bool:
+    """Several checkpoints of one training run: every name a token count, one hook for all."""
+    return len(names) > 1 and all(training_tokens(n) is not None for n in names) and len(set(hooks)) == 1
+
+
+def by_training_tokens(entries: list[ComparedSAE]) -> list[ComparedSAE]:
+    """Entries ordered by the training tokens of their checkpoint (unnamed ones last)."""
+    return sorted(entries, key=lambda e: (training_tokens(e.name) is None, training_tokens(e.name) or 0))
 
 
 def layer_and_kind(result: EvalResult) -> tuple[int | None, str]:
@@ -237,6 +256,7 @@ def comparison_to_dict(comparison: Comparison) -> dict:
                 "headline_metrics": total,
                 "summary": f"{healthy}/{total} healthy",
                 "on_frontier": entry.name in on_front,
+                "training_tokens": training_tokens(entry.name),
                 "reused": entry.reused,
             }
         )

@@ -49,14 +49,32 @@ REQUEST_KEYS = (
 
 
 def evaluate(
-    sae_path: str | Path | None = None, *, config: EvalConfig | None = None, console=None, **options
+    sae_path: str | Path | None = None,
+    *,
+    sae=None,
+    model=None,
+    config: EvalConfig | None = None,
+    console=None,
+    **options,
 ) -> EvalResult | None:
-    """Evaluate one SAE checkpoint; returns the typed result (also written to the output folder).
+    """Evaluate one SAE; returns the typed result.
 
-    Either pass an `EvalConfig`, or the checkpoint path and any `EvalConfig` field as keyword arguments:
-    `saehealth.evaluate("checkpoints/demo", n_tokens=50_000, device="cuda")`. Under torchrun, ranks other than
-    0 return None.
+    A checkpoint: pass an `EvalConfig`, or the checkpoint path and any `EvalConfig` field as keyword arguments:
+    `saehealth.evaluate("checkpoints/demo", n_tokens=50_000, device="cuda")`; the result is also written to the
+    output folder. An SAE in memory: `saehealth.evaluate(sae=obj, model=model, hook=..., ...)`, with `obj` a
+    sae_lens SAE or any module with encode(x)/decode(latents) and `model` a HookedTransformer or a name; nothing
+    is written unless `out=` is given (in_memory.py). Under torchrun, ranks other than 0 return None.
     """
+    from saehealth.loading.objects import is_sae_object
+
+    if sae is not None or is_sae_object(sae_path):
+        if config is not None:
+            raise ConfigError("Pass keyword options with sae=, not a config.")
+        return evaluate_object(sae if sae is not None else sae_path, model=model, console=console, **options)
+    if model is not None:
+        if not isinstance(model, str):
+            raise ConfigError("A loaded model is evaluated with an SAE object: evaluate(sae=obj, model=model).")
+        options["model"] = model
     if config is None:
         if sae_path is None:
             raise ConfigError("evaluate() needs an SAE path (or a config).")
@@ -64,6 +82,25 @@ def evaluate(
     elif options or sae_path is not None:
         raise ConfigError("Pass either a config or keyword options to evaluate(), not both.")
     return Evaluation(config, console).run()
+
+
+def evaluate_object(sae, model=None, console=None, name: str | None = None, **options) -> EvalResult | None:
+    """The `EvalResult` of an in-memory SAE on `model` (in_memory.py); written only with `out=`."""
+    from saehealth.in_memory import keep_details, prepare_object
+
+    if options.get("saebench_out") is not None and not hasattr(getattr(sae, "cfg", None), "to_dict"):
+        raise ConfigError("saebench_out= writes a SAELens config: it needs a sae_lens SAE, not a custom module.")
+    loaded, model, config, extras = prepare_object(sae, model, name=name, **options)
+    run = Evaluation(config, console, loaded=loaded, model=model, write=config.out is not None)
+    run.request_extra = extras
+    was_training = loaded.sae.training
+    try:
+        result = run.run()
+        if result is not None and run.details is not None:
+            keep_details(result, run.details)
+        return result
+    finally:
+        loaded.sae.train(was_training)  # scoring puts the SAE in eval mode: a training loop's SAE goes back
 
 
 def result_folder(config: EvalConfig) -> Path:
@@ -82,10 +119,14 @@ class Evaluation:
     finish each result with the same code.
     """
 
-    def __init__(self, config: EvalConfig, console=None, loaded=None):
+    def __init__(self, config: EvalConfig, console=None, loaded=None, model=None, write: bool = True):
         self.config = config
         self.console = console
         self.loaded = loaded  # a LoadedSAE already loaded by the caller, else loaded by `load()`
+        self.model = model  # a HookedTransformer the caller holds (an SAE object's evaluation), else loaded
+        self.write = write  # False: no result folder is read or written (an in-memory SAE without out=)
+        self.request_extra: dict = {}  # more that decides the numbers (an in-memory model's weights fingerprint)
+        self.details: dict | None = None  # the per-latent details, once finished (in-memory results render them)
         self.timing: dict[str, float] = {}
         self.notes: list[str] = []
         self.not_measured: dict[str, str] = {}
@@ -119,6 +160,7 @@ class Evaluation:
 
         cfg = self.config
         first = distributed.ranks().first  # only rank 0 writes, so only its disk matters
+        first = first and self.write  # nothing to reuse or refuse when nothing is written
         if first:  # before any work: refuse a folder that is not ours
             folder = check_output_folder(result_folder(cfg), "result")
             if cfg.saebench_out is not None:
@@ -152,6 +194,7 @@ class Evaluation:
             return self._plan_cache(model)
         cfg, loaded = self.config, self.loaded
         model_name = planning.model_name(cfg, loaded)
+        model = model if model is not None else self.model
         if model is None:
             t0 = time.perf_counter()
             kwargs = loaded.model_from_pretrained_kwargs
@@ -285,10 +328,11 @@ class Evaluation:
         def latents(folder: Path) -> None:
             write_latents(folder, output.latents, lens, lens_reason, result.request)
 
-        # result, details, latents, report.md with plots, report.html: all or nothing
-        save_result_folder(
-            result_folder(self.config), result, details, latents=latents, html_latents=self.config.html_latents
-        )
+        if self.write:  # result, details, latents, report.md with plots, report.html: all or nothing
+            save_result_folder(
+                result_folder(self.config), result, details, latents=latents, html_latents=self.config.html_latents
+            )
+        self.details = details
         return result
 
     def _request(self) -> dict:
@@ -302,6 +346,7 @@ class Evaluation:
         if self._weights is None:
             self._weights = weights_fingerprint(self.loaded.sae)
         request["sae_weights"] = self._weights  # a retrained checkpoint at the same path is another SAE
+        request.update(self.request_extra)
         return request
 
     def _reusable_result(self, out: Path) -> EvalResult | None:

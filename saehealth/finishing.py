@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from saehealth.config import EvalConfig
+from saehealth.loading.objects import NO_DECODER, decoder_matrix
 from saehealth.metrics.encoder_geometry import encoder_geometry
 from saehealth.metrics.geometry import geometry_metrics
 from saehealth.planning import Plan
@@ -50,16 +51,18 @@ def finish_result(
     metrics, details = output.metrics, output.details
 
     t0 = time.perf_counter()
-    if "geometry" in config.skip:
+    geometry_skipped = "skipped with --skip geometry" if "geometry" in config.skip else None
+    if geometry_skipped or decoder_matrix(sae) is None:
         for key in GEOMETRY_KEYS:
-            not_measured[key] = "skipped with --skip geometry"
+            not_measured[key] = geometry_skipped or NO_DECODER
     else:
         # Blocks of cosines as large as one chunk tensor of the pass: geometry stays within the pass's budget.
         block_rows = chunk_tokens(int(sae.cfg.d_sae), sae.W_dec.device)
         geometry, per_latent = geometry_metrics(sae.W_dec, block_rows=block_rows)
         metrics.update(geometry)
         details.update(per_latent)
-        details.update(encoder_geometry(sae, block_rows=block_rows))
+        if getattr(sae, "W_enc", None) is not None:  # an SAE object may expose its decoder only
+            details.update(encoder_geometry(sae, block_rows=block_rows))
     timing["geometry_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -122,6 +125,8 @@ def logit_lens_of(plan: Plan) -> tuple[dict | None, str | None]:
 
     if plan.model is None:
         return None, "no model was loaded (an activation cache): pass --model NAME for the logit lens"
+    if decoder_matrix(plan.sae) is None:
+        return None, NO_DECODER
     if plan.site is None:  # an activation cache scored with --model (for absorption): the hook it was read at
         return logit_lens(plan.model, plan.sae.W_dec, plan.hook, plan.loaded.hook_head_index)
     return logit_lens(plan.model, plan.sae.W_dec, plan.site.hook_name, plan.site.head_index)
@@ -139,6 +144,8 @@ def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dic
         reason = ROUTED_ABSORPTION
     if reason is None and plan.model is None:  # an activation cache, without --model
         reason = "absorption prompts the model, which an activation cache lacks: add --model NAME to measure it"
+    if reason is None and decoder_matrix(plan.sae) is None:  # latent shares are in decoder-row units
+        reason = NO_DECODER
     if reason is not None:
         not_measured.update(dict.fromkeys(keys, reason))
         return dict.fromkeys(keys), {}, None

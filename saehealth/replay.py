@@ -193,17 +193,9 @@ def recorded_hooks(model, site: SpliceSite) -> set[str]:
     return set()
 
 
-@torch.no_grad()
-def replay_batch(
-    model,
-    groups: Sequence[SiteGroup],
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    cache: ReplayCache | None = None,
-) -> BatchOutputs:
-    """Run one batch: the clean forward once for every site, each site's zero ablation once, then one spliced
-    continuation per SAE (SAEs at one site share everything but their own splice)."""
-    wanted = set().union(*(recorded_hooks(model, group.site) for group in groups)) if groups else set()
+def record_clean(model, sites: Sequence[SpliceSite], tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The clean forward: (final residual (batch, pos, d_model), the activations the sites' continuations need)."""
+    wanted = set().union(*(recorded_hooks(model, site) for site in sites)) if sites else set()
     recorded: dict[str, torch.Tensor] = {}
 
     def record(activation, hook):
@@ -214,57 +206,85 @@ def replay_batch(
     silent = sorted(wanted - recorded.keys())
     if silent:
         raise IncompatibleSAEError(f"Hook {silent[0]!r} never fired in a forward pass: pick another hook.")
-    sites = [_replay_site(model, group, tokens, mask, recorded, cache) for group in groups]
+    return clean, recorded
+
+
+@torch.no_grad()
+def replay_batch(
+    model,
+    groups: Sequence[SiteGroup],
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    cache: ReplayCache | None = None,
+) -> BatchOutputs:
+    """Run one batch: the clean forward once for every site, each site's zero ablation once, then one spliced
+    continuation per SAE (SAEs at one site share everything but their own splice)."""
+    clean, recorded = record_clean(model, [group.site for group in groups], tokens)
+    sites = [replay_site(model, group, tokens, mask, recorded, cache) for group in groups]
     return BatchOutputs(clean, sites)
 
 
-def _replay_site(model, group: SiteGroup, tokens, mask, recorded: dict, cache: ReplayCache | None) -> SiteOutputs:
-    site = group.site
-    outputs: list[SAEOutputs] = []
-    if site.kind == "residual":
-        x = recorded[site.hook_name]
-        zero = _shared_zero_final(model, site.resume_at, x, cache)
-        for sae in group.saes:
-            target, x_hat, spliced = _splice(sae, site, x, x, mask)
-            outputs.append(SAEOutputs(target, x_hat, _final(model, spliced, site.resume_at)))
-        return SiteOutputs(zero, ("residual", site.resume_at), outputs)
+def _start(model, site: SpliceSite, tokens: torch.Tensor, recorded: dict) -> tuple[torch.Tensor, int | None]:
+    """(input, start_at_layer) of a continuation that re-runs a block (in_block) or the whole model (generic)."""
+    if site.kind == "in_block":
+        return recorded[_residual_hook(model, site.resume_at)], site.resume_at
+    return tokens, None
 
+
+def zero_final(model, site: SpliceSite, tokens, recorded: dict, cache: ReplayCache | None) -> tuple:
+    """(final residual of the site's zero-ablated continuation, its cache key or None): batch 1 and keyed when
+    it is the same for every sequence (a residual site), else (batch, pos, d_model)."""
+    if site.kind == "residual":
+        return _shared_zero_final(model, site.resume_at, recorded[site.hook_name], cache), ("residual", site.resume_at)
     if site.kind == "mlp_out":
         x, resid_post = recorded[site.hook_name], recorded[_residual_hook(model, site.resume_at)]
-        zero = _final(model, resid_post - x, site.resume_at)
-        for sae in group.saes:
-            target, x_hat, spliced = _splice(sae, site, recorded[site.input_hook], x, mask)
-            outputs.append(SAEOutputs(target, x_hat, _final(model, resid_post + (spliced - x), site.resume_at)))
-        return SiteOutputs(zero, None, outputs)
-
-    if site.kind == "in_block":
-        start, resume_at = recorded[_residual_hook(model, site.resume_at)], site.resume_at
-    else:
-        start, resume_at = tokens, None
+        return _final(model, resid_post - x, site.resume_at), None
+    start, resume_at = _start(model, site, tokens, recorded)
 
     def zero_ablate(activation, hook):  # noqa: ARG001
         return torch.zeros_like(activation)
 
     with model.hooks(fwd_hooks=[(site.hook_name, zero_ablate)]):
-        zero = _final(model, start, resume_at)
-    for sae in group.saes:
-        record: dict = {}
+        return _final(model, start, resume_at), None
 
-        def capture_input(activation, hook, record=record):  # noqa: ARG001
-            record["input"] = activation
 
-        def replace(activation, hook, record=record, sae=sae):  # noqa: ARG001
-            source = record.pop("input") if site.is_transcoder else activation
-            record["x"], record["x_hat"], spliced = _splice(sae, site, source, activation, mask)
-            return spliced
+def replay_site(
+    model, group: SiteGroup, tokens, mask, recorded: dict, cache: ReplayCache | None, zero: tuple | None = None
+) -> SiteOutputs:
+    """One site's zero ablation (`zero` when the caller computed it already: `zero_final`'s pair) and each of
+    its SAEs' spliced continuations, from the clean forward's `recorded` activations."""
+    site = group.site
+    zero_out, zero_key = zero if zero is not None else zero_final(model, site, tokens, recorded, cache)
+    outputs = [_spliced_continuation(model, site, sae, tokens, mask, recorded) for sae in group.saes]
+    return SiteOutputs(zero_out, zero_key, outputs)
 
-        hooks = [(site.input_hook, capture_input)] if site.is_transcoder else []
-        with model.hooks(fwd_hooks=[*hooks, (site.hook_name, replace)]):
-            final = _final(model, start, resume_at)
-        if "x" not in record:
-            raise IncompatibleSAEError(f"Hook {site.hook_name!r} never fired in a forward pass: pick another hook.")
-        outputs.append(SAEOutputs(record["x"], record["x_hat"], final))
-    return SiteOutputs(zero, None, outputs)
+
+def _spliced_continuation(model, site: SpliceSite, sae: Splice, tokens, mask, recorded: dict) -> SAEOutputs:
+    if site.kind == "residual":
+        x = recorded[site.hook_name]
+        target, x_hat, spliced = _splice(sae, site, x, x, mask)
+        return SAEOutputs(target, x_hat, _final(model, spliced, site.resume_at))
+    if site.kind == "mlp_out":
+        x, resid_post = recorded[site.hook_name], recorded[_residual_hook(model, site.resume_at)]
+        target, x_hat, spliced = _splice(sae, site, recorded[site.input_hook], x, mask)
+        return SAEOutputs(target, x_hat, _final(model, resid_post + (spliced - x), site.resume_at))
+    start, resume_at = _start(model, site, tokens, recorded)
+    record: dict = {}
+
+    def capture_input(activation, hook):  # noqa: ARG001
+        record["input"] = activation
+
+    def replace(activation, hook):  # noqa: ARG001
+        source = record.pop("input") if site.is_transcoder else activation
+        record["x"], record["x_hat"], spliced = _splice(sae, site, source, activation, mask)
+        return spliced
+
+    hooks = [(site.input_hook, capture_input)] if site.is_transcoder else []
+    with model.hooks(fwd_hooks=[*hooks, (site.hook_name, replace)]):
+        final = _final(model, start, resume_at)
+    if "x" not in record:
+        raise IncompatibleSAEError(f"Hook {site.hook_name!r} never fired in a forward pass: pick another hook.")
+    return SAEOutputs(record["x"], record["x_hat"], final)
 
 
 def _splice(sae: Splice, site: SpliceSite, source: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):

@@ -271,23 +271,31 @@ def _local_pass(model, members, batches, include_special_tokens, device, advance
             for scorer in scorers:
                 scorer.begin(ids)
             out = replay_batch(model, groups, tokens, mask, cache)
-            finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
-            clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask)
-            for site, site_totals, sae_totals in zip(finals, per_site, per_sae, strict=True):  # SAEBench's KL
-                last_shared, last_own = last_position_kl(unembedding, out.clean, site.zero, site.spliced, mask)
-                site_totals.update(last_shared)
-                for totals, last in zip(sae_totals, last_own, strict=True):
-                    totals.update(last)
-            at_sites = zip(sites.values(), out.sites, per_site, per_sae, strict=True)
-            for indices, site_out, site_totals, sae_totals in at_sites:
-                for i, sae_out, own in zip(indices, site_out.saes, sae_totals, strict=True):
-                    scorers[i].update(sae_out, {**clean, **site_totals, **own}, mask)
+            tally_batch(unembedding, list(sites.values()), scorers, out, tokens, mask)
             if advance is not None:
                 advance(tokens.numel())
     finally:
         for scorer in scorers:
             scorer.restore()
     return [scorer.tally for scorer in scorers]
+
+
+def tally_batch(
+    unembedding, site_members: list[list[int]], scorers: list[SAEScorer], out, tokens, mask, clean_cache=None
+) -> None:
+    """Add one replayed batch (`replay.BatchOutputs`) to the scorers: the downstream totals of every SAE at every
+    site (`site_members[j]`: the scorers of site j, in `out.sites` order), then each scorer's own update.
+    `clean_cache`: the batch's clean side, kept across calls (metrics/downstream.py `downstream_totals`)."""
+    finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
+    clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask, clean_cache)
+    for site, site_totals, sae_totals in zip(finals, per_site, per_sae, strict=True):  # SAEBench's KL
+        last_shared, last_own = last_position_kl(unembedding, out.clean, site.zero, site.spliced, mask)
+        site_totals.update(last_shared)
+        for totals, last in zip(sae_totals, last_own, strict=True):
+            totals.update(last)
+    for indices, site_out, site_totals, sae_totals in zip(site_members, out.sites, per_site, per_sae, strict=True):
+        for i, sae_out, own in zip(indices, site_out.saes, sae_totals, strict=True):
+            scorers[i].update(sae_out, {**clean, **site_totals, **own}, mask)
 
 
 def _set_references(model, members, scorers, tokens: torch.Tensor, include_special_tokens: bool) -> None:

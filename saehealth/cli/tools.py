@@ -41,12 +41,19 @@ def train_command(ctx: typer.Context) -> None:
     Architectures: standard, topk, batchtopk, matryoshka_batchtopk, jumprelu, gated (any SAELens trains).
 
     The SAE is saved in SAELens' format to checkpoints/<output_name>/ under the current directory.
+
+    --health-every TOKENS checks the SAE's health every TOKENS training tokens on held-out tokens
+    (--health-tokens, default 4096; absorption at the final check, or every Nth with
+    --health-absorption-every N): printed, logged to W&B as health/*, and written with a plot to
+    training_health.json / training_health.png in the checkpoint folder.
     """
     from saehealth import training
     from saehealth.output import display_path
+    from saehealth.training.health import pop_health_args
 
-    config, overrides = training.split_cli_args(ctx.args)
-    path = training.train(config, overrides)
+    args, health = pop_health_args(ctx.args)
+    config, overrides = training.split_cli_args(args)
+    path = training.train(config, overrides, health=health)
     console.print(display_path(path), highlight=False, soft_wrap=True)
 
 

@@ -8,6 +8,7 @@ Formats (auto-detected in this order; `format=` forces one, an unknown name list
 | `sae_lens`            | SAELens             | cfg.json + sae_weights.safetensors (v6, or pre-6.0 flat cfg.json)  |
 | `sae_lens_multi`      | SAELens             | a folder of such folders (multi-SAE runner output or checkpoint, a run's checkpoints) |
 | `sparsify`            | EleutherAI sparsify | cfg.json + sae.safetensors, or a run folder of such hookpoint folders |
+| `basesae`             | home-grown BaseSAE  | a .pt state dict with its YAML config (model: type, hidden_size, ...) |
 | `dictionary_learning` | dictionary_learning | ae.pt + config.json, or a folder of trainer_N/ folders             |
 | `gemma_scope`         | Gemma Scope         | params.npz                                                         |
 | `llama_scope`         | Llama Scope         | hyperparams.json + checkpoints/final.safetensors                   |
@@ -28,6 +29,8 @@ from pathlib import Path
 
 from saehealth.errors import CheckpointError
 from saehealth.loading import (  # noqa: F401  (importing registers the adapters)
+    architectures,
+    from_basesae,
     from_dictionary_learning,
     from_gemma_scope,
     from_llama_scope,

@@ -6,6 +6,8 @@ source library's forward exactly:
 - `GroupMax`: EleutherAI sparsify's "groupmax" activation (ReLU, then the maximum of each of k equal groups).
 - `SparsifySAE`: a `TopKSAE` with sparsify's optional groupmax activation and linear skip connection.
 - `SparsifyTranscoder`: a SAELens `Transcoder` with sparsify's TopK/groupmax activation and optional skip.
+- `SeedJumpReLUSAE`: JumpReLU without the ReLU, p·[p > threshold], as home-grown BaseSAE JumpReLUs compute it
+  (equal to SAELens `jumprelu` when every threshold is ≥ 0; it differs, and is needed, when one is negative).
 
 A skip connection adds `x @ W_skip.T` to the output, which depends on the input `x`, not only on the latents.
 Like SAELens' own `layer_norm` normalisation (which keeps the input's mean and std between `encode` and
@@ -23,6 +25,7 @@ from typing import Any, Literal
 import torch
 from sae_lens import register_sae_class
 from sae_lens.registry import SAE_CLASS_REGISTRY
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.topk_sae import TopK, TopKSAE, TopKSAEConfig, act_times_W_dec
 from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
@@ -170,6 +173,26 @@ class SparsifyTranscoder(_SparsifyCoder, Transcoder):
         return cls(SparsifyTranscoderConfig.from_dict(config_dict))
 
 
+@dataclass
+class SeedJumpReLUSAEConfig(JumpReLUSAEConfig):
+    """A JumpReLU that keeps pre-activations above a (possibly negative) threshold as they are."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "seed_jumprelu"
+
+
+class SeedJumpReLUSAE(JumpReLUSAE):
+    """p·[p > threshold] with p = W_enc(x − b_dec) + b_enc: SAELens' JumpReLU with the identity for its ReLU."""
+
+    cfg: SeedJumpReLUSAEConfig  # type: ignore[assignment]
+
+    @override
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return nn.Identity()
+
+
 def _register(name: str, sae_cls: type, cfg_cls: type) -> None:
     # Re-importing this module (e.g. importlib.reload in tests) must not trip SAELens' duplicate check.
     if name not in SAE_CLASS_REGISTRY:
@@ -178,3 +201,4 @@ def _register(name: str, sae_cls: type, cfg_cls: type) -> None:
 
 _register("sparsify", SparsifySAE, SparsifySAEConfig)
 _register("sparsify_transcoder", SparsifyTranscoder, SparsifyTranscoderConfig)
+_register("seed_jumprelu", SeedJumpReLUSAE, SeedJumpReLUSAEConfig)

@@ -75,13 +75,15 @@ def downstream_totals(
     sites: Sequence[SiteFinals],
     tokens: torch.Tensor,
     mask: torch.Tensor,
+    clean_cache: dict | None = None,
 ) -> tuple[dict, list[dict], list[list[dict]]]:
     """Per-sequence CE and KL totals for one batch, for every SAE of every site.
 
     clean: final residuals (batch, pos, d); tokens and mask (batch, pos). Returns float64 (batch,) tensors: the
     clean totals (n_pred, ce_clean), per site its zero ablation's (ce_zero, kl_zero), and per site and SAE its
     own (ce_sae, kl_sae): the per-position values of `score_tile`, summed over each sequence's predicting
-    positions a tile at a time.
+    positions a tile at a time. `clean_cache` (a dict kept by the caller for this batch of tokens) keeps each
+    tile's clean side, so that scoring other SAEs on the same batch later (a health monitor's checks) skips it.
     """
     batch, length = tokens.shape
     n_pos = length - 1
@@ -111,9 +113,15 @@ def downstream_totals(
             else zero[seqs if zero.shape[0] > 1 else slice(None), pos]
             for zero, whole in zip(zeros, whole_zeros, strict=True)
         ]
+        key = (seqs.start, pos.start)
+        side = clean_cache.get(key) if clean_cache is not None else None
+        if side is None:
+            side = clean_side(readout, clean[seqs, pos], targets[seqs, pos])
+            if clean_cache is not None:
+                clean_cache[key] = side
         tile = score_tile(
             readout,
-            clean[seqs, pos],
+            side,
             zero_tiles,
             [[final[seqs, pos] for final in finals] for finals in spliced],
             targets[seqs, pos],
@@ -138,28 +146,44 @@ class TileScores:
     saes: list[list[dict[str, torch.Tensor]]]
 
 
+@dataclass(frozen=True)
+class CleanSide:
+    """What every variant of a tile is scored against: the clean distribution p, Σ p·clean − lse_clean (the
+    negative entropy) and the clean CE, each per position."""
+
+    p: torch.Tensor  # (seqs, pos, d_vocab)
+    neg_entropy: torch.Tensor  # (seqs, pos)
+    ce_clean: torch.Tensor  # (seqs, pos)
+
+
+def clean_side(readout: Readout, clean: torch.Tensor, target: torch.Tensor) -> CleanSide:
+    """The clean side of one tile from its final residuals (seqs, pos, d) and targets (seqs, pos, 1)."""
+    clean_logits = readout.logits(clean)
+    p, lse_clean = _softmax_logsumexp(clean_logits)
+    return CleanSide(
+        p, torch.linalg.vecdot(p, clean_logits) - lse_clean, _cross_entropy(clean_logits, lse_clean, target)
+    )
+
+
 def score_tile(
     readout: Readout,
-    clean: torch.Tensor,
+    side: CleanSide,
     zeros: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     spliced: Sequence[Sequence[torch.Tensor]],
     target: torch.Tensor,
 ) -> TileScores:
-    """CE and KL at every position of one tile: the one place where a tile's logits exist.
+    """CE and KL at every position of one tile: the one place where a tile's variant logits exist.
 
-    clean (seqs, pos, d) final residuals; per site its zero ablation as final residuals (seqs or 1, pos, d) or as
-    cached (logits, logsumexp) of batch 1; per site and SAE its spliced final residuals; target (seqs, pos, 1).
-    With lse = logsumexp(logits) and p the clean distribution,
+    side: the tile's clean side (`clean_side`); per site its zero ablation as final residuals (seqs or 1, pos, d)
+    or as cached (logits, logsumexp) of batch 1; per site and SAE its spliced final residuals; target
+    (seqs, pos, 1). With lse = logsumexp(logits) and p the clean distribution,
         CE      = lse − logit[next token]
         KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
     so each variant costs one logsumexp and one row-wise dot product with p, and the clean side (p, its
     entropy) is computed once per tile for every SAE at every site.
     """
-    clean_logits = readout.logits(clean)
-    p, lse_clean = _softmax_logsumexp(clean_logits)
-    neg_entropy = torch.linalg.vecdot(p, clean_logits) - lse_clean
-    scores = TileScores({"ce_clean": _cross_entropy(clean_logits, lse_clean, target)}, [], [])
-    del clean_logits
+    p, neg_entropy = side.p, side.neg_entropy
+    scores = TileScores({"ce_clean": side.ce_clean}, [], [])
 
     def variant(logits: torch.Tensor, lse: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
         return {f"ce_{kind}": _cross_entropy(logits, lse, target), f"kl_{kind}": _kl(neg_entropy, p, logits, lse)}

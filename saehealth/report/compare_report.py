@@ -19,6 +19,7 @@ from saehealth.comparison import (
     healthy_count,
     layer_and_kind,
     shares_a_hook,
+    training_tokens,
 )
 from saehealth.output import atomic_write
 from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, SAE_PLOT, frontier_figure, run_figures
@@ -29,10 +30,11 @@ from saehealth.report.text import (
     comparison_header,
     format_value,
 )
+from saehealth.report.trajectory_plot import TRAJECTORY_PLOT, trajectory_figure
 from saehealth.verdicts import verdicts_of
 
-REPORT_MD = {"comparison": "comparison.md", "run": "run_report.md"}
-REPORT_HTML = {"comparison": "comparison.html", "run": "run_report.html"}
+REPORT_MD = {"comparison": "comparison.md", "run": "run_report.md", "trajectory": "trajectory_report.md"}
+REPORT_HTML = {"comparison": "comparison.html", "run": "run_report.html", "trajectory": "trajectory_report.html"}
 COMPARISON_MD = REPORT_MD["comparison"]
 FRONTIER_MARK = "★"
 REUSED_MARK = "↺"
@@ -50,6 +52,8 @@ def write_comparison_report(comparison: Comparison, out: Path) -> dict[str, Path
     if comparison.view == "comparison":
         for y_key, (file_name, _) in FRONTIERS.items():
             figures[f"frontier_{y_key}"] = (file_name, frontier_figure(comparison, y_key))
+    elif comparison.view == "trajectory":
+        figures["trajectory"] = (TRAJECTORY_PLOT[0], _trajectory_figure(comparison))
     else:
         figures = run_figures(comparison)
     files: dict[str, Path] = {}
@@ -88,7 +92,20 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
         "",
     ]
     lines += _markdown_table(comparison)
-    if run:
+    if comparison.view == "trajectory":
+        lines[0] = "# SAE health over training"
+        lines += [
+            "",
+            "The checkpoints of one training run, at one hook, ordered by the training tokens each had seen (its "
+            "folder's name). Marks: ✅ healthy, ⚠️ borderline, ❌ unhealthy, ❔ not measured. Error bars: one "
+            "standard error.",
+            "",
+            f"## {TRAJECTORY_PLOT[1]}",
+            "",
+        ]
+        if "trajectory" in plots:
+            lines += [f"![{TRAJECTORY_PLOT[1]}]({plots['trajectory']})", ""]
+    elif run:
         lines += _run_sections(comparison, plots)
     else:
         lines += [
@@ -181,6 +198,15 @@ def _markdown_table(comparison: Comparison) -> list[str]:
         cells.append(f"{healthy}/{total} healthy")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _trajectory_figure(comparison: Comparison):
+    entries = comparison.entries
+    tokens = [training_tokens(entry.name) for entry in entries]
+    kept = [(t, e.result) for t, e in zip(tokens, entries, strict=True) if t is not None]
+    if not kept:
+        return None
+    return trajectory_figure([t for t, _ in kept], [r.metrics for _, r in kept], [r.uncertainty for _, r in kept])
 
 
 def _title(comparison: Comparison, markdown: bool = False) -> str:

@@ -120,12 +120,14 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
     and a link to each SAE's report.html."""
     from saehealth.comparison import frontier_names, healthy_count
     from saehealth.report.compare_plots import FRONTIERS, RUN_PLOTS
+    from saehealth.report.trajectory_plot import TRAJECTORY_PLOT
 
     keys = comparison.summary_keys
     front = set(frontier_names(comparison))
     titles = {f"frontier_{key}": title for key, (_, title) in FRONTIERS.items()} | {
         key: title for key, (_, title) in RUN_PLOTS.items()
     }
+    titles["trajectory"] = TRAJECTORY_PLOT[1]
     rows = []
     for entry in comparison.entries:
         r = entry.result
@@ -157,7 +159,9 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
         _environment()
         .get_template("comparison.html.j2")
         .render(
-            heading="SAE health of a run" if comparison.view == "run" else "SAE comparison",
+            heading={"run": "SAE health of a run", "trajectory": "SAE health over training"}.get(
+                comparison.view, "SAE comparison"
+            ),
             title=f"{len(comparison.entries)} SAEs on {s['model']}",
             settings=s,
             identical=comparison.identical_tokens,

@@ -137,6 +137,7 @@ def train(
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     *,
     quiet: bool = False,
+    health=None,
 ) -> Path:
     """Train an SAE with SAELens and return its checkpoint folder (`checkpoints/<output_name>/`).
 
@@ -144,6 +145,8 @@ def train(
     `overrides`: a dict of settings, or command-line tokens like `["--k", "32", "--layer=1"]`.
     Every key, value, the architecture and the hook are checked before training starts; mistakes raise
     `ConfigError`, `IncompatibleSAEError`, `ModelError` or `DataError` with a one-line message.
+    `health`: a `training.health.HealthOptions` to check the SAE's health every N training tokens on held-out
+    tokens (written to training_health.json and .png in the checkpoint folder).
     """
     from saehealth.output import check_output_folder, display_path, staged
 
@@ -177,8 +180,19 @@ def train(
             f"{' (train split)' if dataset is not None else ''}, on {cfg.device} → {display_path(final_dir)}"
         )
         runner = _make_runner(cfg, model, dataset)
+        tracker = None
+        if health is not None:
+            from saehealth.training.health import TrainingHealth, checks_after_each_step
+
+            tracker = TrainingHealth(health, model, cfg, say)
         with _quiet_expected_noise(), _token_progress_bar(), _restored_signal_handlers():
-            _run(runner)
+            if tracker is None:
+                _run(runner)
+            else:
+                with checks_after_each_step(tracker):
+                    _run(runner)
+        if tracker is not None:
+            tracker.finish(runner.sae, int(cfg.training_tokens), staging)
         _record_location(staging, final_dir)
     say(f"Saved the SAE to {display_path(final_dir)}")
     return final_dir

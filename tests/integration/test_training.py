@@ -125,3 +125,28 @@ def test_shell_script_runs_the_same_command(workdir):
     assert done.stdout.strip().splitlines()[-1] == str(Path("checkpoints") / "sh")  # relative to where it ran
     assert "tok/s" in done.stderr  # SAELens' progress bar, counting tokens
     assert (workdir / "checkpoints" / "sh" / "cfg.json").is_file()
+
+
+def test_train_with_health_every_writes_a_trajectory_and_a_plot(workdir, capsys):
+    """`saehealth train demo --health-every`: several checks during training, the final one with absorption."""
+    import json
+
+    args = ["train", "demo", *TINY, "--training_tokens", "8192", "--output_name", "watched"]
+    main([*args, "--health-every", "2048", "--health-tokens", "512"])
+    folder = workdir / "checkpoints" / "watched"
+    document = json.loads((folder / "training_health.json").read_text())
+    checks = document["checks"]
+    seen = [check["tokens_seen"] for check in checks]
+    assert len(checks) >= 4 and seen == sorted(seen) and seen[-1] == 8192
+    assert all(check["metrics"]["loss_recovered"] is not None for check in checks)
+    assert checks[-1]["metrics"]["absorption_letters_scored"] is not None  # absorption at the final check only
+    assert "absorption_fraction" not in checks[0]["metrics"]
+    assert (folder / "training_health.png").stat().st_size > 0
+    assert "health @ 2,048 tokens" in capsys.readouterr().err
+
+
+def test_health_options_need_health_every(workdir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "demo", *TINY, "--health-tokens", "512"])
+    assert exit_info.value.code == 1
+    assert "--health-every" in capsys.readouterr().err
