@@ -72,12 +72,14 @@ def load_model(
     tokens per sequence the evaluation needs) lifts the context TransformerLens caps some families at for memory
     (Mistral and Qwen3 at 2,048, Gemma at 8,192) up to what the model allows.
     """
-    model = _load_model(name, device, resolve_dtype(dtype), from_pretrained_kwargs)
+    model = _load_model(name, device, resolve_dtype(dtype), from_pretrained_kwargs, context)
     model.saehealth_name = name  # what it was loaded as: an evaluation of this object names the model the same
     return model
 
 
-def _load_model(name: str, device: str, torch_dtype: torch.dtype, from_pretrained_kwargs: dict | None):
+def _load_model(
+    name: str, device: str, torch_dtype: torch.dtype, from_pretrained_kwargs: dict | None, context: int | None
+):
     if name == builtin.BUILTIN_MODEL:
         return _load_saehealth_layout(builtin.assets_dir(), device, torch_dtype)
     path = Path(name).expanduser()
