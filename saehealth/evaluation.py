@@ -167,6 +167,8 @@ class Evaluation:
         else:
             hook, site = planning.site_of(cfg, loaded, model)
         context = planning.context_length(cfg, model, loaded)
+        if (note := planning.context_note(context, loaded)) is not None:
+            self.notes.append(note)
         dataset_name, split = planning.dataset_choice(cfg, model_name, loaded, self.notes)
         if dataset is None:
             dataset = load_dataset(dataset_name, split)

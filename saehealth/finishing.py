@@ -62,6 +62,10 @@ def finish_result(
         details.update(encoder_geometry(sae, block_rows=block_rows))
     timing["geometry_s"] = time.perf_counter() - t0
 
+    by_position = output.diagnostics.get("by_position")
+    if by_position is not None:  # the plot marks where the SAE's training context ended
+        by_position["training_context"] = loaded.context_size
+
     t0 = time.perf_counter()
     absorption, absorption_uncertainty, absorption_splits = _absorption(config, plan, details, not_measured, notes)
     metrics.update(absorption)
@@ -110,6 +114,7 @@ def finish_result(
             k: _clean_number(v) for k, v in core_metrics(metrics, output.saebench, details, output.tokens_run).items()
         },
         routing=output.routing,
+        diagnostics=output.diagnostics,
     )
     result.verdicts = result_verdicts(result, config.thresholds)
     return result, details

@@ -23,16 +23,20 @@ import torch
 from saehealth import distributed
 from saehealth.data import special_token_mask
 from saehealth.metrics.clusters import SequenceTotals
+from saehealth.metrics.dense_kinds import LatentPositionSums, antipodal_pairs
+from saehealth.metrics.diagnostics import pass_diagnostics
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
 from saehealth.metrics.firings import find_firings
 from saehealth.metrics.latents import LatentExamples, token_locations
+from saehealth.metrics.positions import PositionAccumulator
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
+from saehealth.metrics.token_explained import TokenSums
 from saehealth.replay import ReplayCache, SAEOutputs, SiteGroup, SpliceSite, readout, replay_batch, sae_view
 from saehealth.saebench.sums import SAEBenchSums, last_position_kl
 
 # Per-sequence totals kept for standard errors (see metrics/clusters.py).
-DOWNSTREAM_QUANTITIES = ("n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
+DOWNSTREAM_QUANTITIES = ("n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "top1_agree", "top5_overlap")
 SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", *DOWNSTREAM_QUANTITIES)
 # metric -> (numerator, denominator) as {quantity: coefficient}; value = Σnum / Σden (+ offset below).
 RATIO_METRICS = {
@@ -41,6 +45,8 @@ RATIO_METRICS = {
     "kl_div_score": ({"kl_sae": 1}, {"kl_zero": 1}),  # 1 − ratio: same standard error
     "explained_variance": ({"sse": 1}, {"sst": 1}),  # 1 − ratio: same standard error
     "l0": ({"l0": 1}, {"n_tokens": 1}),
+    "next_token_agreement": ({"top1_agree": 1}, {"n_pred": 1}),
+    "top5_overlap": ({"top5_overlap": 1}, {"n_pred": 1}),
 }
 # Memory for one chunk of an SAE's latents: a chunk holds the pre-activations, the activations and the temporaries
 # of the sparsity statistics, about four float32 copies of (tokens, d_sae).
@@ -66,6 +72,11 @@ class PassOutput:
     saebench: dict = field(default_factory=dict)  # SAEBench's definitions, where they differ (saebench/sums.py)
     latents: LatentExamples | None = None  # the latent examples (None with --examples 0)
     routing: dict | None = None  # routed SAEs: the routing statistics (saehealth/routed/stats.py)
+    # The diagnostics beyond the averages (docs/diagnostics.md): by_position, dense_kinds, token_explained.
+    diagnostics: dict = field(default_factory=dict)
+    # Per-sequence totals of every SAE of the pass side by side, for paired differences (comparison_differences.py);
+    # the same object for every output of one pass, None with a single SAE.
+    paired: SequenceTotals | None = None
 
 
 @dataclass
@@ -78,6 +89,11 @@ class Tally:
     saebench: SAEBenchSums
     latents: LatentExamples | None = None
     totals: SequenceTotals = field(default_factory=lambda: SequenceTotals(SEQUENCE_QUANTITIES))
+    # The diagnostics' sums (None when the pass runs without them): by position, per latent and position, per
+    # latent and token.
+    positions: PositionAccumulator | None = None
+    latent_positions: LatentPositionSums | None = None
+    token_sums: TokenSums | None = None
     n_sequences: int = 0
     tokens_run: int = 0
 
@@ -89,6 +105,9 @@ class Tally:
         if self.latents is not None:
             self.latents.merge(other.latents)
         self.totals.merge(other.totals)
+        for name in ("positions", "latent_positions", "token_sums"):
+            if getattr(self, name) is not None:
+                getattr(self, name).merge(getattr(other, name))
         self.n_sequences += other.n_sequences
         self.tokens_run += other.tokens_run
 
@@ -107,9 +126,15 @@ class Tally:
             **per_latent,
         }
         tokens = self.sparsity.tokens
-        return PassOutput(
+        output = PassOutput(
             metrics, uncertainty, details, self.n_sequences, self.tokens_run, tokens, saebench, self.latents
         )
+        if self.positions is not None:
+            output.diagnostics, per_latent = pass_diagnostics(
+                self.positions, self.latent_positions, self.token_sums, self.sparsity
+            )
+            details.update(per_latent)
+        return output
 
 
 def chunk_tokens(d_sae: int, device: str | torch.device) -> int:
@@ -121,7 +146,14 @@ def chunk_tokens(d_sae: int, device: str | torch.device) -> int:
 class SAEScorer:
     """One SAE during the pass: its chunked reconstruction (a `replay.Splice`) and its accumulators."""
 
-    def __init__(self, sae, device: str | torch.device = "cpu", examples: int = 0, chunk: int | None = None):
+    def __init__(
+        self,
+        sae,
+        device: str | torch.device = "cpu",
+        examples: int = 0,
+        chunk: int | None = None,
+        diagnostics: bool = True,
+    ):
         self.sae = sae
         d_out = int(getattr(sae.cfg, "d_out", sae.cfg.d_in))
         d_sae = int(sae.cfg.d_sae)
@@ -133,6 +165,11 @@ class SAEScorer:
             SAEBenchSums(d_sae),
             latents,
         )
+        if diagnostics:  # the diagnostics beyond the averages (docs/diagnostics.md)
+            self.tally.positions = PositionAccumulator(d_out)
+            self.tally.latent_positions = LatentPositionSums(d_sae, antipodal_pairs(sae.W_dec))
+            self.tally.token_sums = TokenSums(d_sae)
+        self._tokens: torch.Tensor | None = None  # this batch's token ids, when there is a model
         self.chunk = chunk or chunk_tokens(d_sae, device)
         self._l0: torch.Tensor | None = None  # this batch's per-position L0, from `reconstruct`
         self._sequence_ids: torch.Tensor | None = None  # this batch's sequences in the evaluation's order
@@ -143,10 +180,12 @@ class SAEScorer:
         self._dense_activation = _use_sparse_topk(sae)
         sae.eval()
 
-    def begin(self, sequence_ids: torch.Tensor) -> None:
+    def begin(self, sequence_ids: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
         """The next batch's sequences (batch,), numbered in the evaluation's own order: where latent examples
-        are found, so that reports recover their tokens."""
+        are found, so that reports recover their tokens; and its token ids (batch, pos), for the token-explained
+        shares (None from an activation cache, which has none)."""
         self._sequence_ids = sequence_ids
+        self._tokens = tokens
 
     def reconstruct(self, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x̂ for x = `source` (batch, pos, d_in), encoded and decoded a chunk of whole sequences at a time (at least
@@ -169,6 +208,10 @@ class SAEScorer:
             found = find_firings(feature_acts, chunk_mask)  # one scan for every latent statistic
             l0.append(self.tally.sparsity.update(feature_acts, chunk_mask, found))
             self.tally.saebench.update_latents(feature_acts, chunk_mask, length, found)
+            if self.tally.latent_positions is not None:
+                self.tally.latent_positions.update(found, start, length)
+                if self._tokens is not None:
+                    self.tally.token_sums.update(found, self._tokens.reshape(-1)[start : start + step], chunk_mask)
             if examples is not None:
                 end = start + step
                 dense = feature_acts.to_dense() if feature_acts.is_sparse else feature_acts
@@ -183,9 +226,12 @@ class SAEScorer:
         """The last `reconstruct` call's L0 per position (batch, pos), masked positions included."""
         return self._l0
 
-    def update(self, out: SAEOutputs, downstream: dict[str, torch.Tensor] | None, mask: torch.Tensor) -> None:
+    def update(
+        self, out: SAEOutputs, downstream: dict[str, torch.Tensor] | None, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Add a batch: this SAE's outputs, its downstream per-sequence totals and the mask. Without a model
-        (`downstream` None: an activation cache) nothing was predicted, and its downstream totals are zero."""
+        (`downstream` None: an activation cache) nothing was predicted, and its downstream totals are zero.
+        Returns the batch's per-sequence totals (SEQUENCE_QUANTITIES)."""
         tally = self.tally
         if downstream is not None:
             tally.downstream.update(downstream)
@@ -193,11 +239,19 @@ class SAEScorer:
         else:
             per_sequence = {key: torch.zeros(mask.shape[0]) for key in DOWNSTREAM_QUANTITIES}
         tally.saebench.update_batch(out.x, out.x_hat, mask, downstream)
-        per_sequence.update(tally.reconstruction.update(out.x, out.x_hat, mask))
+        reconstruction = tally.reconstruction.update(out.x, out.x_hat, mask)
+        per_sequence.update(sse=reconstruction["sse"], sst=reconstruction["sst"])
         per_sequence.update(n_tokens=mask.sum(1), l0=self._l0.sum(1))
         tally.totals.update(per_sequence)
+        if tally.positions is not None:
+            tally.positions.update_reconstruction(reconstruction, mask, self._l0, tally.reconstruction.reference)
+            if downstream is not None:
+                tally.positions.update_downstream(
+                    {name: downstream[f"pos_{name}"] for name in ("n_pred", "ce_clean", "ce_sae", "kl_sae")}
+                )
         tally.n_sequences += mask.shape[0]
         tally.tokens_run += mask.numel()
+        return per_sequence
 
     def restore(self) -> None:
         """Undo what scoring changed on the SAE."""
@@ -229,6 +283,7 @@ def score_batches(
     advance: Callable[[int], None] | None = None,
     reference: torch.Tensor | None = None,
     examples: int = 0,
+    diagnostics: bool = True,
 ) -> list[PassOutput] | None:
     """The one pass over token batches for SAEs at any sites of one model: (site, SAE) pairs, in order.
 
@@ -237,7 +292,8 @@ def score_batches(
     rank passes its own shard of the batches (sequence i to rank i mod N) and the same `reference` (the
     evaluation's first sequence, (1, ctx)); the accumulators are merged on rank 0, which gets the outputs (the
     other ranks get None). With `examples` above 0, each SAE keeps that many top activations per latent (and a
-    sample of half as many: metrics/latents.py).
+    sample of half as many: metrics/latents.py). `diagnostics` False leaves out the diagnostics beyond the
+    averages (by position, dense-latent kinds, token-explained shares, paired totals: for benchmarks).
     """
     with distributed.step():  # a rank that fails here stops every rank before the merge below
         batches = iter(batches)
@@ -246,14 +302,32 @@ def score_batches(
             batches = itertools.chain([first], batches)
             if reference is None:
                 reference = first[:1]
-        tallies = _local_pass(model, members, batches, include_special_tokens, device, advance, reference, examples)
-    merged = distributed.merge_on_first_rank(tallies)
-    return None if merged is None else [tally.output() for tally in merged]
+        tallies, paired = _local_pass(
+            model, members, batches, include_special_tokens, device, advance, reference, examples, diagnostics
+        )
+    merged = distributed.merge_on_first_rank(tallies if paired is None else [*tallies, paired])
+    if merged is None:
+        return None
+    if paired is not None:
+        *merged, paired = merged
+    outputs = [tally.output() for tally in merged]
+    for output in outputs:
+        output.paired = paired
+    return outputs
 
 
-def _local_pass(model, members, batches, include_special_tokens, device, advance, reference, examples) -> list[Tally]:
-    """This process's share of the pass: the tallies of its batches."""
-    scorers = [SAEScorer(sae, device, examples) for _, sae in members]
+def paired_totals(n_members: int) -> SequenceTotals:
+    """Per-sequence totals of `n_members` SAEs side by side ("i/quantity"), for their paired differences."""
+    return SequenceTotals([f"{i}/{name}" for i in range(n_members) for name in SEQUENCE_QUANTITIES])
+
+
+def _local_pass(
+    model, members, batches, include_special_tokens, device, advance, reference, examples, diagnostics
+) -> tuple[list[Tally], SequenceTotals | None]:
+    """This process's share of the pass: the tallies of its batches, and the SAEs' paired per-sequence totals
+    (None with one SAE or without diagnostics)."""
+    scorers = [SAEScorer(sae, device, examples, diagnostics=diagnostics) for _, sae in members]
+    paired = paired_totals(len(members)) if diagnostics and len(members) > 1 else None
     here, local = distributed.ranks(), 0  # this rank's sequences so far: local j is sequence rank + j·world
     if reference is not None:
         _set_references(model, members, scorers, reference.to(device), include_special_tokens)
@@ -269,7 +343,7 @@ def _local_pass(model, members, batches, include_special_tokens, device, advance
             ids = here.rank + here.world_size * (local + torch.arange(tokens.shape[0], device=tokens.device))
             local += tokens.shape[0]
             for scorer in scorers:
-                scorer.begin(ids)
+                scorer.begin(ids, tokens)
             out = replay_batch(model, groups, tokens, mask, cache)
             finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
             clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask)
@@ -279,15 +353,19 @@ def _local_pass(model, members, batches, include_special_tokens, device, advance
                 for totals, last in zip(sae_totals, last_own, strict=True):
                     totals.update(last)
             at_sites = zip(sites.values(), out.sites, per_site, per_sae, strict=True)
+            side_by_side = {}
             for indices, site_out, site_totals, sae_totals in at_sites:
                 for i, sae_out, own in zip(indices, site_out.saes, sae_totals, strict=True):
-                    scorers[i].update(sae_out, {**clean, **site_totals, **own}, mask)
+                    totals = scorers[i].update(sae_out, {**clean, **site_totals, **own}, mask)
+                    side_by_side.update({f"{i}/{name}": value for name, value in totals.items()})
+            if paired is not None:
+                paired.update(side_by_side)
             if advance is not None:
                 advance(tokens.numel())
     finally:
         for scorer in scorers:
             scorer.restore()
-    return [scorer.tally for scorer in scorers]
+    return [scorer.tally for scorer in scorers], paired
 
 
 def _set_references(model, members, scorers, tokens: torch.Tensor, include_special_tokens: bool) -> None:

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saehealth.result import DOWNSTREAM_KEYS
+from saehealth.result import AGREEMENT_KEYS, DOWNSTREAM_KEYS
 
 VARIANTS = ("clean", "sae", "zero")
+TOP_K = 5  # the next-token agreement's top-k overlap
 
 # Elements of one tile of logits. CPU: 2M floats (8 MiB) keeps a tile near the cache and below the
 # allocator's mmap threshold; accelerators: large tiles, so that kernel launches stay few.
@@ -72,15 +73,29 @@ def downstream_totals(
         KL(P‖Q) = Σ_v p_v·clean_v − lse_clean − (Σ_v p_v·q_v − lse_q)
     so each variant costs one logsumexp and one row-wise dot product with p, and the clean side (p, its
     entropy) is computed once per tile for every SAE at every site.
+
+    Beside the per-sequence totals: per-position sums over the batch's sequences ("pos_n_pred", "pos_ce_clean";
+    per SAE "pos_ce_sae", "pos_kl_sae": (pos − 1,) float64) for the by-position diagnostics, and per SAE the
+    next-token agreement with the clean model ("top1_agree": positions whose top-1 token is the clean top-1;
+    "top5_overlap": |top-5 ∩ clean top-5| / 5, summed), per sequence.
     """
     batch, length = tokens.shape
     n_pos = length - 1
     predicting = mask[:, :-1].to(torch.float64)
     targets = tokens[:, 1:, None]
     new = lambda: torch.zeros(batch, dtype=torch.float64, device=tokens.device)  # noqa: E731
+    per_position = lambda: torch.zeros(n_pos, dtype=torch.float64, device=tokens.device)  # noqa: E731
     clean_totals = {"n_pred": predicting.sum(1), "ce_clean": new()}
+    clean_totals.update(pos_n_pred=predicting.sum(0), pos_ce_clean=per_position())
     site_totals = [{"ce_zero": new(), "kl_zero": new()} for _ in sites]
-    sae_totals = [[{"ce_sae": new(), "kl_sae": new()} for _ in site.spliced] for site in sites]
+    sae_totals = [
+        [
+            {"ce_sae": new(), "kl_sae": new(), "top1_agree": new(), "top5_overlap": new()}
+            | {"pos_ce_sae": per_position(), "pos_kl_sae": per_position()}
+            for _ in site.spliced
+        ]
+        for site in sites
+    ]
     # The last position predicts nothing.
     clean = clean[:, :-1]
     zeros = [site.zero[:, :-1] for site in sites]
@@ -95,7 +110,10 @@ def downstream_totals(
         clean_logits = readout.logits(clean[seqs, pos])
         p, lse_clean = _softmax_logsumexp(clean_logits)
         neg_entropy = torch.linalg.vecdot(p, clean_logits) - lse_clean
-        clean_totals["ce_clean"][seqs] += _summed(_cross_entropy(clean_logits, lse_clean, target), weight)
+        ce_clean = _cross_entropy(clean_logits, lse_clean, target)
+        clean_totals["ce_clean"][seqs] += _summed(ce_clean, weight)
+        clean_totals["pos_ce_clean"][pos] += _position_sums(ce_clean, weight)
+        clean_top = clean_logits.topk(TOP_K, dim=-1).indices
         del clean_logits
 
         for zero, whole, totals, finals, own in zip(zeros, whole_zeros, site_totals, spliced, sae_totals, strict=True):
@@ -110,8 +128,14 @@ def downstream_totals(
             for final, sae in zip(finals, own, strict=True):
                 logits = readout.logits(final[seqs, pos])
                 lse = _softmax_logsumexp(logits)[1]
-                sae["kl_sae"][seqs] += _summed(_kl(neg_entropy, p, logits, lse), weight)
-                sae["ce_sae"][seqs] += _summed(_cross_entropy(logits, lse, target), weight)
+                kl, ce = _kl(neg_entropy, p, logits, lse), _cross_entropy(logits, lse, target)
+                sae["kl_sae"][seqs] += _summed(kl, weight)
+                sae["ce_sae"][seqs] += _summed(ce, weight)
+                sae["pos_kl_sae"][pos] += _position_sums(kl, weight)
+                sae["pos_ce_sae"][pos] += _position_sums(ce, weight)
+                top1, overlap = _agreement(logits.topk(TOP_K, dim=-1).indices, clean_top)
+                sae["top1_agree"][seqs] += _summed(top1, weight)
+                sae["top5_overlap"][seqs] += _summed(overlap, weight)
     return clean_totals, site_totals, sae_totals
 
 
@@ -129,6 +153,19 @@ def _kl(neg_entropy: torch.Tensor, p: torch.Tensor, logits: torch.Tensor, lse: t
 def _summed(per_position: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per-sequence float64 sums over predicting positions."""
     return (per_position.to(torch.float64) * weight).sum(1)
+
+
+def _position_sums(per_position: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-position float64 sums over a tile's sequences, at predicting positions."""
+    return (per_position.to(torch.float64) * weight).sum(0)
+
+
+def _agreement(top: torch.Tensor, clean_top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 equal to the clean top-1, |top-k ∩ clean top-k| / k) per position, from (…, k) token indices.
+    The top-k of logits with exact ties may order the tied tokens either way: an equal-logits tie is rare."""
+    top1 = (top[..., 0] == clean_top[..., 0]).to(torch.float64)
+    overlap = (top[..., :, None] == clean_top[..., None, :]).sum((-1, -2)).to(torch.float64) / top.shape[-1]
+    return top1, overlap
 
 
 def _tiles(batch: int, n_pos: int, d_vocab: int, device: torch.device):
@@ -168,6 +205,7 @@ class DownstreamAccumulator:
         self.positions = 0
         self.ce = dict.fromkeys(VARIANTS, 0.0)
         self.kl = {"sae": 0.0, "zero": 0.0}
+        self.agreement = {"top1_agree": 0.0, "top5_overlap": 0.0}
 
     def update(self, totals: dict[str, torch.Tensor]) -> None:
         """Add a batch's per-sequence totals (`downstream_totals`'s shared totals and this SAE's own)."""
@@ -176,6 +214,8 @@ class DownstreamAccumulator:
             self.ce[variant] += float(totals[f"ce_{variant}"].sum())
         for variant in self.kl:
             self.kl[variant] += float(totals[f"kl_{variant}"].sum())
+        for name in self.agreement:
+            self.agreement[name] += float(totals[name].sum())
 
     def merge(self, other: DownstreamAccumulator) -> None:
         """Add another accumulator's sums (another rank's share of the data)."""
@@ -184,10 +224,12 @@ class DownstreamAccumulator:
             self.ce[variant] += other.ce[variant]
         for variant in self.kl:
             self.kl[variant] += other.kl[variant]
+        for name in self.agreement:
+            self.agreement[name] += other.agreement[name]
 
     def result(self) -> dict[str, float | None]:
         if self.positions == 0:
-            return dict.fromkeys(DOWNSTREAM_KEYS)
+            return dict.fromkeys(DOWNSTREAM_KEYS + AGREEMENT_KEYS)
         n = self.positions
         clean, sae, zero = (self.ce[v] / n for v in VARIANTS)
         kl_sae, kl_zero = self.kl["sae"] / n, self.kl["zero"] / n
@@ -200,4 +242,6 @@ class DownstreamAccumulator:
             "kl_div_with_sae": kl_sae,
             "kl_div_zero_ablation": kl_zero,
             "kl_div_score": 1.0 - kl_sae / kl_zero if kl_zero > 0 else None,
+            "next_token_agreement": self.agreement["top1_agree"] / n,
+            "top5_overlap": self.agreement["top5_overlap"] / n,
         }
