@@ -24,6 +24,7 @@ from pathlib import Path
 
 from saehealth import distributed
 from saehealth.comparison import SUMMARY_JSON, VIEWS, ComparedSAE, Comparison, by_layer, comparison_to_dict
+from saehealth.comparison_differences import paired_differences, reference_index
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
@@ -53,6 +54,7 @@ class CompareConfig:
     evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(sae_path=""))
     select: str | None = None
     view: str = "comparison"
+    reference: str | None = None  # the SAE the others' differences are taken against (default: the first)
 
     def __post_init__(self) -> None:
         if not self.paths and not self.sweep:
@@ -63,10 +65,19 @@ class CompareConfig:
             raise ConfigError(f"Unknown view {self.view!r}: choose from {', '.join(VIEWS)}.")
 
     @classmethod
-    def of(cls, paths=(), sweep=(), out: Path | None = None, select: str | None = None, **options) -> CompareConfig:
+    def of(
+        cls,
+        paths=(),
+        sweep=(),
+        out: Path | None = None,
+        select: str | None = None,
+        reference: str | None = None,
+        **options,
+    ) -> CompareConfig:
         """From checkpoint paths and any EvalConfig option as a keyword (n_tokens=, device=, skip=, ...)."""
         paths = [paths] if isinstance(paths, (str, Path)) else paths
-        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options), select)
+        evaluation = EvalConfig(sae_path="", **options)
+        return cls(tuple(str(p) for p in paths), tuple(sweep), out, evaluation, select, reference=reference)
 
     @property
     def out_folder(self) -> Path:
@@ -171,6 +182,8 @@ class _Comparer:
         self.members = members  # (sae_path, LoadedSAE, load seconds) already loaded by the caller
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
+        self.paired = None  # the scored SAEs' per-sequence totals side by side (scoring.paired_totals)
+        self.scored: list[int] = []  # which SAEs those are, in order
 
     def run(self) -> Comparison | None:
         from saehealth.data import load_dataset
@@ -190,6 +203,7 @@ class _Comparer:
             paths = [path for path, _, _ in members]
             names = member_names(paths) if cfg.view == "run" else unique_names(paths)
             named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
+            reference = reference_index(names, cfg.reference)  # an unknown name stops before any work
             model_name = shared_model(options, named)
             cache = options.activations is not None  # an activation cache: the model only when --model asks for it
             t0 = time.perf_counter()
@@ -250,11 +264,17 @@ class _Comparer:
 
             for entry, evaluation in zip(entries, evaluations, strict=True):
                 export_result(entry.result, evaluation.loaded.sae, options.saebench_out, entry.folder, self.console)
+        differences = None
+        if cfg.view == "comparison" and len(entries) > 1:
+            members_scored = [self.scored.index(i) if i in self.scored else None for i in range(len(entries))]
+            metrics = [entry.result.metrics for entry in entries]
+            differences = paired_differences(names, metrics, members_scored, self.paired, reference)
         if cfg.view == "run":
             entries = by_layer(entries)
         comparison = Comparison(
             entries, _settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
         )
+        comparison.differences = differences
         if not comparison.identical_tokens:
             comparison.notes.append(
                 "Not every result was computed on the same tokens (a saved result from another run was reused): "
@@ -334,6 +354,7 @@ class _Comparer:
         self.timing["pass_s"] = seconds
         if outputs is None:
             return None
+        self.paired, self.scored = outputs[0].paired, pending
         results: dict[int, EvalResult] = {}
         for i, output in zip(pending, outputs, strict=True):
             evaluation, plan = evaluations[i], plans[i]

@@ -57,6 +57,9 @@ class Comparison:
     timing: dict[str, float] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)  # the markdown report, the JSON summary, plots
     view: str = "comparison"
+    # Every SAE against the reference, with paired standard errors (comparison_differences.paired_differences);
+    # None for a run view or a single SAE.
+    differences: dict | None = None
 
     @property
     def identical_tokens(self) -> bool:
@@ -248,6 +251,8 @@ def comparison_to_dict(comparison: Comparison) -> dict:
         "hooks": comparison.hooks,
         "saes": saes,
     }
+    if comparison.differences is not None:
+        summary["differences"] = comparison.differences
     if comparison.view == "comparison" or shares_a_hook(comparison.entries):
         summary["frontier_l0_loss_recovered"] = frontier_names(comparison, "loss_recovered")
         summary["frontier_l0_explained_variance"] = frontier_names(comparison, "explained_variance")

@@ -163,6 +163,13 @@ def compare_command(
         typer.Option(help="Comparison folder, one result folder per SAE inside (default: reports/comparison/)."),
     ] = None,
     select: SelectOption = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="The SAE every other is compared against, with paired standard errors (default: the first).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run SAEs whose results exist.")] = False,
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
@@ -196,6 +203,7 @@ def compare_command(
         sweep=sweep or (),
         out=out,
         select=select,
+        reference=reference,
         model=model,
         hook=hook,
         dataset=dataset,
