@@ -3,7 +3,7 @@
 Every SAE is set against a reference (the first, or `--reference NAME`): for each ratio metric the difference
 (this SAE − the reference) and its standard error, from the per-sequence totals of both SAEs on the same
 sequences (`scoring.paired_totals`, the delta method in `metrics.clusters.SequenceTotals.difference`). A
-difference smaller than NOISE_SE standard errors is flagged "within noise": the evaluation cannot tell the two
+difference of at most NOISE_SE standard errors is flagged "within noise": the evaluation cannot tell the two
 apart on that metric. Results reused from an earlier run were not scored beside the others: their differences
 have no paired standard error (null, with the reason).
 """
@@ -65,7 +65,7 @@ def paired_differences(
             if difference is not None and paired is not None and base is not None and members[i] is not None:
                 value = paired.difference(_side(base, key), _side(members[i], key))[1]
                 se = value if math.isfinite(value) else None
-            within = None if difference is None or se is None else abs(difference) < NOISE_SE * se
+            within = None if difference is None or se is None else abs(difference) <= NOISE_SE * se
             row[key] = {"difference": difference, "se": se, "within_noise": within}
         rows.append(row)
     unpaired = paired is None or base is None or any(m is None for m in members)

@@ -60,7 +60,17 @@ ABSORPTION_KEYS = (
 )
 # Next-token agreement of the spliced model with the clean one (docs/diagnostics.md), from the downstream tiles.
 AGREEMENT_KEYS = ("next_token_agreement", "top5_overlap")
-METRIC_KEYS = RECONSTRUCTION_KEYS + DOWNSTREAM_KEYS + AGREEMENT_KEYS + SPARSITY_KEYS + GEOMETRY_KEYS + ABSORPTION_KEYS
+# Dense latents no kind explains, and the share of latents that are token detectors (docs/diagnostics.md).
+LATENT_KIND_KEYS = ("dense_unexplained", "dense_unexplained_fraction", "token_detector_fraction")
+METRIC_KEYS = (
+    RECONSTRUCTION_KEYS
+    + DOWNSTREAM_KEYS
+    + AGREEMENT_KEYS
+    + SPARSITY_KEYS
+    + LATENT_KIND_KEYS
+    + GEOMETRY_KEYS
+    + ABSORPTION_KEYS
+)
 
 
 @dataclass

@@ -130,10 +130,11 @@ class Tally:
             metrics, uncertainty, details, self.n_sequences, self.tokens_run, tokens, saebench, self.latents
         )
         if self.positions is not None:
-            output.diagnostics, per_latent = pass_diagnostics(
+            output.diagnostics, per_latent, kinds = pass_diagnostics(
                 self.positions, self.latent_positions, self.token_sums, self.sparsity
             )
             details.update(per_latent)
+            metrics.update(kinds)
         return output
 
 

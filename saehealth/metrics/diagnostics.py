@@ -18,9 +18,9 @@ def pass_diagnostics(
     latent_positions: LatentPositionSums,
     token_sums: TokenSums | None,
     sparsity: SparsityAccumulator,
-) -> tuple[dict, dict]:
-    """({"by_position", "dense_kinds", "token_explained"}, per-latent arrays). `token_explained` is None without
-    token ids (an activation cache)."""
+) -> tuple[dict, dict, dict]:
+    """({"by_position", "dense_kinds", "token_explained"}, per-latent arrays, metrics: LATENT_KIND_KEYS).
+    `token_explained` (and `token_detector_fraction`) is None without token ids (an activation cache)."""
     diagnostics: dict = {"by_position": positions.result()}
     density = sparsity.density()
     summary, per_latent = classify_dense(
@@ -28,9 +28,16 @@ def pass_diagnostics(
     )
     diagnostics["dense_kinds"] = summary
     diagnostics["token_explained"] = None
+    unexplained = summary["counts"]["unexplained"]
+    metrics = {
+        "dense_unexplained": unexplained,
+        "dense_unexplained_fraction": unexplained / sparsity.d_sae,
+        "token_detector_fraction": None,
+    }
     if token_sums is not None and int(token_sums.token_counts.sum()) > 0:
         latent_sum = latent_positions.bucket_sums.sum(1)
         share = token_explained_share(token_sums, latent_sum, latent_positions.sum_sq)
         per_latent["token_explained_share"] = share
         diagnostics["token_explained"] = token_explained_summary(share, density)
-    return diagnostics, per_latent
+        metrics["token_detector_fraction"] = diagnostics["token_explained"]["token_detector_fraction"]
+    return diagnostics, per_latent, metrics

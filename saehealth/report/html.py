@@ -21,6 +21,7 @@ from saehealth.latents.tokens import visible
 from saehealth.latents.view import Context, LatentCard, LatentView
 from saehealth.output import atomic_write
 from saehealth.report.definitions import DEFINITIONS, INTRODUCTION, UNCERTAINTY
+from saehealth.report.diagnostics_report import KIND_NAMES, diagnostics_tables
 from saehealth.report.plots import PLOTS
 from saehealth.report.text import (
     SEVERITY_MARK,
@@ -96,6 +97,7 @@ def render_report_html(
             ],
             plots=[(PLOTS[name][1], _data_uri(png)) for name, png in (images or {}).items()],
             latents=_latents_context(latents, folder_hint),
+            diagnostics=diagnostics_tables(result),
             measurements=measurement_rows(result, verdicts),
             notes=result.notes,
             provenance=result.provenance,
@@ -242,6 +244,10 @@ def _card_data(card: LatentCard) -> dict:
         ("max activation", format_activation(card.max)),
         *([("routed layers", card.routed_layers)] if card.routed_layers is not None else []),
     ]
+    if card.dense_kind is not None:
+        facts.append(("dense kind", KIND_NAMES[card.dense_kind]))
+    if card.token_share is not None:
+        facts.append(("token-explained", f"{card.token_share:.0%}"))
     return {
         "facts": facts,
         "nearest": [card.nearest, f"{card.max_cosine:.3f}"]

@@ -181,7 +181,7 @@ def test_absorption_names_the_worst_letters():
 
 
 def test_dense_latents_are_an_info_finding():
-    finding = by_rule(advise(make_result({"dense_fraction": 0.03})), "dense_latents")
+    finding = by_rule(advise(make_result({"dense_unexplained_fraction": 0.03})), "dense_latents")
     assert finding.severity == "info" and "31 latents fire on more than 10% of tokens" in finding.detail
 
 
