@@ -21,6 +21,7 @@ from saehealth.comparison import (
     shares_a_hook,
 )
 from saehealth.output import atomic_write
+from saehealth.report.compare_differences import DIFFERENCES_PLOT, differences_figure, differences_markdown
 from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, SAE_PLOT, frontier_figure, run_figures
 from saehealth.report.plots import DPI
 from saehealth.report.text import (
@@ -52,6 +53,7 @@ def write_comparison_report(comparison: Comparison, out: Path) -> dict[str, Path
             figures[f"frontier_{y_key}"] = (file_name, frontier_figure(comparison, y_key))
     else:
         figures = run_figures(comparison)
+    figures["differences"] = (DIFFERENCES_PLOT[0], differences_figure(comparison.differences))
     files: dict[str, Path] = {}
     images: dict[str, bytes] = {}
     for key, (file_name, fig) in figures.items():
@@ -111,6 +113,9 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
                 f"On the frontier: {', '.join(names)}." if names else "No SAE has both metrics measured.",
                 "",
             ]
+    lines += differences_markdown(comparison.differences)
+    if "differences" in plots:
+        lines += [f"![{DIFFERENCES_PLOT[1]}]({plots['differences']})", ""]
     if comparison.notes:
         lines += ["## Notes", "", *[f"- {note}" for note in comparison.notes], ""]
     return "\n".join(lines)

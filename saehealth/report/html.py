@@ -128,6 +128,16 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
     titles = {f"frontier_{key}": title for key, (_, title) in FRONTIERS.items()} | {
         key: title for key, (_, title) in RUN_PLOTS.items()
     }
+    from saehealth.report.compare_differences import DIFFERENCES_PLOT, caption, difference_rows
+
+    titles["differences"] = DIFFERENCES_PLOT[1]
+    differences = comparison.differences
+    if differences and differences["rows"]:
+        header, table = difference_rows(differences)
+        differences = {"reference": differences["reference"], "caption": caption(differences)}
+        differences |= {"header": header, "rows": table}
+    else:
+        differences = None
     rows = []
     for entry in comparison.entries:
         r = entry.result
@@ -167,6 +177,7 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
             rows=rows,
             plots=[(titles[key], _data_uri(png)) for key, png in images.items()],
             notes=comparison.notes,
+            differences=differences,
         )
     )
 
