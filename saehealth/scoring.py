@@ -23,7 +23,7 @@ import torch
 from saehealth import distributed
 from saehealth.data import special_token_mask
 from saehealth.metrics.clusters import SequenceTotals
-from saehealth.metrics.dense_kinds import LatentPositionSums, antipodal_pairs
+from saehealth.metrics.dense_kinds import LatentPositionSums, candidate_pairs
 from saehealth.metrics.diagnostics import pass_diagnostics
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
 from saehealth.metrics.firings import find_firings
@@ -168,7 +168,7 @@ class SAEScorer:
         )
         if diagnostics:  # the diagnostics beyond the averages (docs/diagnostics.md)
             self.tally.positions = PositionAccumulator(d_out)
-            self.tally.latent_positions = LatentPositionSums(d_sae, antipodal_pairs(sae.W_dec))
+            self.tally.latent_positions = LatentPositionSums(d_sae)  # pairs: `choose_pairs`
             self.tally.token_sums = TokenSums(d_sae)
         self._tokens: torch.Tensor | None = None  # this batch's token ids, when there is a model
         self.chunk = chunk or chunk_tokens(d_sae, device)
@@ -180,6 +180,16 @@ class SAEScorer:
             sae.turn_off_forward_pass_hook_z_reshaping()
         self._dense_activation = _use_sparse_topk(sae)
         sae.eval()
+
+    def choose_pairs(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+        """Pick the antipodal candidate pairs (metrics/dense_kinds.py) from the reference sequence x (1, pos, d_in),
+        which every torchrun rank shares; nothing without the diagnostics."""
+        if self.tally.latent_positions is None:
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse invariant checks")
+            acts = self.sae.encode(x.reshape(-1, x.shape[-1]).to(self.sae.dtype))
+        self.tally.latent_positions.set_pairs(candidate_pairs(self.sae.W_dec, acts, mask.reshape(-1)))
 
     def begin(self, sequence_ids: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
         """The next batch's sequences (batch,), numbered in the evaluation's own order: where latent examples
@@ -285,6 +295,7 @@ def score_batches(
     reference: torch.Tensor | None = None,
     examples: int = 0,
     diagnostics: bool = True,
+    agreement: bool = True,
 ) -> list[PassOutput] | None:
     """The one pass over token batches for SAEs at any sites of one model: (site, SAE) pairs, in order.
 
@@ -294,7 +305,8 @@ def score_batches(
     evaluation's first sequence, (1, ctx)); the accumulators are merged on rank 0, which gets the outputs (the
     other ranks get None). With `examples` above 0, each SAE keeps that many top activations per latent (and a
     sample of half as many: metrics/latents.py). `diagnostics` False leaves out the diagnostics beyond the
-    averages (by position, dense-latent kinds, token-explained shares, paired totals: for benchmarks).
+    averages (by position, dense-latent kinds, token-explained shares, paired totals) and `agreement` False the
+    next-token agreement (its sums stay zero): for benchmarks (scripts/bench_diagnostics.py).
     """
     with distributed.step():  # a rank that fails here stops every rank before the merge below
         batches = iter(batches)
@@ -304,7 +316,16 @@ def score_batches(
             if reference is None:
                 reference = first[:1]
         tallies, paired = _local_pass(
-            model, members, batches, include_special_tokens, device, advance, reference, examples, diagnostics
+            model,
+            members,
+            batches,
+            include_special_tokens,
+            device,
+            advance,
+            reference,
+            examples,
+            diagnostics,
+            agreement,
         )
     merged = distributed.merge_on_first_rank(tallies if paired is None else [*tallies, paired])
     if merged is None:
@@ -323,7 +344,7 @@ def paired_totals(n_members: int) -> SequenceTotals:
 
 
 def _local_pass(
-    model, members, batches, include_special_tokens, device, advance, reference, examples, diagnostics
+    model, members, batches, include_special_tokens, device, advance, reference, examples, diagnostics, agreement
 ) -> tuple[list[Tally], SequenceTotals | None]:
     """This process's share of the pass: the tallies of its batches, and the SAEs' paired per-sequence totals
     (None with one SAE or without diagnostics)."""
@@ -347,7 +368,7 @@ def _local_pass(
                 scorer.begin(ids, tokens)
             out = replay_batch(model, groups, tokens, mask, cache)
             finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
-            clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask)
+            clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask, agreement)
             for site, site_totals, sae_totals in zip(finals, per_site, per_sae, strict=True):  # SAEBench's KL
                 last_shared, last_own = last_position_kl(unembedding, out.clean, site.zero, site.spliced, mask)
                 site_totals.update(last_shared)
@@ -372,12 +393,14 @@ def _local_pass(
 def _set_references(model, members, scorers, tokens: torch.Tensor, include_special_tokens: bool) -> None:
     """Give every SAE's reconstruction accumulator the mean activation of `tokens` (one sequence) at its spliced
     hook as its reference mean, so that every torchrun rank accumulates about the same one."""
-    hooks = {site.hook_name for site, _ in members}
+    hooks = {site.hook_name for site, _ in members} | {site.input_hook for site, _ in members}
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
     mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
     for (site, _), scorer in zip(members, scorers, strict=True):
         x = sae_view(cache[site.hook_name], site.head_dims, site.head_index)
         scorer.tally.reconstruction.set_reference(x, mask)
+        # What the SAE reads (a transcoder's input hook) picks its antipodal candidates.
+        scorer.choose_pairs(sae_view(cache[site.input_hook], site.input_head_dims, site.head_index), mask)
 
 
 class progress:

@@ -12,8 +12,12 @@ Definitions: docs/diagnostics.md. A latent is dense when it fires on more than 1
 - `unexplained`: none of these.
 
 The pass accumulates, from each chunk's firings (`metrics/firings.py`): per (latent, position bucket) the summed
-activation, per latent the summed squared activation, and for the antipodal candidate pairs (found from the
-decoder before the pass) how often both fire on one token. All float64 / int64 sums: they merge exactly.
+activation, per latent the summed squared activation, and for the antipodal candidate pairs how often both fire
+on one token. All float64 / int64 sums: they merge exactly. The candidates are chosen before the pass from the
+reference sequence every torchrun rank shares (`scoring._set_references`): the latents firing on at least
+CANDIDATE_DENSITY of its tokens, each paired with its most opposite decoder row — so the decoder cosines cost
+candidates × d_sae, not d_sae². A dense latent that happened to fire less on that one sequence has no partner
+counted and stays unexplained (the conservative side).
 """
 
 from __future__ import annotations
@@ -27,35 +31,41 @@ FIRST_TOKEN_SHARE = 0.5
 POSITION_R2 = 0.5
 ANTIPODAL_COSINE = -0.9
 COFIRING_SHARE = 0.05
+CANDIDATE_DENSITY = 0.05  # on the reference sequence: half the dense threshold, for a sequence's noise
 KINDS = ("first_token", "position", "antipodal", "unexplained")
 LISTED = 100  # latents listed per kind in result.json (every latent's kind is in the details file)
 _BLOCK_BYTES = 2**28  # memory for one block of decoder cosines, as metrics/geometry.py
 
 
 @torch.no_grad()
-def most_opposite_decoder_latents(W_dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each latent, the smallest cosine between its decoder row and another latent's, and that latent:
-    ((d_sae,) float32, (d_sae,) int64), in row blocks of bounded memory (as metrics/geometry.py's largest)."""
+def most_opposite_decoder_latents(
+    W_dec: torch.Tensor, latents: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of `latents` (default: all), the smallest cosine between its decoder row and another latent's, and
+    that latent: ((n,) float32, (n,) int64), in row blocks of bounded memory (as metrics/geometry.py's largest)."""
     rows = torch.nn.functional.normalize(W_dec.detach().float(), dim=-1)
     d_sae = rows.shape[0]
+    latents = torch.arange(d_sae, device=rows.device) if latents is None else latents.to(rows.device)
     step = max(1, _BLOCK_BYTES // (4 * d_sae))
-    lowest = torch.empty(d_sae, dtype=torch.float32, device=rows.device)
-    partner = torch.empty(d_sae, dtype=torch.int64, device=rows.device)
-    for start in range(0, d_sae, step):
-        block = rows[start : start + step] @ rows.T
-        idx = torch.arange(block.shape[0], device=rows.device)
-        block[idx, start + idx] = float("inf")  # not itself
+    lowest = torch.empty(latents.numel(), dtype=torch.float32, device=rows.device)
+    partner = torch.empty(latents.numel(), dtype=torch.int64, device=rows.device)
+    for start in range(0, latents.numel(), step):
+        chosen = latents[start : start + step]
+        block = rows[chosen] @ rows.T
+        block[torch.arange(chosen.numel(), device=rows.device), chosen] = float("inf")  # not itself
         lowest[start : start + step], partner[start : start + step] = block.min(dim=1)
     return lowest.cpu(), partner.cpu()
 
 
-def antipodal_pairs(W_dec: torch.Tensor) -> torch.Tensor:
-    """(n, 2) int64 pairs (i < j) whose decoder rows have cosine below ANTIPODAL_COSINE, each latent with its most
-    opposite partner."""
-    if W_dec.shape[0] < 2:
+def antipodal_pairs(W_dec: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, 2) int64 pairs (i < j) whose decoder rows have cosine below ANTIPODAL_COSINE, each of `latents`
+    (default: all) with its most opposite partner."""
+    if W_dec.shape[0] < 2 or (latents is not None and latents.numel() == 0):
         return torch.zeros(0, 2, dtype=torch.int64)
-    lowest, partner = most_opposite_decoder_latents(W_dec)
-    first = (lowest < ANTIPODAL_COSINE).nonzero().squeeze(1)
+    lowest, partner = most_opposite_decoder_latents(W_dec, latents)
+    chosen = torch.arange(W_dec.shape[0]) if latents is None else latents.cpu()
+    first = chosen[lowest < ANTIPODAL_COSINE]
+    partner = torch.full((W_dec.shape[0],), -1, dtype=torch.int64).index_put_((chosen,), partner)
     pairs = torch.stack([torch.minimum(first, partner[first]), torch.maximum(first, partner[first])], 1)
     return torch.unique(pairs, dim=0) if pairs.numel() else pairs
 
@@ -63,13 +73,17 @@ def antipodal_pairs(W_dec: torch.Tensor) -> torch.Tensor:
 class LatentPositionSums:
     """Per (latent, position bucket) Σa, per latent Σa², and the co-firing counts of the antipodal pairs."""
 
-    def __init__(self, d_sae: int, pairs: torch.Tensor):
+    def __init__(self, d_sae: int, pairs: torch.Tensor | None = None):
         self.d_sae = d_sae
         self.bucket_sums = torch.zeros(d_sae, MAX_BUCKETS, dtype=torch.float64)
         self.sum_sq = torch.zeros(d_sae, dtype=torch.float64)
+        self.set_pairs(torch.zeros(0, 2, dtype=torch.int64) if pairs is None else pairs)
+
+    def set_pairs(self, pairs: torch.Tensor) -> None:
+        """The antipodal candidate pairs whose co-firings are counted (before the first update)."""
         self.pairs = pairs
         self.cofirings = torch.zeros(pairs.shape[0], dtype=torch.int64)
-        self._candidate = torch.full((d_sae,), -1, dtype=torch.int64)  # latent → column among the paired latents
+        self._candidate = torch.full((self.d_sae,), -1, dtype=torch.int64)  # latent → column among the paired
         self._paired = torch.unique(pairs.reshape(-1)) if pairs.numel() else pairs.reshape(-1)
         self._candidate[self._paired] = torch.arange(self._paired.numel())
 
@@ -90,6 +104,8 @@ class LatentPositionSums:
             self.cofirings += (fired[:, a] & fired[:, b]).sum(0)
 
     def merge(self, other: LatentPositionSums) -> None:
+        if not torch.equal(self.pairs, other.pairs):  # chosen from the shared reference sequence: never differs
+            raise ValueError("cannot merge co-firing counts of different antipodal candidate pairs")
         self.bucket_sums += other.bucket_sums
         self.sum_sq += other.sum_sq
         self.cofirings += other.cofirings
@@ -151,3 +167,14 @@ def _densest(selected: torch.Tensor, density: torch.Tensor) -> list[int]:
     """The LISTED densest latents among `selected`, densest first."""
     ids = selected.nonzero().squeeze(1)
     return ids[density[ids].argsort(descending=True, stable=True)][:LISTED].tolist()
+
+
+def candidate_pairs(W_dec: torch.Tensor, feature_acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The antipodal candidate pairs of the latents firing on at least CANDIDATE_DENSITY of the unmasked rows of
+    `feature_acts` (tokens, d_sae), dense or sparse: the reference sequence's (see the module docstring)."""
+    acts = feature_acts.to_dense() if feature_acts.is_sparse else feature_acts
+    kept = acts[mask.reshape(-1)]
+    if kept.shape[0] == 0:
+        return torch.zeros(0, 2, dtype=torch.int64)
+    share = (kept != 0).float().mean(0)
+    return antipodal_pairs(W_dec, (share >= CANDIDATE_DENSITY).nonzero().squeeze(1))

@@ -61,6 +61,7 @@ def downstream_totals(
     sites: Sequence[SiteFinals],
     tokens: torch.Tensor,
     mask: torch.Tensor,
+    agreement: bool = True,
 ) -> tuple[dict, list[dict], list[list[dict]]]:
     """Per-sequence CE and KL totals for one batch, for every SAE of every site.
 
@@ -77,7 +78,7 @@ def downstream_totals(
     Beside the per-sequence totals: per-position sums over the batch's sequences ("pos_n_pred", "pos_ce_clean";
     per SAE "pos_ce_sae", "pos_kl_sae": (pos − 1,) float64) for the by-position diagnostics, and per SAE the
     next-token agreement with the clean model ("top1_agree": positions whose top-1 token is the clean top-1;
-    "top5_overlap": |top-5 ∩ clean top-5| / 5, summed), per sequence.
+    "top5_overlap": |top-5 ∩ clean top-5| / 5, summed), per sequence; zeros with `agreement` False (benchmarks).
     """
     batch, length = tokens.shape
     n_pos = length - 1
@@ -113,7 +114,7 @@ def downstream_totals(
         ce_clean = _cross_entropy(clean_logits, lse_clean, target)
         clean_totals["ce_clean"][seqs] += _summed(ce_clean, weight)
         clean_totals["pos_ce_clean"][pos] += _position_sums(ce_clean, weight)
-        clean_top = clean_logits.topk(TOP_K, dim=-1).indices
+        clean_top = clean_logits.topk(TOP_K, dim=-1).indices if agreement else None
         del clean_logits
 
         for zero, whole, totals, finals, own in zip(zeros, whole_zeros, site_totals, spliced, sae_totals, strict=True):
@@ -133,9 +134,10 @@ def downstream_totals(
                 sae["ce_sae"][seqs] += _summed(ce, weight)
                 sae["pos_kl_sae"][pos] += _position_sums(kl, weight)
                 sae["pos_ce_sae"][pos] += _position_sums(ce, weight)
-                top1, overlap = _agreement(logits.topk(TOP_K, dim=-1).indices, clean_top)
-                sae["top1_agree"][seqs] += _summed(top1, weight)
-                sae["top5_overlap"][seqs] += _summed(overlap, weight)
+                if agreement:
+                    top1, overlap = _agreement(logits.topk(TOP_K, dim=-1).indices, clean_top)
+                    sae["top1_agree"][seqs] += _summed(top1, weight)
+                    sae["top5_overlap"][seqs] += _summed(overlap, weight)
     return clean_totals, site_totals, sae_totals
 
 

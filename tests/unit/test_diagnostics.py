@@ -9,7 +9,7 @@ import torch
 from saehealth.comparison_differences import paired_differences, reference_index
 from saehealth.errors import ConfigError
 from saehealth.metrics.clusters import SequenceTotals
-from saehealth.metrics.dense_kinds import KINDS, LatentPositionSums, antipodal_pairs, classify_dense
+from saehealth.metrics.dense_kinds import KINDS, LatentPositionSums, antipodal_pairs, candidate_pairs, classify_dense
 from saehealth.metrics.downstream import Readout, SiteFinals, downstream_totals
 from saehealth.metrics.firings import find_firings
 from saehealth.metrics.positions import PositionAccumulator, bucket_label, position_buckets
@@ -239,3 +239,39 @@ def test_differences_flag_what_is_within_noise():
     assert reference_index(["a", "b"], "b") == 1
     with pytest.raises(ConfigError, match="--reference"):
         reference_index(["a", "b"], "c")
+
+
+def test_antipodal_candidates_come_from_the_reference_sequences_firings():
+    W_dec = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [1.0, 1.0]])
+    acts = torch.zeros(20, 5)
+    acts[:10, 0] = 1.0  # 0 and 1 fire on the reference sequence, 2 and 3 (antipodal too) never
+    acts[10:, 1] = 1.0
+    mask = torch.ones(20, dtype=torch.bool)
+    assert candidate_pairs(W_dec, acts, mask).tolist() == [[0, 1]]
+    assert antipodal_pairs(W_dec).tolist() == [[0, 1], [2, 3]]
+
+
+def test_latent_and_token_sums_merge_exactly():
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(0, 9, (6, 8), generator=g)
+    acts = torch.relu(torch.randn(6, 8, 4, generator=g))
+    mask = torch.ones(6, 8, dtype=torch.bool)
+    W_dec = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+
+    def sums(rows: slice):
+        latent, token = LatentPositionSums(4, antipodal_pairs(W_dec)), TokenSums(4)
+        found = find_firings(acts[rows].reshape(-1, 4), mask[rows].reshape(-1))
+        latent.update(found, 0, 8)
+        token.update(found, tokens[rows].reshape(-1), mask[rows].reshape(-1))
+        return latent, token
+
+    whole_latent, whole_token = sums(slice(0, 6))
+    latent, token = sums(slice(0, 2))
+    other_latent, other_token = sums(slice(2, 6))
+    latent.merge(other_latent)
+    token.merge(other_token)
+    assert torch.equal(latent.cofirings, whole_latent.cofirings)
+    torch.testing.assert_close(latent.bucket_sums, whole_latent.bucket_sums, rtol=1e-12, atol=1e-12)
+    share = token_explained_share(token, latent.bucket_sums.sum(1), latent.sum_sq)
+    whole = token_explained_share(whole_token, whole_latent.bucket_sums.sum(1), whole_latent.sum_sq)
+    torch.testing.assert_close(share, whole, rtol=1e-6, atol=1e-7)
