@@ -349,6 +349,7 @@ class _Comparer:
                     advance,
                     reference_sequence(some, options),
                     options.examples,
+                    pathological="pathological" not in options.skip,
                 )
         seconds = time.perf_counter() - t0
         self.timing["pass_s"] = seconds

@@ -228,6 +228,7 @@ class Evaluation:
                 advance,
                 reference_sequence(plan, self.config),
                 self.config.examples,
+                pathological="pathological" not in self.config.skip,
             )
         return None if outputs is None else outputs[0]
 

@@ -33,6 +33,8 @@ from saehealth.saebench.core import core_metrics
 from saehealth.scoring import PassOutput, chunk_tokens
 from saehealth.verdicts import result_verdicts
 
+PATHOLOGICAL_KEYS = ("kl_div_random", "pathological_ratio")  # metrics/pathological.py
+
 
 def finish_result(
     config: EvalConfig,
@@ -71,6 +73,11 @@ def finish_result(
     metrics.update(absorption)
     timing["absorption_s"] = time.perf_counter() - t0
 
+    if "pathological" in config.skip:
+        not_measured.update(dict.fromkeys(PATHOLOGICAL_KEYS, "skipped with --skip pathological"))
+    elif loaded.output_hook_name and loaded.output_hook_name != plan.hook:
+        reason = "a transcoder's error is at another hook than its input: not checked"
+        not_measured.update(dict.fromkeys(PATHOLOGICAL_KEYS, reason))
     for key in METRIC_KEYS:
         metrics.setdefault(key, None)
         if metrics[key] is None and key not in not_measured:

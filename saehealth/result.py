@@ -59,7 +59,7 @@ ABSORPTION_KEYS = (
     "absorption_fraction_saebench",  # the saebench-0.6 probe schedule's mean over the same word splits
 )
 # Next-token agreement of the spliced model with the clean one (docs/diagnostics.md), from the downstream tiles.
-AGREEMENT_KEYS = ("next_token_agreement", "top5_overlap")
+AGREEMENT_KEYS = ("next_token_agreement", "top5_overlap", "kl_div_random", "pathological_ratio")
 # Dense latents no kind explains, and the share of latents that are token detectors (docs/diagnostics.md).
 LATENT_KIND_KEYS = ("dense_unexplained", "dense_unexplained_fraction", "token_detector_fraction")
 METRIC_KEYS = (

@@ -28,6 +28,7 @@ from saehealth.metrics.diagnostics import pass_diagnostics
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
 from saehealth.metrics.firings import find_firings
 from saehealth.metrics.latents import LatentExamples, token_locations
+from saehealth.metrics.pathological import RandomPerturbation
 from saehealth.metrics.positions import PositionAccumulator
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
@@ -36,7 +37,17 @@ from saehealth.replay import ReplayCache, SAEOutputs, SiteGroup, SpliceSite, rea
 from saehealth.saebench.sums import SAEBenchSums, last_position_kl
 
 # Per-sequence totals kept for standard errors (see metrics/clusters.py).
-DOWNSTREAM_QUANTITIES = ("n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "top1_agree", "top5_overlap")
+DOWNSTREAM_QUANTITIES = (
+    "n_pred",
+    "ce_clean",
+    "ce_sae",
+    "ce_zero",
+    "kl_sae",
+    "kl_zero",
+    "top1_agree",
+    "top5_overlap",
+    "kl_random",  # KL of the random perturbation of the SAE's error norm (metrics/pathological.py), else zero
+)
 SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", *DOWNSTREAM_QUANTITIES)
 # metric -> (numerator, denominator) as {quantity: coefficient}; value = Σnum / Σden (+ offset below).
 RATIO_METRICS = {
@@ -47,6 +58,7 @@ RATIO_METRICS = {
     "l0": ({"l0": 1}, {"n_tokens": 1}),
     "next_token_agreement": ({"top1_agree": 1}, {"n_pred": 1}),
     "top5_overlap": ({"top5_overlap": 1}, {"n_pred": 1}),
+    "pathological_ratio": ({"kl_sae": 1}, {"kl_random": 1}),
 }
 # Memory for one chunk of an SAE's latents: a chunk holds the pre-activations, the activations and the temporaries
 # of the sparsity statistics, about four float32 copies of (tokens, d_sae).
@@ -197,6 +209,7 @@ class SAEScorer:
         shares (None from an activation cache, which has none)."""
         self._sequence_ids = sequence_ids
         self._tokens = tokens
+        self.first_sequence = int(sequence_ids[0]) if sequence_ids.numel() else 0
 
     def reconstruct(self, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x̂ for x = `source` (batch, pos, d_in), encoded and decoded a chunk of whole sequences at a time (at least
@@ -230,7 +243,8 @@ class SAEScorer:
             del feature_acts
         self._l0 = torch.cat(l0).reshape(mask.shape)
         x_hat = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return x_hat.reshape(*source.shape[:-1], x_hat.shape[-1])
+        self.last_x_hat = x_hat.reshape(*source.shape[:-1], x_hat.shape[-1])  # for the pathological check
+        return self.last_x_hat
 
     @property
     def batch_l0(self) -> torch.Tensor:
@@ -296,6 +310,7 @@ def score_batches(
     examples: int = 0,
     diagnostics: bool = True,
     agreement: bool = True,
+    pathological: bool = False,
 ) -> list[PassOutput] | None:
     """The one pass over token batches for SAEs at any sites of one model: (site, SAE) pairs, in order.
 
@@ -306,7 +321,8 @@ def score_batches(
     other ranks get None). With `examples` above 0, each SAE keeps that many top activations per latent (and a
     sample of half as many: metrics/latents.py). `diagnostics` False leaves out the diagnostics beyond the
     averages (by position, dense-latent kinds, token-explained shares, paired totals) and `agreement` False the
-    next-token agreement (its sums stay zero): for benchmarks (scripts/bench_diagnostics.py).
+    next-token agreement (its sums stay zero): for benchmarks (scripts/bench_diagnostics.py). `pathological` adds
+    the random-perturbation continuation of each SAE (metrics/pathological.py; not for transcoders).
     """
     with distributed.step():  # a rank that fails here stops every rank before the merge below
         batches = iter(batches)
@@ -324,8 +340,7 @@ def score_batches(
             advance,
             reference,
             examples,
-            diagnostics,
-            agreement,
+            (diagnostics, agreement, pathological),
         )
     merged = distributed.merge_on_first_rank(tallies if paired is None else [*tallies, paired])
     if merged is None:
@@ -344,10 +359,11 @@ def paired_totals(n_members: int) -> SequenceTotals:
 
 
 def _local_pass(
-    model, members, batches, include_special_tokens, device, advance, reference, examples, diagnostics, agreement
+    model, members, batches, include_special_tokens, device, advance, reference, examples, switches
 ) -> tuple[list[Tally], SequenceTotals | None]:
     """This process's share of the pass: the tallies of its batches, and the SAEs' paired per-sequence totals
-    (None with one SAE or without diagnostics)."""
+    (None with one SAE or without diagnostics). `switches`: (diagnostics, agreement, pathological)."""
+    diagnostics, agreement, pathological = switches
     scorers = [SAEScorer(sae, device, examples, diagnostics=diagnostics) for _, sae in members]
     paired = paired_totals(len(members)) if diagnostics and len(members) > 1 else None
     here, local = distributed.ranks(), 0  # this rank's sequences so far: local j is sequence rank + j·world
@@ -356,7 +372,12 @@ def _local_pass(
     sites: dict[SpliceSite, list[int]] = {}  # SAEs at one site share its zero ablation
     for i, (site, _) in enumerate(members):
         sites.setdefault(site, []).append(i)
-    groups = [SiteGroup(site, [scorers[i] for i in indices]) for site, indices in sites.items()]
+    # With the pathological check, each SAE's random perturbation is spliced right after it: [s₁, p₁, s₂, p₂, …].
+    perturbed = {site: pathological and not site.is_transcoder for site in sites}
+    groups = [
+        SiteGroup(site, [m for i in indices for m in (scorers[i], *[RandomPerturbation(scorers[i])] * perturbed[site])])
+        for site, indices in sites.items()
+    ]
     cache, unembedding = ReplayCache(), readout(model)
     try:
         for tokens in batches:
@@ -367,8 +388,14 @@ def _local_pass(
             for scorer in scorers:
                 scorer.begin(ids, tokens)
             out = replay_batch(model, groups, tokens, mask, cache)
+            noise = [o.saes[1::2] if perturbed[site] else [] for o, site in zip(out.sites, sites, strict=True)]
+            for o, site in zip(out.sites, sites, strict=True):
+                o.saes = o.saes[::2] if perturbed[site] else o.saes
+            spliced = [[s.final for s in o.saes] + [s.final for s in n] for o, n in zip(out.sites, noise, strict=True)]
+            both = [SiteFinals(o.zero, o.zero_key, f) for o, f in zip(out.sites, spliced, strict=True)]
+            clean, per_site, per_sae = downstream_totals(unembedding, out.clean, both, tokens, mask, agreement)
+            per_sae = [_with_random_kl(own, len(o.saes)) for own, o in zip(per_sae, out.sites, strict=True)]
             finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
-            clean, per_site, per_sae = downstream_totals(unembedding, out.clean, finals, tokens, mask, agreement)
             for site, site_totals, sae_totals in zip(finals, per_site, per_sae, strict=True):  # SAEBench's KL
                 last_shared, last_own = last_position_kl(unembedding, out.clean, site.zero, site.spliced, mask)
                 site_totals.update(last_shared)
@@ -388,6 +415,15 @@ def _local_pass(
         for scorer in scorers:
             scorer.restore()
     return [scorer.tally for scorer in scorers], paired
+
+
+def _with_random_kl(totals: list[dict], n_saes: int) -> list[dict]:
+    """A site's per-SAE downstream totals with "kl_random" from its perturbations' (the entries after the first
+    `n_saes`, in the same order), or zeros where there are none."""
+    own, random = totals[:n_saes], totals[n_saes:]
+    for i, sae in enumerate(own):
+        sae["kl_random"] = random[i]["kl_sae"] if random else torch.zeros_like(sae["kl_sae"])
+    return own
 
 
 def _set_references(model, members, scorers, tokens: torch.Tensor, include_special_tokens: bool) -> None:

@@ -9,7 +9,8 @@ Three variants of `scoring.score_batches` on identical token batches of the buil
 - `plain`: no diagnostics (`diagnostics=False, agreement=False`);
 - `diagnostics`: items 1, 3, 5, 6 (by position, paired per-sequence totals, dense-latent kinds, token-explained
   sums) — the issue's target is below 10% over plain;
-- `all`: those plus item 2's next-token agreement (top-5 of every spliced and clean logits tile).
+- `all`: those plus item 2's next-token agreement (top-5 of every spliced and clean logits tile);
+- `pathological`: all that plus the random-perturbation continuation per SAE (what `--skip pathological` saves).
 
 `--saes` random TopK SAEs (d_in 128, `--d-sae` latents, k 64) at the middle residual stream share the pass, as in
 `compare` (the paired totals only exist with two or more).
@@ -40,6 +41,7 @@ VARIANTS = {
     "plain": {"diagnostics": False, "agreement": False},
     "diagnostics": {"diagnostics": True, "agreement": False},
     "all": {"diagnostics": True, "agreement": True},
+    "pathological": {"diagnostics": True, "agreement": True, "pathological": True},
 }
 
 
@@ -91,6 +93,8 @@ def run(args) -> dict:
         "diagnostics_over_plain_fastest": fastest["diagnostics"] / fastest["plain"] - 1,
         "agreement_over_diagnostics": med["all"] / med["diagnostics"] - 1,
         "agreement_over_diagnostics_cpu": med_cpu["all"] / med_cpu["diagnostics"] - 1,
+        "pathological_over_all": med["pathological"] / med["all"] - 1,
+        "pathological_over_all_cpu": med_cpu["pathological"] / med_cpu["all"] - 1,
         "all_seconds": wall,
     }
 

@@ -208,6 +208,7 @@ class DownstreamAccumulator:
         self.ce = dict.fromkeys(VARIANTS, 0.0)
         self.kl = {"sae": 0.0, "zero": 0.0}
         self.agreement = {"top1_agree": 0.0, "top5_overlap": 0.0}
+        self.kl_random = 0.0  # the pathological check's (metrics/pathological.py); zero when it is off
 
     def update(self, totals: dict[str, torch.Tensor]) -> None:
         """Add a batch's per-sequence totals (`downstream_totals`'s shared totals and this SAE's own)."""
@@ -218,6 +219,7 @@ class DownstreamAccumulator:
             self.kl[variant] += float(totals[f"kl_{variant}"].sum())
         for name in self.agreement:
             self.agreement[name] += float(totals[name].sum())
+        self.kl_random += float(totals["kl_random"].sum()) if "kl_random" in totals else 0.0
 
     def merge(self, other: DownstreamAccumulator) -> None:
         """Add another accumulator's sums (another rank's share of the data)."""
@@ -228,6 +230,7 @@ class DownstreamAccumulator:
             self.kl[variant] += other.kl[variant]
         for name in self.agreement:
             self.agreement[name] += other.agreement[name]
+        self.kl_random += other.kl_random
 
     def result(self) -> dict[str, float | None]:
         if self.positions == 0:
@@ -246,4 +249,6 @@ class DownstreamAccumulator:
             "kl_div_score": 1.0 - kl_sae / kl_zero if kl_zero > 0 else None,
             "next_token_agreement": self.agreement["top1_agree"] / n,
             "top5_overlap": self.agreement["top5_overlap"] / n,
+            "kl_div_random": self.kl_random / n if self.kl_random > 0 else None,
+            "pathological_ratio": self.kl["sae"] / self.kl_random if self.kl_random > 0 else None,
         }

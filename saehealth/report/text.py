@@ -97,6 +97,8 @@ OTHER_KEYS = (
     "dense_unexplained",
     "next_token_agreement",
     "top5_overlap",
+    "pathological_ratio",
+    "kl_div_random",
     "near_duplicate_latents",
     "absorption_fraction_saebench",
     "full_absorption_rate",

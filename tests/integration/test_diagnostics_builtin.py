@@ -89,3 +89,17 @@ def test_compare_reports_paired_differences(tmp_path, capsys):
     )
     assert again.differences["reference"] == "half"
     assert again.differences["rows"][0]["loss_recovered"]["difference"] == pytest.approx(-worse["difference"])
+
+
+def test_the_pathological_ratio_and_its_switch(tmp_path):
+    path = shifted_identity_sae(tmp_path / "half", 128, hook_name=HOOK, decoder_scale=0.5)
+    on = evaluate(path, out=tmp_path / "on", n_tokens=TOKENS, skip=("absorption",), examples=0)
+    off = evaluate(path, out=tmp_path / "off", n_tokens=TOKENS, skip=("absorption", "pathological"), examples=0)
+    m = on.metrics
+    assert m["kl_div_random"] > 0
+    assert m["pathological_ratio"] == pytest.approx(m["kl_div_with_sae"] / m["kl_div_random"], rel=1e-9)
+    assert on.uncertainty["pathological_ratio"] > 0
+    assert off.metrics["pathological_ratio"] is None
+    assert off.not_measured["pathological_ratio"] == "skipped with --skip pathological"
+    for key in ("kl_div_with_sae", "loss_recovered", "explained_variance", "next_token_agreement"):
+        assert off.metrics[key] == pytest.approx(m[key], rel=1e-6), key  # the check changes nothing else

@@ -190,6 +190,7 @@ def test_paired_difference_is_exact_for_a_known_shift_and_matches_a_bootstrap():
             f"{i}/kl_zero": n_tokens * rng.uniform(4, 6, n),
             f"{i}/top1_agree": (n_tokens - 1) * rng.uniform(0.6, 0.9, n),
             f"{i}/top5_overlap": (n_tokens - 1) * rng.uniform(0.6, 0.9, n),
+            f"{i}/kl_random": n_tokens * rng.uniform(0.1, 0.2, n),
         }
     totals.update({k: torch.as_tensor(v) for k, v in per.items()})
     side = lambda i, key: tuple({f"{i}/{k}": c for k, c in part.items()} for part in RATIO_METRICS[key])  # noqa: E731
@@ -221,7 +222,7 @@ def test_differences_flag_what_is_within_noise():
     ones = torch.ones(4, dtype=torch.float64)
     base = {"n_tokens": 10 * ones, "n_pred": 9 * ones, "sse": ones, "sst": 10 * ones, "ce_clean": 9 * ones}
     base |= {"ce_zero": 90 * ones, "kl_sae": ones, "kl_zero": 50 * ones, "top1_agree": 8 * ones}
-    base |= {"top5_overlap": 8 * ones, "ce_sae": 18 * ones}
+    base |= {"top5_overlap": 8 * ones, "ce_sae": 18 * ones, "kl_random": ones}
     noisy = torch.tensor([0.0, 2.0, 0.0, 2.0], dtype=torch.float64)
     per = {f"0/{k}": v for k, v in base.items()} | {f"1/{k}": v for k, v in base.items()}
     per |= {"0/l0": 30 * ones, "1/l0": 30 * ones + noisy, "1/ce_sae": 9 * ones}  # a tiny L0 noise; a real CE gain
@@ -275,3 +276,20 @@ def test_latent_and_token_sums_merge_exactly():
     share = token_explained_share(token, latent.bucket_sums.sum(1), latent.sum_sq)
     whole = token_explained_share(whole_token, whole_latent.bucket_sums.sum(1), whole_latent.sum_sq)
     torch.testing.assert_close(share, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_the_random_perturbation_has_the_norm_of_the_sae_error():
+    from types import SimpleNamespace
+
+    from saehealth.metrics.pathological import RandomPerturbation
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 5, 8, generator=g)
+    x_hat = 0.5 * x
+    scorer = SimpleNamespace(last_x_hat=x_hat, first_sequence=3)
+    perturbed = RandomPerturbation(scorer).reconstruct(x, torch.ones(2, 5, dtype=torch.bool))
+    torch.testing.assert_close((perturbed - x).norm(dim=-1), (x - x_hat).norm(dim=-1))
+    again = RandomPerturbation(scorer).reconstruct(x, torch.ones(2, 5, dtype=torch.bool))
+    assert torch.equal(perturbed, again)  # reproducible: seeded by the batch's first sequence
+    direction = (perturbed - x) / (perturbed - x).norm(dim=-1, keepdim=True)
+    assert direction.mul(x / x.norm(dim=-1, keepdim=True)).sum(-1).abs().max() < 0.95  # not along the error
