@@ -30,8 +30,9 @@ from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
 from saehealth.loading.files import natural_key
 from saehealth.output import check_output_folder
+from saehealth.progress import progress
 from saehealth.result import EvalResult
-from saehealth.scoring import progress, score_batches
+from saehealth.scoring import score_batches
 from saehealth.shared_settings import shared_context, shared_dataset, shared_model, shared_model_kwargs
 
 DEFAULT_OUT = Path("reports") / "comparison"
@@ -182,7 +183,7 @@ class _Comparer:
         self.members = members  # (sae_path, LoadedSAE, load seconds) already loaded by the caller
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
-        self.paired = None  # the scored SAEs' per-sequence totals side by side (scoring.paired_totals)
+        self.paired = None  # the scored SAEs' per-sequence totals side by side (quantities.paired_totals)
         self.scored: list[int] = []  # which SAEs those are, in order
 
     def run(self) -> Comparison | None:

@@ -2,7 +2,7 @@
 
 Every SAE is set against a reference (the first, or `--reference NAME`): for each ratio metric the difference
 (this SAE − the reference) and its standard error, from the per-sequence totals of both SAEs on the same
-sequences (`scoring.paired_totals`, the delta method in `metrics.clusters.SequenceTotals.difference`). A
+sequences (`quantities.paired_totals`, the delta method in `metrics.clusters.SequenceTotals.difference`). A
 difference of at most NOISE_SE standard errors is flagged "within noise": the evaluation cannot tell the two
 apart on that metric. Results reused from an earlier run were not scored beside the others: their differences
 have no paired standard error (null, with the reason).
@@ -14,7 +14,7 @@ import math
 
 from saehealth.errors import ConfigError
 from saehealth.metrics.clusters import SequenceTotals
-from saehealth.scoring import RATIO_METRICS
+from saehealth.quantities import RATIO_METRICS
 
 # The ratio metrics compared, in the comparison table's order.
 DIFFERENCE_KEYS = ("loss_recovered", "explained_variance", "kl_div_score", "delta_ce", "l0", "next_token_agreement")

@@ -24,9 +24,10 @@ from saehealth.latents.store import write_latents
 from saehealth.models import load_model
 from saehealth.output import check_output_folder
 from saehealth.planning import Plan
+from saehealth.progress import progress
 from saehealth.result import RESULT_FILE, EvalResult, load_result
 from saehealth.result_folder import save_result_folder
-from saehealth.scoring import PassOutput, progress, score_batches
+from saehealth.scoring import PassOutput, score_batches
 
 # The options that decide the numbers; a saved result is reused only when they (and the weights) match.
 REQUEST_KEYS = (

@@ -13,7 +13,6 @@ combined on rank 0 into the numbers one process would give (`distributed.merge_o
 from __future__ import annotations
 
 import itertools
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,38 +27,15 @@ from saehealth.metrics.diagnostics import pass_diagnostics
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
 from saehealth.metrics.firings import find_firings
 from saehealth.metrics.latents import LatentExamples, token_locations
-from saehealth.metrics.pathological import RandomPerturbation
+from saehealth.metrics.pathological import RandomPerturbation, with_random_kl
 from saehealth.metrics.positions import PositionAccumulator
 from saehealth.metrics.reconstruction import ReconstructionAccumulator
 from saehealth.metrics.sparsity import SparsityAccumulator
 from saehealth.metrics.token_explained import TokenSums
+from saehealth.quantities import DOWNSTREAM_QUANTITIES, RATIO_METRICS, SEQUENCE_QUANTITIES, paired_totals
 from saehealth.replay import ReplayCache, SAEOutputs, SiteGroup, SpliceSite, readout, replay_batch, sae_view
 from saehealth.saebench.sums import SAEBenchSums, last_position_kl
 
-# Per-sequence totals kept for standard errors (see metrics/clusters.py).
-DOWNSTREAM_QUANTITIES = (
-    "n_pred",
-    "ce_clean",
-    "ce_sae",
-    "ce_zero",
-    "kl_sae",
-    "kl_zero",
-    "top1_agree",
-    "top5_overlap",
-    "kl_random",  # KL of the random perturbation of the SAE's error norm (metrics/pathological.py), else zero
-)
-SEQUENCE_QUANTITIES = ("n_tokens", "l0", "sse", "sst", *DOWNSTREAM_QUANTITIES)
-# metric -> (numerator, denominator) as {quantity: coefficient}; value = Σnum / Σden (+ offset below).
-RATIO_METRICS = {
-    "loss_recovered": ({"ce_zero": 1, "ce_sae": -1}, {"ce_zero": 1, "ce_clean": -1}),
-    "delta_ce": ({"ce_sae": 1, "ce_clean": -1}, {"n_pred": 1}),
-    "kl_div_score": ({"kl_sae": 1}, {"kl_zero": 1}),  # 1 − ratio: same standard error
-    "explained_variance": ({"sse": 1}, {"sst": 1}),  # 1 − ratio: same standard error
-    "l0": ({"l0": 1}, {"n_tokens": 1}),
-    "next_token_agreement": ({"top1_agree": 1}, {"n_pred": 1}),
-    "top5_overlap": ({"top5_overlap": 1}, {"n_pred": 1}),
-    "pathological_ratio": ({"kl_sae": 1}, {"kl_random": 1}),
-}
 # Memory for one chunk of an SAE's latents: a chunk holds the pre-activations, the activations and the temporaries
 # of the sparsity statistics, about four float32 copies of (tokens, d_sae).
 CHUNK_BYTES_CPU = 2**28
@@ -353,11 +329,6 @@ def score_batches(
     return outputs
 
 
-def paired_totals(n_members: int) -> SequenceTotals:
-    """Per-sequence totals of `n_members` SAEs side by side ("i/quantity"), for their paired differences."""
-    return SequenceTotals([f"{i}/{name}" for i in range(n_members) for name in SEQUENCE_QUANTITIES])
-
-
 def _local_pass(
     model, members, batches, include_special_tokens, device, advance, reference, examples, switches
 ) -> tuple[list[Tally], SequenceTotals | None]:
@@ -394,7 +365,7 @@ def _local_pass(
             spliced = [[s.final for s in o.saes] + [s.final for s in n] for o, n in zip(out.sites, noise, strict=True)]
             both = [SiteFinals(o.zero, o.zero_key, f) for o, f in zip(out.sites, spliced, strict=True)]
             clean, per_site, per_sae = downstream_totals(unembedding, out.clean, both, tokens, mask, agreement)
-            per_sae = [_with_random_kl(own, len(o.saes)) for own, o in zip(per_sae, out.sites, strict=True)]
+            per_sae = [with_random_kl(own, len(o.saes)) for own, o in zip(per_sae, out.sites, strict=True)]
             finals = [SiteFinals(o.zero, o.zero_key, [s.final for s in o.saes]) for o in out.sites]
             for site, site_totals, sae_totals in zip(finals, per_site, per_sae, strict=True):  # SAEBench's KL
                 last_shared, last_own = last_position_kl(unembedding, out.clean, site.zero, site.spliced, mask)
@@ -417,15 +388,6 @@ def _local_pass(
     return [scorer.tally for scorer in scorers], paired
 
 
-def _with_random_kl(totals: list[dict], n_saes: int) -> list[dict]:
-    """A site's per-SAE downstream totals with "kl_random" from its perturbations' (the entries after the first
-    `n_saes`, in the same order), or zeros where there are none."""
-    own, random = totals[:n_saes], totals[n_saes:]
-    for i, sae in enumerate(own):
-        sae["kl_random"] = random[i]["kl_sae"] if random else torch.zeros_like(sae["kl_sae"])
-    return own
-
-
 def _set_references(model, members, scorers, tokens: torch.Tensor, include_special_tokens: bool) -> None:
     """Give every SAE's reconstruction accumulator the mean activation of `tokens` (one sequence) at its spliced
     hook as its reference mean, so that every torchrun rank accumulates about the same one."""
@@ -437,45 +399,3 @@ def _set_references(model, members, scorers, tokens: torch.Tensor, include_speci
         scorer.tally.reconstruction.set_reference(x, mask)
         # What the SAE reads (a transcoder's input hook) picks its antipodal candidates.
         scorer.choose_pairs(sae_view(cache[site.input_hook], site.input_head_dims, site.head_index), mask)
-
-
-class progress:
-    """A rich progress bar in tokens with tokens/s and ETA; silent without a console."""
-
-    def __init__(self, console, total_tokens: int, label: str = "replaying"):
-        self.console = console
-        self.total = total_tokens
-        self.label = label
-
-    def __enter__(self) -> Callable[[int], None]:
-        if self.console is None:
-            return lambda n: None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn(f"[bold]{self.label}[/]"),
-            BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.progress.__enter__()
-        self.task = self.progress.add_task("replay", total=self.total, rate="")
-        self.started = time.perf_counter()
-
-        def advance(n: int) -> None:
-            self.progress.advance(self.task, n)
-            done = self.progress.tasks[0].completed
-            rate = done / max(time.perf_counter() - self.started, 1e-9)
-            self.progress.update(self.task, rate=f"{rate:,.0f} tok/s")
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.console is not None:
-            self.progress.__exit__(*exc)
-        return False

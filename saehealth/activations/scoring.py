@@ -64,7 +64,8 @@ def score_cache(plans: Sequence, config, console=None) -> list | None:
     merged outputs (the other ranks None)."""
     from saehealth import distributed
     from saehealth.loading.files import DTYPES, parse_dtype
-    from saehealth.scoring import SAEScorer, progress
+    from saehealth.progress import progress
+    from saehealth.scoring import SAEScorer
 
     first = plans[0]
     here = distributed.ranks()

@@ -32,3 +32,12 @@ class RandomPerturbation:
         direction = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         return x + direction * error_norm
+
+
+def with_random_kl(totals: list[dict], n_saes: int) -> list[dict]:
+    """A site's per-SAE downstream totals with "kl_random" from its perturbations' (the entries after the first
+    `n_saes`, in the same order), or zeros where there are none."""
+    own, random = totals[:n_saes], totals[n_saes:]
+    for i, sae in enumerate(own):
+        sae["kl_random"] = random[i]["kl_sae"] if random else torch.zeros_like(sae["kl_sae"])
+    return own

@@ -14,7 +14,7 @@ from saehealth.metrics.downstream import Readout, SiteFinals, downstream_totals
 from saehealth.metrics.firings import find_firings
 from saehealth.metrics.positions import PositionAccumulator, bucket_label, position_buckets
 from saehealth.metrics.token_explained import TokenSums, token_explained_share
-from saehealth.scoring import RATIO_METRICS, paired_totals
+from saehealth.quantities import RATIO_METRICS, paired_totals
 
 
 def test_buckets_are_log_spaced():
