@@ -56,6 +56,7 @@ class CompareConfig:
     select: str | None = None
     view: str = "comparison"
     reference: str | None = None  # the SAE the others' differences are taken against (default: the first)
+    replace_all: bool = False  # also score the model with every SAE spliced in at once (replace_all.py)
 
     def __post_init__(self) -> None:
         if not self.paths and not self.sweep:
@@ -73,12 +74,14 @@ class CompareConfig:
         out: Path | None = None,
         select: str | None = None,
         reference: str | None = None,
+        replace_all: bool = False,
         **options,
     ) -> CompareConfig:
         """From checkpoint paths and any EvalConfig option as a keyword (n_tokens=, device=, skip=, ...)."""
         paths = [paths] if isinstance(paths, (str, Path)) else paths
         evaluation = EvalConfig(sae_path="", **options)
-        return cls(tuple(str(p) for p in paths), tuple(sweep), out, evaluation, select, reference=reference)
+        paths = tuple(str(p) for p in paths)
+        return cls(paths, tuple(sweep), out, evaluation, select, reference=reference, replace_all=replace_all)
 
     @property
     def out_folder(self) -> Path:
@@ -100,7 +103,9 @@ def compare(paths=(), *, config: CompareConfig | None = None, console=None, **op
     return _Comparer(config, console).run()
 
 
-def evaluate_path(config: EvalConfig, select: str | None = None, console=None) -> EvalResult | Comparison | None:
+def evaluate_path(
+    config: EvalConfig, select: str | None = None, console=None, replace_all: bool = False
+) -> EvalResult | Comparison | None:
     """`saehealth eval`: one SAE, or every SAE of a run folder (sparsify hookpoints, a SAELens multi-SAE run,
     dictionary_learning trainers, a folder of SAELens SAEs) in one pass with a run report; `select` is a glob over
     the folder's members. Under torchrun, ranks other than 0 return None."""
@@ -115,7 +120,9 @@ def evaluate_path(config: EvalConfig, select: str | None = None, console=None) -
         )  # fmt: skip
         seconds = time.perf_counter() - t0
     if isinstance(loaded, list):
-        run = CompareConfig((config.sae_path,), (), result_folder(config), config, select, "run")
+        run = CompareConfig(
+            (config.sae_path,), (), result_folder(config), config, select, "run", replace_all=replace_all
+        )
         members = [(item.path or config.sae_path, item, seconds / len(loaded)) for item in loaded]
         return _Comparer(run, console, members).run()
     if select is not None and loaded.path:  # one member picked out of a run folder: evaluated as itself
@@ -185,6 +192,7 @@ class _Comparer:
         self.timing: dict[str, float] = {}
         self.paired = None  # the scored SAEs' per-sequence totals side by side (quantities.paired_totals)
         self.scored: list[int] = []  # which SAEs those are, in order
+        self.replace_all: dict | None = None  # every SAE spliced in at once (--replace-all)
 
     def run(self) -> Comparison | None:
         from saehealth.data import load_dataset
@@ -276,6 +284,7 @@ class _Comparer:
             entries, _settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
         )
         comparison.differences = differences
+        comparison.replace_all = self.replace_all
         if not comparison.identical_tokens:
             comparison.notes.append(
                 "Not every result was computed on the same tokens (a saved result from another run was reused): "
@@ -357,6 +366,15 @@ class _Comparer:
         if outputs is None:
             return None
         self.paired, self.scored = outputs[0].paired, pending
+        if self.config.replace_all and some.activations is None:
+            from saehealth.replace_all import replace_all_metrics
+
+            t0 = time.perf_counter()
+            members = [(plans[i].site, plans[i].sae) for i in pending]
+            self.replace_all = replace_all_metrics(
+                some.model, members, token_batches(some, options), options.include_special_tokens, options.device
+            )
+            self.timing["replace_all_s"] = time.perf_counter() - t0
         results: dict[int, EvalResult] = {}
         for i, output in zip(pending, outputs, strict=True):
             evaluation, plan = evaluations[i], plans[i]

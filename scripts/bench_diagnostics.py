@@ -10,7 +10,8 @@ Three variants of `scoring.score_batches` on identical token batches of the buil
 - `diagnostics`: items 1, 3, 5, 6 (by position, paired per-sequence totals, dense-latent kinds, token-explained
   sums) — the issue's target is below 10% over plain;
 - `all`: those plus item 2's next-token agreement (top-5 of every spliced and clean logits tile);
-- `pathological`: all that plus the random-perturbation continuation per SAE (what `--skip pathological` saves).
+- `pathological`: all that plus the random-perturbation continuation per SAE (what `--skip pathological` saves);
+- `replace_all`: the whole replacement's own loop over the batches (`--replace-all`), timed against `plain`.
 
 `--saes` random TopK SAEs (d_in 128, `--d-sae` latents, k 64) at the middle residual stream share the pass, as in
 `compare` (the paired totals only exist with two or more).
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 
 import saehealth  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
+from saehealth.replace_all import replace_all_metrics  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
 from saehealth.scoring import score_batches  # noqa: E402
 from scripts.bench_eval import HOOK, token_batches  # noqa: E402
@@ -66,14 +68,18 @@ def run(args) -> dict:
     batches = token_batches(model, args.tokens, args.batch_size)
 
     def once(options: dict) -> None:
-        score_batches(model, members, batches, **options)
+        if options.get("replace_all"):
+            replace_all_metrics(model, members, batches)
+        else:
+            score_batches(model, members, batches, **options)
 
-    for options in VARIANTS.values():  # warm-up
+    variants = {**VARIANTS, "replace_all": {"replace_all": True}}
+    for options in variants.values():  # warm-up
         once(options)
-    wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
-        for name, options in VARIANTS.items():
+        for name, options in variants.items():
             start, start_cpu = time.perf_counter(), time.process_time()
             once(options)
             wall[name].append(time.perf_counter() - start)
@@ -95,6 +101,8 @@ def run(args) -> dict:
         "agreement_over_diagnostics_cpu": med_cpu["all"] / med_cpu["diagnostics"] - 1,
         "pathological_over_all": med["pathological"] / med["all"] - 1,
         "pathological_over_all_cpu": med_cpu["pathological"] / med_cpu["all"] - 1,
+        "replace_all_over_plain_pass": med["replace_all"] / med["plain"],
+        "replace_all_over_plain_pass_cpu": med_cpu["replace_all"] / med_cpu["plain"],
         "all_seconds": wall,
     }
 

@@ -21,7 +21,12 @@ from saehealth.comparison import (
     shares_a_hook,
 )
 from saehealth.output import atomic_write
-from saehealth.report.compare_differences import DIFFERENCES_PLOT, differences_figure, differences_markdown
+from saehealth.report.compare_differences import (
+    DIFFERENCES_PLOT,
+    differences_figure,
+    differences_markdown,
+    replace_all_markdown,
+)
 from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, SAE_PLOT, frontier_figure, run_figures
 from saehealth.report.plots import DPI
 from saehealth.report.text import (
@@ -113,6 +118,7 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
                 f"On the frontier: {', '.join(names)}." if names else "No SAE has both metrics measured.",
                 "",
             ]
+    lines += replace_all_markdown(comparison.replace_all)
     lines += differences_markdown(comparison.differences)
     if "differences" in plots:
         lines += [f"![{DIFFERENCES_PLOT[1]}]({plots['differences']})", ""]

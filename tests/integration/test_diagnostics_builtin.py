@@ -103,3 +103,25 @@ def test_the_pathological_ratio_and_its_switch(tmp_path):
     assert off.not_measured["pathological_ratio"] == "skipped with --skip pathological"
     for key in ("kl_div_with_sae", "loss_recovered", "explained_variance", "next_token_agreement"):
         assert off.metrics[key] == pytest.approx(m[key], rel=1e-6), key  # the check changes nothing else
+
+
+def test_the_whole_replacement(tmp_path, capsys):
+    # Identity SAEs at four hooks of three kinds: spliced in at once, the model is exactly the clean one.
+    hooks = {"pre0": "blocks.0.hook_resid_pre", "post0": HOOK, "mlp1": "blocks.1.hook_mlp_out"}
+    hooks["attn1"] = "blocks.1.hook_attn_out"
+    paths = [str(shifted_identity_sae(tmp_path / name, 128, hook_name=hook)) for name, hook in hooks.items()]
+    everything = compare(paths, n_tokens=TOKENS, skip=("absorption", "pathological"), out=tmp_path / "all",
+                         examples=0, replace_all=True)  # fmt: skip
+    whole = everything.replace_all
+    assert whole["n_saes"] == 4
+    assert abs(whole["delta_ce"]) < 1e-4 and whole["kl_div_with_sae"] < 1e-5
+    assert whole["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert json.loads((tmp_path / "all" / "comparison.json").read_text())["replace_all"]["n_saes"] == 4
+    assert "## The whole replacement" in (tmp_path / "all" / "comparison.md").read_text()
+    # One SAE alone: its own single-SAE numbers.
+    half = shifted_identity_sae(tmp_path / "half", 128, hook_name=HOOK, decoder_scale=0.5)
+    alone = compare([str(half)], n_tokens=TOKENS, skip=("absorption", "pathological"), out=tmp_path / "one",
+                    examples=0, replace_all=True)  # fmt: skip
+    own = alone.entries[0].result.metrics
+    for key in ("ce_loss_with_sae", "delta_ce", "loss_recovered", "kl_div_with_sae", "kl_div_score"):
+        assert alone.replace_all[key] == pytest.approx(own[key], rel=1e-5, abs=1e-7), key
