@@ -31,6 +31,7 @@ from saehealth.evaluation import Evaluation, reference_sequence, result_folder, 
 from saehealth.loading.files import natural_key
 from saehealth.output import check_output_folder
 from saehealth.progress import progress
+from saehealth.replace_all import check_one_per_hook, replace_all_metrics
 from saehealth.result import EvalResult
 from saehealth.scoring import score_batches
 from saehealth.shared_settings import shared_context, shared_dataset, shared_model, shared_model_kwargs
@@ -67,21 +68,11 @@ class CompareConfig:
             raise ConfigError(f"Unknown view {self.view!r}: choose from {', '.join(VIEWS)}.")
 
     @classmethod
-    def of(
-        cls,
-        paths=(),
-        sweep=(),
-        out: Path | None = None,
-        select: str | None = None,
-        reference: str | None = None,
-        replace_all: bool = False,
-        **options,
-    ) -> CompareConfig:
-        """From checkpoint paths and any EvalConfig option as a keyword (n_tokens=, device=, skip=, ...)."""
+    def of(cls, paths=(), sweep=(), out: Path | None = None, select: str | None = None, **options) -> CompareConfig:
+        """From checkpoint paths, `reference`, `replace_all` and any EvalConfig option as a keyword (n_tokens=, ...)."""
         paths = [paths] if isinstance(paths, (str, Path)) else paths
-        evaluation = EvalConfig(sae_path="", **options)
-        paths = tuple(str(p) for p in paths)
-        return cls(paths, tuple(sweep), out, evaluation, select, reference=reference, replace_all=replace_all)
+        own = {key: options.pop(key) for key in ("reference", "replace_all") if key in options}
+        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options), select, **own)
 
     @property
     def out_folder(self) -> Path:
@@ -120,9 +111,8 @@ def evaluate_path(
         )  # fmt: skip
         seconds = time.perf_counter() - t0
     if isinstance(loaded, list):
-        run = CompareConfig(
-            (config.sae_path,), (), result_folder(config), config, select, "run", replace_all=replace_all
-        )
+        out = result_folder(config)
+        run = CompareConfig((config.sae_path,), (), out, config, select, "run", replace_all=replace_all)
         members = [(item.path or config.sae_path, item, seconds / len(loaded)) for item in loaded]
         return _Comparer(run, console, members).run()
     if select is not None and loaded.path:  # one member picked out of a run folder: evaluated as itself
@@ -190,8 +180,7 @@ class _Comparer:
         self.members = members  # (sae_path, LoadedSAE, load seconds) already loaded by the caller
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
-        self.paired = None  # the scored SAEs' per-sequence totals side by side (quantities.paired_totals)
-        self.scored: list[int] = []  # which SAEs those are, in order
+        self.paired, self.scored = None, []  # the scored SAEs' per-sequence totals side by side, which SAEs those are
         self.replace_all: dict | None = None  # every SAE spliced in at once (--replace-all)
 
     def run(self) -> Comparison | None:
@@ -213,6 +202,8 @@ class _Comparer:
             names = member_names(paths) if cfg.view == "run" else unique_names(paths)
             named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
             reference = reference_index(names, cfg.reference)  # an unknown name stops before any work
+            if cfg.replace_all:
+                check_one_per_hook(named)
             model_name = shared_model(options, named)
             cache = options.activations is not None  # an activation cache: the model only when --model asks for it
             t0 = time.perf_counter()
@@ -245,6 +236,8 @@ class _Comparer:
             ]
             results: list[EvalResult | None] = [evaluation.load() for evaluation in evaluations]
         pending = distributed.broadcast([i for i, result in enumerate(results) if result is None])
+        if cfg.replace_all and len(pending) < len(results):
+            self.notes.append("--replace-all runs with the pass, and some results were reused: pass --force.")
         reused = [i not in pending for i in range(len(results))]
         if any(reused) and self.console is not None:
             names_reused = ", ".join(n for n, r in zip(names, reused, strict=True) if r)
@@ -274,10 +267,9 @@ class _Comparer:
             for entry, evaluation in zip(entries, evaluations, strict=True):
                 export_result(entry.result, evaluation.loaded.sae, options.saebench_out, entry.folder, self.console)
         differences = None
-        if cfg.view == "comparison" and len(entries) > 1:
-            members_scored = [self.scored.index(i) if i in self.scored else None for i in range(len(entries))]
-            metrics = [entry.result.metrics for entry in entries]
-            differences = paired_differences(names, metrics, members_scored, self.paired, reference)
+        if cfg.view == "comparison" and len(entries) > 1:  # before by_layer: in the order of `names`
+            scored = [self.scored.index(i) if i in self.scored else None for i in range(len(entries))]
+            differences = paired_differences(names, [e.result.metrics for e in entries], scored, self.paired, reference)
         if cfg.view == "run":
             entries = by_layer(entries)
         comparison = Comparison(
@@ -366,13 +358,11 @@ class _Comparer:
         if outputs is None:
             return None
         self.paired, self.scored = outputs[0].paired, pending
-        if self.config.replace_all and some.activations is None:
-            from saehealth.replace_all import replace_all_metrics
-
-            t0 = time.perf_counter()
-            members = [(plans[i].site, plans[i].sae) for i in pending]
+        if self.config.replace_all and some.activations is None and len(pending) == len(evaluations):
+            t0, members = time.perf_counter(), [(plans[i].site, plans[i].sae) for i in pending]
+            batches = token_batches(some, options)
             self.replace_all = replace_all_metrics(
-                some.model, members, token_batches(some, options), options.include_special_tokens, options.device
+                some.model, members, batches, options.include_special_tokens, options.device
             )
             self.timing["replace_all_s"] = time.perf_counter() - t0
         results: dict[int, EvalResult] = {}

@@ -17,6 +17,7 @@ import torch
 
 from saehealth import distributed
 from saehealth.data import special_token_mask
+from saehealth.errors import ConfigError
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
 from saehealth.replay import SpliceSite, _ln_final, _splice, readout
 from saehealth.scoring import chunk_tokens
@@ -108,3 +109,17 @@ def _zero(mask: torch.Tensor, site: SpliceSite):
         return out
 
     return zero
+
+
+def check_one_per_hook(named: Sequence[tuple[str, object]]) -> None:
+    """ConfigError unless each (name, loaded SAE) writes a hook (and head) of its own: spliced in at once, a second
+    SAE at a hook would replace the first one's output."""
+    seen: dict[tuple, str] = {}
+    for name, loaded in named:
+        key = (loaded.output_hook_name or loaded.hook_name, loaded.hook_head_index)
+        if key in seen:
+            raise ConfigError(
+                f"--replace-all splices every SAE in at once, but {seen[key]} and {name} both replace {key[0]}: "
+                "compare one SAE per hook (--select picks members of a run folder)."
+            )
+        seen[key] = name
