@@ -185,7 +185,7 @@ class SAEScorer:
         shares (None from an activation cache, which has none)."""
         self._sequence_ids = sequence_ids
         self._tokens = tokens
-        self.first_sequence = int(sequence_ids[0]) if sequence_ids.numel() else 0
+        self.sequence_ids = sequence_ids.cpu()  # the pathological check's random directions are seeded by them
 
     def reconstruct(self, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x̂ for x = `source` (batch, pos, d_in), encoded and decoded a chunk of whole sequences at a time (at least

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-SEED = 1234  # the random directions depend only on this and the batch's first sequence: reproducible
+SEED = 1234  # a sequence's random directions depend only on this and its number: the same on any torchrun rank
 
 
 class RandomPerturbation:
@@ -27,9 +27,12 @@ class RandomPerturbation:
     def reconstruct(self, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
         x = source.to(self.scorer.last_x_hat.dtype)
         error_norm = (x - self.scorer.last_x_hat).norm(dim=-1, keepdim=True)
-        first = int(self.scorer.first_sequence)
-        generator = torch.Generator(device="cpu").manual_seed(SEED + first)
-        direction = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+        generator = torch.Generator(device="cpu")
+        rows = [
+            torch.randn(x.shape[1:], generator=generator.manual_seed(SEED + int(i)), dtype=torch.float32)
+            for i in self.scorer.sequence_ids.tolist()
+        ]
+        direction = torch.stack(rows).to(x.device, x.dtype)
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         return x + direction * error_norm
 

@@ -44,6 +44,11 @@ def assert_same_numbers(together, alone) -> None:
             assert together.metrics[key] == pytest.approx(alone.metrics[key], rel=1e-6, abs=1e-9), key
     for key, se in alone.uncertainty.items():
         assert together.uncertainty[key] == pytest.approx(se, rel=1e-6), key
+    by_position = together.diagnostics["by_position"]
+    for key, values in alone.diagnostics["by_position"].items():  # the diagnostics merge exactly too
+        assert by_position[key] == pytest.approx(values, rel=1e-6, abs=1e-9), key
+    assert together.diagnostics["dense_kinds"] == alone.diagnostics["dense_kinds"]
+    assert together.diagnostics["token_explained"] == pytest.approx(alone.diagnostics["token_explained"])
 
 
 @pytest.fixture(scope="module")

@@ -286,10 +286,12 @@ def test_the_random_perturbation_has_the_norm_of_the_sae_error():
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, 5, 8, generator=g)
     x_hat = 0.5 * x
-    scorer = SimpleNamespace(last_x_hat=x_hat, first_sequence=3)
+    scorer = SimpleNamespace(last_x_hat=x_hat, sequence_ids=torch.tensor([3, 4]))
     perturbed = RandomPerturbation(scorer).reconstruct(x, torch.ones(2, 5, dtype=torch.bool))
     torch.testing.assert_close((perturbed - x).norm(dim=-1), (x - x_hat).norm(dim=-1))
     again = RandomPerturbation(scorer).reconstruct(x, torch.ones(2, 5, dtype=torch.bool))
-    assert torch.equal(perturbed, again)  # reproducible: seeded by the batch's first sequence
+    assert torch.equal(perturbed, again)  # reproducible: seeded by each sequence's number
+    alone = RandomPerturbation(SimpleNamespace(last_x_hat=x_hat[1:], sequence_ids=torch.tensor([4])))
+    assert torch.equal(alone.reconstruct(x[1:], torch.ones(1, 5, dtype=torch.bool)), perturbed[1:])  # any batching
     direction = (perturbed - x) / (perturbed - x).norm(dim=-1, keepdim=True)
     assert direction.mul(x / x.norm(dim=-1, keepdim=True)).sum(-1).abs().max() < 0.95  # not along the error
