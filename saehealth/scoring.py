@@ -236,6 +236,8 @@ class SAEScorer:
         tally = self.tally
         if downstream is not None:
             tally.downstream.update(downstream)
+            # A pass without the pathological check (the routed pass) hands over no "kl_random": zero, not measured.
+            downstream = {"kl_random": torch.zeros_like(downstream["kl_sae"]), **downstream}
             per_sequence = {key: downstream[key] for key in DOWNSTREAM_QUANTITIES}
         else:
             per_sequence = {key: torch.zeros(mask.shape[0]) for key in DOWNSTREAM_QUANTITIES}
