@@ -23,7 +23,7 @@ def test_healthy_result_gets_only_nothing_to_fix():
     findings = advise(result, make_details(result))
     assert rules(findings) == ["nothing_to_fix"]
     assert findings[0].severity == "ok" and findings[0].recommendation == ""
-    assert "All 11 measured checks" in findings[0].detail
+    assert "All 12 measured checks" in findings[0].detail
 
 
 def test_nothing_to_fix_mentions_what_was_not_measured():
