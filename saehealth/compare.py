@@ -33,13 +33,16 @@ from saehealth.comparison import (
     comparison_to_dict,
     is_trajectory,
 )
+from saehealth.comparison_differences import paired_differences, reference_index
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
 from saehealth.loading.files import natural_key
 from saehealth.output import check_output_folder
+from saehealth.progress import progress
+from saehealth.replace_all import check_one_per_hook, replace_all_metrics
 from saehealth.result import EvalResult
-from saehealth.scoring import progress, score_batches
+from saehealth.scoring import score_batches
 from saehealth.shared_settings import shared_context, shared_dataset, shared_model, shared_model_kwargs
 
 DEFAULT_OUT = Path("reports") / "comparison"
@@ -62,6 +65,8 @@ class CompareConfig:
     evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(sae_path=""))
     select: str | None = None
     view: str = "comparison"
+    reference: str | None = None  # the SAE the others' differences are taken against (default: the first)
+    replace_all: bool = False  # also score the model with every SAE spliced in at once (replace_all.py)
 
     def __post_init__(self) -> None:
         if not self.paths and not self.sweep:
@@ -73,9 +78,10 @@ class CompareConfig:
 
     @classmethod
     def of(cls, paths=(), sweep=(), out: Path | None = None, select: str | None = None, **options) -> CompareConfig:
-        """From checkpoint paths and any EvalConfig option as a keyword (n_tokens=, device=, skip=, ...)."""
+        """From checkpoint paths, `reference`, `replace_all` and any EvalConfig option as a keyword (n_tokens=, ...)."""
         paths = [paths] if isinstance(paths, (str, Path)) else paths
-        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options), select)
+        own = {key: options.pop(key) for key in ("reference", "replace_all") if key in options}
+        return cls(tuple(str(p) for p in paths), tuple(sweep), out, EvalConfig(sae_path="", **options), select, **own)
 
     @property
     def out_folder(self) -> Path:
@@ -111,7 +117,9 @@ def compare(paths=(), *, model=None, config: CompareConfig | None = None, consol
     return _Comparer(config, console).run()
 
 
-def evaluate_path(config: EvalConfig, select: str | None = None, console=None) -> EvalResult | Comparison | None:
+def evaluate_path(
+    config: EvalConfig, select: str | None = None, console=None, replace_all: bool = False
+) -> EvalResult | Comparison | None:
     """`saehealth eval`: one SAE, or every SAE of a run folder (sparsify hookpoints, a SAELens multi-SAE run,
     dictionary_learning trainers, a folder of SAELens SAEs) in one pass with a run report; `select` is a glob over
     the folder's members. Under torchrun, ranks other than 0 return None."""
@@ -128,7 +136,9 @@ def evaluate_path(config: EvalConfig, select: str | None = None, console=None) -
     if isinstance(loaded, list):
         names = member_names([item.path or config.sae_path for item in loaded])
         view = "trajectory" if is_trajectory(names, [item.hook_name for item in loaded]) else "run"
-        run = CompareConfig((config.sae_path,), (), result_folder(config), config, select, view)
+        run = CompareConfig(
+            (config.sae_path,), (), result_folder(config), config, select, view, replace_all=replace_all
+        )
         members = [(item.path or config.sae_path, item, seconds / len(loaded)) for item in loaded]
         return _Comparer(run, console, members).run()
     if select is not None and loaded.path:  # one member picked out of a run folder: evaluated as itself
@@ -201,6 +211,8 @@ class _Comparer:
         self.extras = extras or {}  # more of every request: the in-memory model's weights fingerprint
         self.notes: list[str] = []
         self.timing: dict[str, float] = {}
+        self.paired, self.scored = None, []  # the scored SAEs' per-sequence totals side by side, which SAEs those are
+        self.replace_all: dict | None = None  # every SAE spliced in at once (--replace-all)
 
     def run(self) -> Comparison | None:
         from saehealth.data import load_dataset
@@ -220,6 +232,9 @@ class _Comparer:
             paths = [path for path, _, _ in members]
             names = member_names(paths) if cfg.view in ("run", "trajectory") else unique_names(paths)
             named = [(name, loaded) for name, (_, loaded, _) in zip(names, members, strict=True)]
+            reference = reference_index(names, cfg.reference)  # an unknown name stops before any work
+            if cfg.replace_all:
+                check_one_per_hook(named)
             model_name = shared_model(options, named)
             cache = options.activations is not None  # an activation cache: the model only when --model asks for it
             t0 = time.perf_counter()
@@ -257,6 +272,8 @@ class _Comparer:
             ]
             results: list[EvalResult | None] = [evaluation.load() for evaluation in evaluations]
         pending = distributed.broadcast([i for i, result in enumerate(results) if result is None])
+        if cfg.replace_all and len(pending) < len(results):
+            self.notes.append("--replace-all runs with the pass, and some results were reused: pass --force.")
         reused = [i not in pending for i in range(len(results))]
         if any(reused) and self.console is not None:
             names_reused = ", ".join(n for n, r in zip(names, reused, strict=True) if r)
@@ -285,6 +302,10 @@ class _Comparer:
 
             for entry, evaluation in zip(entries, evaluations, strict=True):
                 export_result(entry.result, evaluation.loaded.sae, options.saebench_out, entry.folder, self.console)
+        differences = None
+        if cfg.view == "comparison" and len(entries) > 1:  # before by_layer: in the order of `names`
+            scored = [self.scored.index(i) if i in self.scored else None for i in range(len(entries))]
+            differences = paired_differences(names, [e.result.metrics for e in entries], scored, self.paired, reference)
         if cfg.view == "run":
             entries = by_layer(entries)
         elif cfg.view == "trajectory":
@@ -292,6 +313,8 @@ class _Comparer:
         comparison = Comparison(
             entries, _settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
         )
+        comparison.differences = differences
+        comparison.replace_all = self.replace_all
         if not comparison.identical_tokens:
             comparison.notes.append(
                 "Not every result was computed on the same tokens (a saved result from another run was reused): "
@@ -369,11 +392,20 @@ class _Comparer:
                     advance,
                     reference_sequence(some, options),
                     options.examples,
+                    pathological="pathological" not in options.skip,
                 )
         seconds = time.perf_counter() - t0
         self.timing["pass_s"] = seconds
         if outputs is None:
             return None
+        self.paired, self.scored = outputs[0].paired, pending
+        if self.config.replace_all and some.activations is None and len(pending) == len(evaluations):
+            t0, members = time.perf_counter(), [(plans[i].site, plans[i].sae) for i in pending]
+            batches = token_batches(some, options)
+            self.replace_all = replace_all_metrics(
+                some.model, members, batches, options.include_special_tokens, options.device
+            )
+            self.timing["replace_all_s"] = time.perf_counter() - t0
         results: dict[int, EvalResult] = {}
         for i, output in zip(pending, outputs, strict=True):
             evaluation, plan = evaluations[i], plans[i]

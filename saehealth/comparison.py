@@ -60,6 +60,11 @@ class Comparison:
     timing: dict[str, float] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)  # the markdown report, the JSON summary, plots
     view: str = "comparison"
+    # Every SAE against the reference, with paired standard errors (comparison_differences.paired_differences);
+    # None for a run view or a single SAE.
+    differences: dict | None = None
+    # CE, KL and loss recovered with every SAE spliced in at once (--replace-all; replace_all.py), else None.
+    replace_all: dict | None = None
 
     @property
     def identical_tokens(self) -> bool:
@@ -268,6 +273,10 @@ def comparison_to_dict(comparison: Comparison) -> dict:
         "hooks": comparison.hooks,
         "saes": saes,
     }
+    if comparison.differences is not None:
+        summary["differences"] = comparison.differences
+    if comparison.replace_all is not None:
+        summary["replace_all"] = comparison.replace_all
     if comparison.view == "comparison" or shares_a_hook(comparison.entries):
         summary["frontier_l0_loss_recovered"] = frontier_names(comparison, "loss_recovered")
         summary["frontier_l0_explained_variance"] = frontier_names(comparison, "explained_variance")

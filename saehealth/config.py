@@ -9,7 +9,7 @@ from pathlib import Path
 from saehealth.errors import ConfigError, suggest
 from saehealth.saebench import NEEDS_GEOMETRY, NEEDS_REPLAY
 
-SKIPPABLE = ("absorption", "geometry")
+SKIPPABLE = ("absorption", "geometry", "pathological")
 DEFAULT_MAX_TOKENS = 200_000
 MAX_SEED = 2**32 - 1
 DEFAULT_EXAMPLES = 20  # top activations kept per latent (metrics/latents.py)

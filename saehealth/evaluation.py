@@ -24,9 +24,10 @@ from saehealth.latents.store import write_latents
 from saehealth.models import load_model
 from saehealth.output import check_output_folder
 from saehealth.planning import Plan
+from saehealth.progress import progress
 from saehealth.result import RESULT_FILE, EvalResult, load_result
 from saehealth.result_folder import save_result_folder
-from saehealth.scoring import PassOutput, progress, score_batches
+from saehealth.scoring import PassOutput, score_batches
 
 # The options that decide the numbers; a saved result is reused only when they (and the weights) match.
 REQUEST_KEYS = (
@@ -218,6 +219,8 @@ class Evaluation:
         else:
             hook, site = planning.site_of(cfg, loaded, model)
         context = planning.context_length(cfg, model, loaded, self.notes)
+        if (note := planning.context_note(context, loaded)) is not None:
+            self.notes.append(note)
         dataset_name, split = planning.dataset_choice(cfg, model_name, loaded, self.notes)
         if dataset is None:
             dataset = load_dataset(dataset_name, split)
@@ -280,6 +283,7 @@ class Evaluation:
                 advance,
                 reference_sequence(plan, self.config),
                 self.config.examples,
+                pathological="pathological" not in self.config.skip,
             )
         return None if outputs is None else outputs[0]
 

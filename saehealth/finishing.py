@@ -34,6 +34,8 @@ from saehealth.saebench.core import core_metrics
 from saehealth.scoring import PassOutput, chunk_tokens
 from saehealth.verdicts import result_verdicts
 
+PATHOLOGICAL_KEYS = ("kl_div_random", "pathological_ratio")  # metrics/pathological.py
+
 
 def finish_result(
     config: EvalConfig,
@@ -65,11 +67,20 @@ def finish_result(
             details.update(encoder_geometry(sae, block_rows=block_rows))
     timing["geometry_s"] = time.perf_counter() - t0
 
+    by_position = output.diagnostics.get("by_position")
+    if by_position is not None:  # the plot marks where the SAE's training context ended
+        by_position["training_context"] = loaded.context_size
+
     t0 = time.perf_counter()
     absorption, absorption_uncertainty, absorption_splits = _absorption(config, plan, details, not_measured, notes)
     metrics.update(absorption)
     timing["absorption_s"] = time.perf_counter() - t0
 
+    if "pathological" in config.skip:
+        not_measured.update(dict.fromkeys(PATHOLOGICAL_KEYS, "skipped with --skip pathological"))
+    elif loaded.output_hook_name and loaded.output_hook_name != plan.hook:
+        reason = "a transcoder's error is at another hook than its input: not checked"
+        not_measured.update(dict.fromkeys(PATHOLOGICAL_KEYS, reason))
     for key in METRIC_KEYS:
         metrics.setdefault(key, None)
         if metrics[key] is None and key not in not_measured:
@@ -114,6 +125,7 @@ def finish_result(
             k: _clean_number(v) for k, v in core_metrics(metrics, output.saebench, details, output.tokens_run).items()
         },
         routing=output.routing,
+        diagnostics=output.diagnostics,
     )
     result.verdicts = result_verdicts(result, config.thresholds)
     return result, details

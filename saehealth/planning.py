@@ -117,6 +117,18 @@ def dtype_note(config: EvalConfig, loaded) -> str | None:
     return f"The model ran in {name} for training but is evaluated in {config.dtype}: pass --dtype {name} to match."
 
 
+def context_note(context: int, loaded) -> str | None:
+    """The note for a context longer than the SAE's training context (allowed: the by-position diagnostics show
+    what happens past it), None otherwise."""
+    trained = getattr(loaded, "context_size", None)
+    if not trained or context <= trained:
+        return None
+    return (
+        f"Evaluated at context length {context}, beyond the SAE's training context ({trained}): positions past "
+        f"{trained} are outside what it was trained on (see the by-position plot, which marks {trained})."
+    )
+
+
 def dataset_choice(config: EvalConfig, model: str, loaded, notes: list[str]) -> tuple[str, str]:
     """(dataset, split): the options', else the built-in corpus for the built-in model or the checkpoint's; a
     held-out split where there is one (a note says when it had to fall back to 'train')."""

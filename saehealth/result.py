@@ -58,7 +58,19 @@ ABSORPTION_KEYS = (
     "absorption_letters_scored",
     "absorption_fraction_saebench",  # the saebench-0.6 probe schedule's mean over the same word splits
 )
-METRIC_KEYS = RECONSTRUCTION_KEYS + DOWNSTREAM_KEYS + SPARSITY_KEYS + GEOMETRY_KEYS + ABSORPTION_KEYS
+# Next-token agreement of the spliced model with the clean one (docs/diagnostics.md), from the downstream tiles.
+AGREEMENT_KEYS = ("next_token_agreement", "top5_overlap", "kl_div_random", "pathological_ratio")
+# Dense latents no kind explains, and the share of latents that are token detectors (docs/diagnostics.md).
+LATENT_KIND_KEYS = ("dense_unexplained", "dense_unexplained_fraction", "token_detector_fraction")
+METRIC_KEYS = (
+    RECONSTRUCTION_KEYS
+    + DOWNSTREAM_KEYS
+    + AGREEMENT_KEYS
+    + SPARSITY_KEYS
+    + LATENT_KIND_KEYS
+    + GEOMETRY_KEYS
+    + ABSORPTION_KEYS
+)
 
 
 @dataclass
@@ -153,6 +165,10 @@ class EvalResult:
     saebench_core: dict = field(default_factory=dict)
     # Routed SAEs only (RouteSAE): the router's settings and statistics (saehealth/routed/checks.py); else None.
     routing: dict | None = None
+    # The diagnostics beyond the averages (docs/diagnostics.md): `by_position` (per log-spaced position bucket),
+    # `dense_kinds` (what each dense latent is), `token_explained` (token-detector share); empty in results saved
+    # before saehealth computed them, or from a pass run without them.
+    diagnostics: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -187,6 +203,7 @@ class EvalResult:
             request=data.get("request", {}),
             saebench_core=data.get("saebench_core", {}),
             routing=data.get("routing"),
+            diagnostics=data.get("diagnostics", {}),
         )
 
 

@@ -22,7 +22,10 @@ Secondary bands of the default preset, and why:
 - kl_div_score ≥ 0.90, ≥ 0.80: good SAEs keep ≥ 90% of the next-token distribution (SAELens kl_div_score).
 - delta_ce ≤ 0.10 nats, ≤ 0.30: the raw CE cost of splicing; well-trained SAEs cost around 0.05–0.2 nats,
   and this is the honest companion of loss recovered, which sits near 1 for mediocre SAEs.
-- dense_fraction ≤ 0.01, no unhealthy band: dense latents (density > 0.1) are reported, not condemned.
+- dense_unexplained_fraction ≤ 0.01, no unhealthy band: dense latents (density > 0.1) that no kind explains
+  (position-tracking, antipodal pair, first-token: docs/diagnostics.md) are reported, not condemned.
+- token_detector_fraction ≤ 0.5 (borderline ≤ 0.75), provisional: latents whose activation the current token
+  alone explains (≥ 90% of its variance).
 - near_duplicate_fraction ≤ 0.01, ≤ 0.05: share of latents whose decoder row has cosine > 0.9 with another
   latent's (derived from `near_duplicate_latents` / d_sae).
 - decoder_redundancy ≤ 0.70, ≤ 0.90: mean of each latent's largest decoder cosine; above 0.9 most latents
@@ -224,9 +227,11 @@ _SECONDARY_DEFAULT = {
     "explained_variance": Band(healthy_min=0.70, borderline_min=0.50),
     "kl_div_score": Band(healthy_min=0.90, borderline_min=0.80),
     "delta_ce": Band(healthy_max=0.10, borderline_max=0.30),
-    "dense_fraction": Band(healthy_max=0.01),
+    "dense_unexplained_fraction": Band(healthy_max=0.01),
     "near_duplicate_fraction": Band(healthy_max=0.01, borderline_max=0.05),
     "decoder_redundancy": Band(healthy_max=0.70, borderline_max=0.90),
+    # Provisional (not calibrated on published SAEs): most latents reading only the current token.
+    "token_detector_fraction": Band(healthy_max=0.5, borderline_max=0.75),
 }
 
 register_preset(
@@ -256,7 +261,7 @@ register_preset(
             "explained_variance": Band(healthy_min=0.80, borderline_min=0.65),
             "kl_div_score": Band(healthy_min=0.95, borderline_min=0.90),
             "delta_ce": Band(healthy_max=0.05, borderline_max=0.15),
-            "dense_fraction": Band(healthy_max=0.005, borderline_max=0.02),
+            "dense_unexplained_fraction": Band(healthy_max=0.005, borderline_max=0.02),
             "near_duplicate_fraction": Band(healthy_max=0.005, borderline_max=0.02),
             "decoder_redundancy": Band(healthy_max=0.60, borderline_max=0.80),
         },
@@ -275,7 +280,7 @@ register_preset(
             "explained_variance": Band(healthy_min=0.60, borderline_min=0.40),
             "kl_div_score": Band(healthy_min=0.80, borderline_min=0.65),
             "delta_ce": Band(healthy_max=0.25, borderline_max=0.60),
-            "dense_fraction": Band(healthy_max=0.05),
+            "dense_unexplained_fraction": Band(healthy_max=0.05),
             "near_duplicate_fraction": Band(healthy_max=0.05, borderline_max=0.15),
             "decoder_redundancy": Band(healthy_max=0.80, borderline_max=0.95),
         },

@@ -17,7 +17,7 @@ from saehealth.activations import ActivationSource, CacheInfo, open_activations
 from saehealth.activations.scoring import CacheData
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError, IncompatibleSAEError, ModelError
-from saehealth.result import DOWNSTREAM_KEYS
+from saehealth.result import AGREEMENT_KEYS, DOWNSTREAM_KEYS
 
 DOWNSTREAM_NOT_MEASURED = (
     "an activation cache has no model to splice into: evaluate with --model instead of --activations"
@@ -115,7 +115,7 @@ def resolve_cache(
         n_sequences=wanted if wanted is not None else available,
         special_tokens_known=info.has_token_ids,
         notes=notes,
-        not_measured=dict.fromkeys(DOWNSTREAM_KEYS, DOWNSTREAM_NOT_MEASURED),
+        not_measured=dict.fromkeys(DOWNSTREAM_KEYS + AGREEMENT_KEYS, DOWNSTREAM_NOT_MEASURED),
     )
 
 

@@ -64,7 +64,8 @@ def score_cache(plans: Sequence, config, console=None) -> list | None:
     merged outputs (the other ranks None)."""
     from saehealth import distributed
     from saehealth.loading.files import DTYPES, parse_dtype
-    from saehealth.scoring import SAEScorer, progress
+    from saehealth.progress import progress
+    from saehealth.scoring import SAEScorer
 
     first = plans[0]
     here = distributed.ranks()
@@ -79,6 +80,7 @@ def score_cache(plans: Sequence, config, console=None) -> list | None:
                     if index == 0:  # every rank reads batch 0: its first sequence is the shared reference mean
                         for scorer in scorers:
                             scorer.tally.reconstruction.set_reference(x[:1], mask[:1])
+                            scorer.choose_pairs(x[:1], mask[:1])
                     if index % here.world_size != here.rank:
                         continue
                     ids = index * config.batch_size + torch.arange(x.shape[0], device=x.device)

@@ -126,16 +126,19 @@ def absorption(ctx: AdviceContext) -> Finding | None:
 
 
 def dense_latents(ctx: AdviceContext) -> Finding | None:
-    status = ctx.status("dense_fraction")
-    if status not in NOT_OK:
+    key = "dense_unexplained_fraction"
+    if ctx.status(key) not in NOT_OK:
         return None
-    count = ctx.metrics.get("dense_features")
+    count = ctx.metrics.get("dense_unexplained")
+    kinds = ((ctx.result.diagnostics or {}).get("dense_kinds") or {}).get("counts", {})
+    explained = [f"{n} {kind.replace('_', ' ')}" for kind, n in kinds.items() if n and kind != "unexplained"]
+    besides = f" Besides them, explained dense latents: {', '.join(explained)}." if explained else ""
     return Finding(
         title="Many dense latents",
         detail=(
-            f"{num(count) if count is not None else 'Some'} latents fire on more than 10% of tokens "
-            f"(dense_fraction {num(ctx.value('dense_fraction'))}; healthy {ctx.verdicts['dense_fraction']['band']}). "
-            "A few dense latents (position, start-of-text) are normal."
+            f"{num(count) if count is not None else 'Some'} latents fire on more than 10% of tokens and are not "
+            f"position-tracking, antipodal pairs or first-token latents ({key} {num(ctx.value(key))}; healthy "
+            f"{ctx.verdicts[key]['band']}).{besides}"
         ),
         recommendation=(
             "Look at the densest latents first (report.html 'Dense latents', or `saehealth latents <folder> --group "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from saehealth.advice.context import NOT_OK, AdviceContext, Finding, cite
+from saehealth.advice.positions import position_extremes
 from saehealth.advice.quality import absorption, dense_latents, loss_vs_variance, near_duplicates
 from saehealth.advice.training import (
     l0_out_of_band,
@@ -29,6 +30,7 @@ RULES: tuple[Callable[[AdviceContext], Finding | None], ...] = (
     near_duplicates,
     absorption,
     dense_latents,
+    position_extremes,
 )
 
 

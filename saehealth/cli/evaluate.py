@@ -57,6 +57,10 @@ def eval_command(
     seed: SeedOption = 42,
     out: Annotated[Path | None, typer.Option(help="Result folder (default: reports/<checkpoint name>/).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run even if a result exists.")] = False,
+    replace_all: Annotated[
+        bool,
+        typer.Option("--replace-all", help="A run folder: also score the model with every SAE spliced in at once."),
+    ] = False,
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
     absorption_probes: AbsorptionProbesOption = "converged",
@@ -116,7 +120,7 @@ def eval_command(
         verbose=verbose,
         route=route,
     )
-    outcome = evaluate_path(config, select, console=console_for(quiet or json_output))
+    outcome = evaluate_path(config, select, console=console_for(quiet or json_output), replace_all=replace_all)
     if outcome is None:  # a torchrun rank other than 0: rank 0 reports
         return
     if isinstance(outcome, Comparison):
@@ -163,6 +167,17 @@ def compare_command(
         typer.Option(help="Comparison folder, one result folder per SAE inside (default: reports/comparison/)."),
     ] = None,
     select: SelectOption = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="The SAE every other is compared against, with paired standard errors (default: the first).",
+        ),
+    ] = None,
+    replace_all: Annotated[
+        bool,
+        typer.Option("--replace-all", help="Also score the model with every SAE spliced in at once (CE, KL)."),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Re-run SAEs whose results exist.")] = False,
     include_special_tokens: IncludeSpecialTokensOption = False,
     skip: SkipOption = None,
@@ -196,6 +211,8 @@ def compare_command(
         sweep=sweep or (),
         out=out,
         select=select,
+        reference=reference,
+        replace_all=replace_all,
         model=model,
         hook=hook,
         dataset=dataset,

@@ -1,6 +1,8 @@
 """Which latents to look at: groups, each tied to the health finding it explains.
 
-dense       the densest latents (those above 10% density first): dense_fraction
+dense       the densest latents (those above 10% density first), unexplained ones before position-tracking,
+            antipodal and first-token ones (docs/diagnostics.md): dense_unexplained_fraction
+tokens      token detectors: latents whose activation the current token explains (≥ 90%): token_detector_fraction
 dead        latents that never fired (ids only): dead_fraction
 duplicates  near-duplicate decoder pairs (cosine > 0.9), else the closest pairs: near_duplicate_latents
 absorption  per absorbed letter, its main latents and the latents that take over: absorption_fraction
@@ -21,7 +23,7 @@ from saehealth.metrics.sparsity import DENSE_THRESHOLD
 from saehealth.report.text import as_numpy, format_density, format_value
 from saehealth.result import EvalResult
 
-GROUP_KEYS = ("dense", "dead", "duplicates", "absorption", "high", "low", "random")
+GROUP_KEYS = ("dense", "dead", "duplicates", "absorption", "tokens", "high", "low", "random")
 GROUP_SIZE = 10  # members of the high, low and random groups (and the densest when none is dense)
 CLOSEST_PAIRS = 3  # pairs shown when no pair is a near-duplicate
 
@@ -63,9 +65,10 @@ def latent_groups(result: EvalResult, details: Mapping, counts: np.ndarray | Non
         T = max(result.eval.tokens_scored, 1)
         density = counts / T
         alive = np.flatnonzero(counts > 0)
-        groups += [_dense(result, density), _dead(result, counts)]
+        groups += [_dense(result, density, details), _dead(result, counts)]
         groups += _duplicates(result, details)
         groups += _absorption(result, details)
+        groups += _token_detectors(details, density)
         by_density = alive[np.argsort(-density[alive], kind="stable")]
         groups.append(
             LatentGroup(
@@ -115,7 +118,7 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
-def _dense(result: EvalResult, density: np.ndarray) -> LatentGroup:
+def _dense(result: EvalResult, density: np.ndarray, details: Mapping) -> LatentGroup:
     order = np.argsort(-density, kind="stable")
     dense = order[density[order] > DENSE_THRESHOLD]
     fraction = result.metrics.get("dense_fraction")
@@ -124,6 +127,15 @@ def _dense(result: EvalResult, density: np.ndarray) -> LatentGroup:
             f"dense_fraction {format_value('dense_fraction', fraction)}: {dense.size:,} latents fire on more than "
             f"{DENSE_THRESHOLD:.0%} of tokens"
         )
+        kinds = as_numpy(details.get("dense_kind"))
+        if kinds is not None and kinds.size == density.size:
+            from saehealth.metrics.dense_kinds import KINDS
+
+            # Unexplained first (what the verdict counts), then the explained kinds; densest first within each.
+            rank = {KINDS.index("unexplained"): 0, **{i: i + 1 for i in range(len(KINDS) - 1)}}
+            dense = np.array(sorted(dense, key=lambda i: rank[int(kinds[i])]), dtype=np.int64)
+            counts = {name: int((kinds[dense] == i).sum()) for i, name in enumerate(KINDS)}
+            finding += ": " + ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items() if n)
         return LatentGroup("dense", "Dense latents", finding, _ints(dense))
     top = order[density[order] > 0][:GROUP_SIZE]
     return LatentGroup(
@@ -132,6 +144,22 @@ def _dense(result: EvalResult, density: np.ndarray) -> LatentGroup:
         f"no latent fires on more than {DENSE_THRESHOLD:.0%} of tokens; the densest",
         _ints(top),
     )
+
+
+def _token_detectors(details: Mapping, density: np.ndarray) -> list[LatentGroup]:
+    """Latents whose activation the current token explains (≥ TOKEN_DETECTOR_SHARE), densest first."""
+    from saehealth.metrics.token_explained import TOKEN_DETECTOR_SHARE
+
+    shares = as_numpy(details.get("token_explained_share"))
+    if shares is None or shares.size != density.size:
+        return []
+    found = np.flatnonzero(np.nan_to_num(shares, nan=0.0) >= TOKEN_DETECTOR_SHARE)
+    found = found[np.argsort(-density[found], kind="stable")]
+    finding = (
+        f"{found.size:,} latents whose activation the current token alone explains (≥ {TOKEN_DETECTOR_SHARE:.0%} of "
+        "its variance): token detectors rather than features"
+    )
+    return [LatentGroup("tokens", "Token detectors", finding, _ints(found))]
 
 
 def _dead(result: EvalResult, counts: np.ndarray) -> LatentGroup:

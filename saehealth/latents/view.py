@@ -59,6 +59,8 @@ class LatentCard:
     max_cosine: float | None = None
     nearest: int | None = None
     routed_layers: str | None = None  # routed SAEs: the share of this latent's firings at each routed layer
+    dense_kind: str | None = None  # a dense latent's kind (metrics/dense_kinds.py), None when not dense
+    token_share: float | None = None  # share of its activation variance the current token explains
 
 
 @dataclass
@@ -125,6 +127,7 @@ def build_view(
     nearest = details.get("nearest_decoder_latent")
     by_layer = details.get("routing_latent_layer_counts")  # (d_sae, L), routed SAEs only
     hooks = (result.routing or {}).get("hooks")
+    shares = details.get("token_explained_share")
     for latent in wanted:
         view.cards[latent] = LatentCard(
             latent=latent,
@@ -141,6 +144,8 @@ def build_view(
             max_cosine=_number(best[latent]) if best is not None else None,
             nearest=int(nearest[latent]) if nearest is not None and int(nearest[latent]) >= 0 else None,
             routed_layers=_routed_layers(by_layer, hooks, latent),
+            dense_kind=_dense_kind(details, latent),
+            token_share=_number(shares[latent]) if shares is not None else None,
         )
     return view
 
@@ -154,6 +159,16 @@ def _routed_layers(by_layer, hooks: list[str] | None, latent: int) -> str | None
     if total == 0:
         return "never fired"
     return ", ".join(f"{hook} {count / total:.0%}" for hook, count in zip(hooks, counts, strict=True) if count > 0)
+
+
+def _dense_kind(details: Mapping, latent: int) -> str | None:
+    """The kind of a dense latent from the details' `dense_kind` (−1: not dense), None without it."""
+    from saehealth.metrics.dense_kinds import KINDS
+
+    kinds = details.get("dense_kind")
+    if kinds is None or int(kinds[latent]) < 0:
+        return None
+    return KINDS[int(kinds[latent])]
 
 
 def _token_source(result: EvalResult, arrays: Mapping, wanted: list[int], notes: list[str]):

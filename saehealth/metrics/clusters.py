@@ -71,3 +71,29 @@ class SequenceTotals:
         sum_sq = float(residual @ self.products @ residual)
         variance = n / (n - 1) * max(sum_sq, 0.0) / den**2
         return value, math.sqrt(variance)
+
+    def difference(
+        self,
+        first: tuple[Mapping[str, float], Mapping[str, float]],
+        second: tuple[Mapping[str, float], Mapping[str, float]],
+    ) -> tuple[float, float]:
+        """(R₂ − R₁, its paired standard error) for two ratios R = Σa/Σb over the same sequences, each given as
+        (numerator, denominator) combinations of these quantities (e.g. two SAEs' totals side by side).
+
+        Delta method over sequences: the difference's influence of sequence i is
+        (a₂ᵢ − R₂ b₂ᵢ)/Σb₂ − (a₁ᵢ − R₁ b₁ᵢ)/Σb₁, and SE² = n/(n−1) Σᵢ (that)²; what both ratios share per
+        sequence (its length, its difficulty) cancels, which is why the paired SE is far below √(SE₁² + SE₂²)."""
+        residual, values = torch.zeros(len(self.names), dtype=torch.float64), []
+        for sign, (numerator, denominator) in ((-1.0, first), (1.0, second)):
+            alpha, beta = self._vector(numerator), self._vector(denominator)
+            den = float(beta @ self.sums)
+            if den == 0:
+                return math.nan, math.nan
+            value = float(alpha @ self.sums) / den
+            values.append(value)
+            residual += sign * (alpha - value * beta) / den
+        n = self.n_sequences
+        if n < 2:
+            return values[1] - values[0], math.nan
+        variance = n / (n - 1) * max(float(residual @ self.products @ residual), 0.0)
+        return values[1] - values[0], math.sqrt(variance)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saehealth.result import DOWNSTREAM_KEYS
+from saehealth.result import AGREEMENT_KEYS, DOWNSTREAM_KEYS
 
 VARIANTS = ("clean", "sae", "zero")
+TOP_K = 5  # the next-token agreement's top-k overlap
 
 # Tiles of positions, sized by memory rather than by a vocabulary: on CPU a tile of TILE_ELEMENTS_CPU logits
 # (8 MiB: near the cache and below the allocator's mmap threshold) is fastest at a small vocabulary, but at
@@ -76,6 +77,7 @@ def downstream_totals(
     tokens: torch.Tensor,
     mask: torch.Tensor,
     clean_cache: dict | None = None,
+    agreement: bool = True,
 ) -> tuple[dict, list[dict], list[list[dict]]]:
     """Per-sequence CE and KL totals for one batch, for every SAE of every site.
 
@@ -84,15 +86,29 @@ def downstream_totals(
     own (ce_sae, kl_sae): the per-position values of `score_tile`, summed over each sequence's predicting
     positions a tile at a time. `clean_cache` (a dict kept by the caller for this batch of tokens) keeps each
     tile's clean side, so that scoring other SAEs on the same batch later (a health monitor's checks) skips it.
+
+    Beside the per-sequence totals: per-position sums over the batch's sequences ("pos_n_pred", "pos_ce_clean";
+    per SAE "pos_ce_sae", "pos_kl_sae": (pos − 1,) float64) for the by-position diagnostics, and per SAE the
+    next-token agreement with the clean model ("top1_agree": positions whose top-1 token is the clean top-1;
+    "top5_overlap": |top-5 ∩ clean top-5| / 5, summed), per sequence; zeros with `agreement` False (benchmarks).
     """
     batch, length = tokens.shape
     n_pos = length - 1
     predicting = mask[:, :-1].to(torch.float64)
     targets = tokens[:, 1:, None]
     new = lambda: torch.zeros(batch, dtype=torch.float64, device=tokens.device)  # noqa: E731
+    per_position = lambda: torch.zeros(n_pos, dtype=torch.float64, device=tokens.device)  # noqa: E731
     clean_totals = {"n_pred": predicting.sum(1), "ce_clean": new()}
+    clean_totals.update(pos_n_pred=predicting.sum(0), pos_ce_clean=per_position())
     site_totals = [{"ce_zero": new(), "kl_zero": new()} for _ in sites]
-    sae_totals = [[{"ce_sae": new(), "kl_sae": new()} for _ in site.spliced] for site in sites]
+    sae_totals = [
+        [
+            {"ce_sae": new(), "kl_sae": new(), "top1_agree": new(), "top5_overlap": new()}
+            | {"pos_ce_sae": per_position(), "pos_kl_sae": per_position()}
+            for _ in site.spliced
+        ]
+        for site in sites
+    ]
     # The last position predicts nothing.
     clean = clean[:, :-1]
     zeros = [site.zero[:, :-1] for site in sites]
@@ -102,9 +118,11 @@ def downstream_totals(
         for site, zero in zip(sites, zeros, strict=True)
     ]
 
-    def add(totals: dict, per_position: dict, seqs: slice, weight: torch.Tensor) -> None:
-        for name, values in per_position.items():
+    def add(totals: dict, values_at: dict, seqs: slice, pos: slice, weight: torch.Tensor) -> None:
+        for name, values in values_at.items():
             totals[name][seqs] += _summed(values, weight)
+            if f"pos_{name}" in totals:  # the by-position sums of CE and KL
+                totals[f"pos_{name}"][pos] += _position_sums(values, weight)
 
     for seqs, pos in _tiles(batch, n_pos, readout.d_vocab, tokens.device):
         zero_tiles = [  # cached (logits, lse) of batch 1, or the zero ablation's final residuals
@@ -116,7 +134,7 @@ def downstream_totals(
         key = (seqs.start, pos.start)
         side = clean_cache.get(key) if clean_cache is not None else None
         if side is None:
-            side = clean_side(readout, clean[seqs, pos], targets[seqs, pos])
+            side = clean_side(readout, clean[seqs, pos], targets[seqs, pos], agreement)
             if clean_cache is not None:
                 clean_cache[key] = side
         tile = score_tile(
@@ -127,12 +145,12 @@ def downstream_totals(
             targets[seqs, pos],
         )
         weight = predicting[seqs, pos]
-        add(clean_totals, tile.clean, seqs, weight)
-        for totals, per_position in zip(site_totals, tile.sites, strict=True):
-            add(totals, per_position, seqs, weight)
+        add(clean_totals, tile.clean, seqs, pos, weight)
+        for totals, values_at in zip(site_totals, tile.sites, strict=True):
+            add(totals, values_at, seqs, pos, weight)
         for own, per_site in zip(sae_totals, tile.saes, strict=True):
-            for totals, per_position in zip(own, per_site, strict=True):
-                add(totals, per_position, seqs, weight)
+            for totals, values_at in zip(own, per_site, strict=True):
+                add(totals, values_at, seqs, pos, weight)
     return clean_totals, site_totals, sae_totals
 
 
@@ -149,19 +167,23 @@ class TileScores:
 @dataclass(frozen=True)
 class CleanSide:
     """What every variant of a tile is scored against: the clean distribution p, Σ p·clean − lse_clean (the
-    negative entropy) and the clean CE, each per position."""
+    negative entropy), the clean CE, each per position, and the clean top-k tokens (None: no agreement)."""
 
     p: torch.Tensor  # (seqs, pos, d_vocab)
     neg_entropy: torch.Tensor  # (seqs, pos)
     ce_clean: torch.Tensor  # (seqs, pos)
+    top: torch.Tensor | None  # (seqs, pos, TOP_K)
 
 
-def clean_side(readout: Readout, clean: torch.Tensor, target: torch.Tensor) -> CleanSide:
+def clean_side(readout: Readout, clean: torch.Tensor, target: torch.Tensor, agreement: bool = True) -> CleanSide:
     """The clean side of one tile from its final residuals (seqs, pos, d) and targets (seqs, pos, 1)."""
     clean_logits = readout.logits(clean)
     p, lse_clean = _softmax_logsumexp(clean_logits)
     return CleanSide(
-        p, torch.linalg.vecdot(p, clean_logits) - lse_clean, _cross_entropy(clean_logits, lse_clean, target)
+        p,
+        torch.linalg.vecdot(p, clean_logits) - lse_clean,
+        _cross_entropy(clean_logits, lse_clean, target),
+        clean_logits.topk(TOP_K, dim=-1).indices if agreement else None,
     )
 
 
@@ -188,11 +210,18 @@ def score_tile(
     def variant(logits: torch.Tensor, lse: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
         return {f"ce_{kind}": _cross_entropy(logits, lse, target), f"kl_{kind}": _kl(neg_entropy, p, logits, lse)}
 
+    def spliced_variant(logits: torch.Tensor, lse: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = variant(logits, lse, "sae")
+        if side.top is not None:
+            top1, overlap = _agreement(logits.topk(TOP_K, dim=-1).indices, side.top)
+            values |= {"top1_agree": top1, "top5_overlap": overlap}
+        return values
+
     for zero, finals in zip(zeros, spliced, strict=True):
         zero_logits, lse_zero = zero if isinstance(zero, tuple) else _logits_lse(readout, zero)
         scores.sites.append(variant(zero_logits, lse_zero, "zero"))
         del zero_logits
-        scores.saes.append([variant(*_logits_lse(readout, final), "sae") for final in finals])
+        scores.saes.append([spliced_variant(*_logits_lse(readout, final)) for final in finals])
     return scores
 
 
@@ -215,6 +244,19 @@ def _kl(neg_entropy: torch.Tensor, p: torch.Tensor, logits: torch.Tensor, lse: t
 def _summed(per_position: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per-sequence float64 sums over predicting positions."""
     return (per_position.to(torch.float64) * weight).sum(1)
+
+
+def _position_sums(per_position: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-position float64 sums over a tile's sequences, at predicting positions."""
+    return (per_position.to(torch.float64) * weight).sum(0)
+
+
+def _agreement(top: torch.Tensor, clean_top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 equal to the clean top-1, |top-k ∩ clean top-k| / k) per position, from (…, k) token indices.
+    The top-k of logits with exact ties may order the tied tokens either way: an equal-logits tie is rare."""
+    top1 = (top[..., 0] == clean_top[..., 0]).to(torch.float64)
+    overlap = (top[..., :, None] == clean_top[..., None, :]).sum((-1, -2)).to(torch.float64) / top.shape[-1]
+    return top1, overlap
 
 
 def _tiles(batch: int, n_pos: int, d_vocab: int, device: torch.device):
@@ -253,6 +295,8 @@ class DownstreamAccumulator:
         self.positions = 0
         self.ce = dict.fromkeys(VARIANTS, 0.0)
         self.kl = {"sae": 0.0, "zero": 0.0}
+        self.agreement = {"top1_agree": 0.0, "top5_overlap": 0.0}
+        self.kl_random = 0.0  # the pathological check's (metrics/pathological.py); zero when it is off
 
     def update(self, totals: dict[str, torch.Tensor]) -> None:
         """Add a batch's per-sequence totals (`downstream_totals`'s shared totals and this SAE's own)."""
@@ -261,6 +305,9 @@ class DownstreamAccumulator:
             self.ce[variant] += float(totals[f"ce_{variant}"].sum())
         for variant in self.kl:
             self.kl[variant] += float(totals[f"kl_{variant}"].sum())
+        for name in self.agreement:
+            self.agreement[name] += float(totals[name].sum())
+        self.kl_random += float(totals["kl_random"].sum()) if "kl_random" in totals else 0.0
 
     def merge(self, other: DownstreamAccumulator) -> None:
         """Add another accumulator's sums (another rank's share of the data)."""
@@ -269,10 +316,13 @@ class DownstreamAccumulator:
             self.ce[variant] += other.ce[variant]
         for variant in self.kl:
             self.kl[variant] += other.kl[variant]
+        for name in self.agreement:
+            self.agreement[name] += other.agreement[name]
+        self.kl_random += other.kl_random
 
     def result(self) -> dict[str, float | None]:
         if self.positions == 0:
-            return dict.fromkeys(DOWNSTREAM_KEYS)
+            return dict.fromkeys(DOWNSTREAM_KEYS + AGREEMENT_KEYS)
         n = self.positions
         clean, sae, zero = (self.ce[v] / n for v in VARIANTS)
         kl_sae, kl_zero = self.kl["sae"] / n, self.kl["zero"] / n
@@ -285,4 +335,8 @@ class DownstreamAccumulator:
             "kl_div_with_sae": kl_sae,
             "kl_div_zero_ablation": kl_zero,
             "kl_div_score": 1.0 - kl_sae / kl_zero if kl_zero > 0 else None,
+            "next_token_agreement": self.agreement["top1_agree"] / n,
+            "top5_overlap": self.agreement["top5_overlap"] / n,
+            "kl_div_random": self.kl_random / n if self.kl_random > 0 else None,
+            "pathological_ratio": self.kl["sae"] / self.kl_random if self.kl_random > 0 else None,
         }

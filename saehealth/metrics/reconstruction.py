@@ -30,7 +30,9 @@ class ReconstructionAccumulator:
         self.sum_dot = 0.0
 
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Add a batch: x, x_hat (batch, pos, d_in), mask (batch, pos). Returns per-sequence totals.
+        """Add a batch: x, x_hat (batch, pos, d_in), mask (batch, pos). Returns per-sequence totals ("sse", "sst":
+        (batch,)) and the per-position terms the by-position diagnostics bucket (metrics/positions.py): "sse_pos",
+        "sst_pos" (batch, pos) and "shifted_pos" (pos, d_in), Σ over the batch of x − μ₀ at unmasked positions.
 
         Per-token reductions over d_in run in float32 (at least); everything summed across tokens is
         float64, which is where precision is lost on long evaluations.
@@ -51,13 +53,20 @@ class ReconstructionAccumulator:
 
         self.tokens += int(mask.sum())
         self.sum_sq_error += float(sq_error.sum())
-        self.sum_shifted += (shifted * mask[..., None]).sum((0, 1), dtype=torch.float64).cpu()
+        shifted_pos = (shifted * mask[..., None]).sum(0, dtype=torch.float64)
+        self.sum_shifted += shifted_pos.sum(0).cpu()
         self.sum_sq_shifted += float(sq_shifted.sum())
         self.sum_cos += float((cos * m).sum())
         self.sum_l2_ratio += float((ratio * m).sum())
         self.sum_sq_recon_norm += float((r_norm.pow(2) * m).sum())
         self.sum_dot += float((dot * m).sum())
-        return {"sse": sq_error.sum(1), "sst": sq_shifted.sum(1)}
+        return {
+            "sse": sq_error.sum(1),
+            "sst": sq_shifted.sum(1),
+            "sse_pos": sq_error,
+            "sst_pos": sq_shifted,
+            "shifted_pos": shifted_pos,
+        }
 
     def set_reference(self, x: torch.Tensor, mask: torch.Tensor) -> None:
         """Use the mean of x (..., d_in) over the unmasked positions as the reference mean μ₀. The pooled metrics

@@ -22,6 +22,12 @@ from saehealth.comparison import (
     training_tokens,
 )
 from saehealth.output import atomic_write
+from saehealth.report.compare_differences import (
+    DIFFERENCES_PLOT,
+    differences_figure,
+    differences_markdown,
+    replace_all_markdown,
+)
 from saehealth.report.compare_plots import FRONTIERS, LAYER_PLOT, SAE_PLOT, frontier_figure, run_figures
 from saehealth.report.plots import DPI
 from saehealth.report.text import (
@@ -56,6 +62,7 @@ def write_comparison_report(comparison: Comparison, out: Path) -> dict[str, Path
         figures["trajectory"] = (TRAJECTORY_PLOT[0], _trajectory_figure(comparison))
     else:
         figures = run_figures(comparison)
+    figures["differences"] = (DIFFERENCES_PLOT[0], differences_figure(comparison.differences))
     files: dict[str, Path] = {}
     images: dict[str, bytes] = {}
     for key, (file_name, fig) in figures.items():
@@ -128,6 +135,10 @@ def render_comparison_markdown(comparison: Comparison, plots: dict[str, str] | N
                 f"On the frontier: {', '.join(names)}." if names else "No SAE has both metrics measured.",
                 "",
             ]
+    lines += replace_all_markdown(comparison.replace_all)
+    lines += differences_markdown(comparison.differences)
+    if "differences" in plots:
+        lines += [f"![{DIFFERENCES_PLOT[1]}]({plots['differences']})", ""]
     if comparison.notes:
         lines += ["## Notes", "", *[f"- {note}" for note in comparison.notes], ""]
     return "\n".join(lines)

@@ -53,6 +53,14 @@ def print_comparison(comparison: Comparison, console: Console, *, quiet: bool = 
             console.print(f"{entry.name}: {healthy}/{total} healthy", highlight=False)
         return
     console.print(comparison_table(comparison))
+    if comparison.differences and comparison.differences["rows"]:
+        from saehealth.report.compare_differences import differences_table
+
+        console.print(differences_table(comparison.differences))
+    if comparison.replace_all is not None:
+        from saehealth.report.compare_differences import replace_all_sentence
+
+        console.print(replace_all_sentence(comparison.replace_all), highlight=False)
     for note in comparison.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     files = comparison.files

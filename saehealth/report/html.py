@@ -21,6 +21,7 @@ from saehealth.latents.tokens import visible
 from saehealth.latents.view import Context, LatentCard, LatentView
 from saehealth.output import atomic_write
 from saehealth.report.definitions import DEFINITIONS, INTRODUCTION, UNCERTAINTY
+from saehealth.report.diagnostics_report import KIND_NAMES, diagnostics_tables
 from saehealth.report.plots import PLOTS
 from saehealth.report.text import (
     SEVERITY_MARK,
@@ -96,6 +97,7 @@ def render_report_html(
             ],
             plots=[(PLOTS[name][1], _data_uri(png)) for name, png in (images or {}).items()],
             latents=_latents_context(latents, folder_hint),
+            diagnostics=diagnostics_tables(result),
             measurements=measurement_rows(result, verdicts),
             notes=result.notes,
             provenance=result.provenance,
@@ -128,6 +130,16 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
         key: title for key, (_, title) in RUN_PLOTS.items()
     }
     titles["trajectory"] = TRAJECTORY_PLOT[1]
+    from saehealth.report.compare_differences import DIFFERENCES_PLOT, caption, difference_rows
+
+    titles["differences"] = DIFFERENCES_PLOT[1]
+    differences = comparison.differences
+    if differences and differences["rows"]:
+        header, table = difference_rows(differences)
+        differences = {"reference": differences["reference"], "caption": caption(differences)}
+        differences |= {"header": header, "rows": table}
+    else:
+        differences = None
     rows = []
     for entry in comparison.entries:
         r = entry.result
@@ -169,6 +181,7 @@ def render_comparison_html(comparison, images: dict[str, bytes]) -> str:
             rows=rows,
             plots=[(titles[key], _data_uri(png)) for key, png in images.items()],
             notes=comparison.notes,
+            differences=differences,
         )
     )
 
@@ -246,6 +259,10 @@ def _card_data(card: LatentCard) -> dict:
         ("max activation", format_activation(card.max)),
         *([("routed layers", card.routed_layers)] if card.routed_layers is not None else []),
     ]
+    if card.dense_kind is not None:
+        facts.append(("dense kind", KIND_NAMES[card.dense_kind]))
+    if card.token_share is not None:
+        facts.append(("token-explained", f"{card.token_share:.0%}"))
     return {
         "facts": facts,
         "nearest": [card.nearest, f"{card.max_cosine:.3f}"]

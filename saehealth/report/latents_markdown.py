@@ -71,6 +71,10 @@ def _card_lines(card: LatentCard | None, latent: int, contexts: int) -> list[str
     if card is None:
         return [f"- **Latent {latent}** (no card: see report.html or `saehealth latents`)"]
     facts = [f"density {format_density(card.density)}", f"max {format_activation(card.max)}"]
+    if card.dense_kind is not None:
+        facts.append(f"dense: {card.dense_kind.replace('_', ' ')}")
+    if card.token_share is not None:
+        facts.append(f"token-explained {card.token_share:.0%}")
     if card.promoted:
         facts.append(
             "promotes " + ", ".join(f"`{_code(visible(t, mark_leading_space=True))}`" for t, _ in card.promoted[:3])

@@ -102,6 +102,16 @@ def render_markdown(
             caption = PLOTS[key][1]
             lines += [f"**{caption}**", "", f"![{caption}]({PLOTS_DIR}/{path.name})", ""]
 
+    from saehealth.report.diagnostics_report import diagnostics_tables
+
+    tables = diagnostics_tables(result)
+    if tables:
+        lines += ["## Diagnostics beyond the averages", ""]
+        for title, header, rows in tables:
+            lines += [f"**{title}**", "", "| " + " | ".join(map(_cell, header)) + " |"]
+            lines += ["| " + " | ".join("---" for _ in header) + " |"]
+            lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows] + [""]
+
     if latents is not None:
         from saehealth.report.latents_markdown import latents_section
 

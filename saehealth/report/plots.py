@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from saehealth.metrics.sparsity import dead_rate_bound
+from saehealth.report.diagnostics_report import BY_POSITION_PANELS
 from saehealth.report.text import as_numpy, per_letter_absorption
 from saehealth.result import EvalResult
 from saehealth.verdicts import verdicts_of
@@ -32,6 +33,7 @@ PLOTS = {
     "loss": ("ce_kl.png", "Cross-entropy and KL divergence: clean vs SAE spliced in vs zero-ablated"),
     "absorption": ("absorption_per_letter.png", "Feature absorption per first letter"),
     "decoder_cosine": ("decoder_cosine.png", "Each latent's largest decoder cosine with another latent"),
+    "by_position": ("by_position.png", "By position: explained variance, L0, Δ CE and KL per position bucket"),
 }
 
 
@@ -262,12 +264,38 @@ def decoder_cosine_figure(result: EvalResult, details: dict) -> Figure | None:
     return fig
 
 
+def by_position_figure(result: EvalResult, details: dict) -> Figure | None:
+    """Explained variance, L0, ΔCE and KL per log-spaced position bucket; a dashed line at the SAE's training
+    context when the checkpoint records it."""
+    data = (result.diagnostics or {}).get("by_position")
+    if not data:
+        return None
+    panels = [(key, label) for key, label in BY_POSITION_PANELS if key in data]
+    fig, axes = _figure(8.5, 5.2, 2, 2, squeeze=False)
+    x = data["first_position"]
+    trained = data.get("training_context")
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
+        points = [(xi, v) for xi, v in zip(x, data[key], strict=True) if v is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", color=BLUE)
+        ax.set_xscale("log", base=2)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("position (bucket start)", fontsize=8)
+        if trained:
+            ax.axvline(trained, color=RED, linestyle="--", linewidth=1, label=f"training context {trained}")
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    return fig
+
+
 FIGURES: dict[str, Callable[[EvalResult, dict], Figure | None]] = {
     "density": density_figure,
     "l0": l0_figure,
     "loss": loss_figure,
     "absorption": absorption_figure,
     "decoder_cosine": decoder_cosine_figure,
+    "by_position": by_position_figure,
 }
 
 

@@ -187,7 +187,7 @@ def test_files_of_the_comparison_and_of_each_sae(compared):
         assert (out / name / "report.html").is_file() and (out / name / "result.latents.safetensors").is_file()
         assert f"]({name}/report.md)" in markdown
         assert f'<a href="{name}/report.html">{name}</a>' in html
-    assert html.count("data:image/png;base64,") == 2  # both frontier plots inline
+    assert html.count("data:image/png;base64,") == 3  # both frontier plots and the differences inline
     for png in ("frontier_l0_loss_recovered.png", "frontier_l0_explained_variance.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in markdown

@@ -44,6 +44,14 @@ def assert_same_numbers(together, alone) -> None:
             assert together.metrics[key] == pytest.approx(alone.metrics[key], rel=1e-6, abs=1e-9), key
     for key, se in alone.uncertainty.items():
         assert together.uncertainty[key] == pytest.approx(se, rel=1e-6), key
+    by_position = together.diagnostics["by_position"]
+    for key, values in alone.diagnostics["by_position"].items():  # the diagnostics merge exactly too
+        for mine, theirs in zip(by_position[key], values, strict=True) if isinstance(values, list) else []:
+            same = mine == theirs or pytest.approx(theirs, rel=1e-6, abs=1e-9) == mine
+            assert same, key
+    assert together.diagnostics["dense_kinds"] == alone.diagnostics["dense_kinds"]
+    for key, value in alone.diagnostics["token_explained"].items():
+        assert together.diagnostics["token_explained"][key] == pytest.approx(value, rel=1e-6), key
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,10 @@ HEALTHY_METRICS = {
     "l1": 30.0,
     "dead_fraction": 0.02,
     "dense_fraction": 0.002,
+    "dense_unexplained_fraction": 0.001,
+    "token_detector_fraction": 0.2,
+    "next_token_agreement": 0.9,
+    "top5_overlap": 0.85,
     "dense_features_1pct": 40,
     "decoder_redundancy": 0.45,
     "near_duplicate_latents": 3,
@@ -40,6 +44,33 @@ HEALTHY_METRICS = {
     "mean_num_split_features": 1.3,
     "absorption_letters_scored": 24,
     "absorption_fraction_saebench": 0.16,
+}
+# The diagnostics beyond the averages of a healthy SAE at context 128 (position 1, the BOS, masked).
+DIAGNOSTICS = {
+    "by_position": {
+        "buckets": ["1", "2–3", "4–7", "8–15", "16–31", "32–63", "64–127", "128"],
+        "first_position": [1, 2, 4, 8, 16, 32, 64, 128],
+        "last_position": [1, 3, 7, 15, 31, 63, 127, 128],
+        "tokens": [0, 3150, 6300, 12600, 25200, 50400, 100800, 1550],
+        "explained_variance": [None, 0.83, 0.85, 0.85, 0.86, 0.85, 0.85, 0.84],
+        "l0": [None, 60.0, 62.0, 64.0, 64.0, 64.0, 64.0, 65.0],
+        "predicting": [0, 3150, 6300, 12600, 25200, 50400, 100800, 0],
+        "delta_ce": [None, 0.09, 0.08, 0.08, 0.08, 0.08, 0.08, None],
+        "kl_div": [None, 0.06, 0.05, 0.05, 0.05, 0.05, 0.05, None],
+        "training_context": 128,
+    },
+    "dense_kinds": {
+        "counts": {"first_token": 0, "position": 1, "antipodal": 0, "unexplained": 1},
+        "latents": {"first_token": [], "position": [7], "antipodal": [], "unexplained": [3]},
+        "bounds": {},
+    },
+    "token_explained": {
+        "bound": 0.9,
+        "live_latents": 1000,
+        "token_detectors": 200,
+        "token_detector_fraction": 0.2,
+        "median_share": 0.4,
+    },
 }
 HEALTHY_TRAINING = {
     "training_tokens": 20_000_000,
@@ -71,7 +102,8 @@ def make_result(
 ) -> EvalResult:
     """A result with healthy defaults; `metrics` values override (None = not measured), verdicts assessed."""
     values = {**HEALTHY_METRICS, **(metrics or {})}
-    for count, fraction in (("dead_features", "dead_fraction"), ("dense_features", "dense_fraction")):
+    pairs = ("dead_features", "dead_fraction"), ("dense_features", "dense_fraction")
+    for count, fraction in (*pairs, ("dense_unexplained", "dense_unexplained_fraction")):
         if count not in (metrics or {}) and values.get(fraction) is not None:
             values[count] = round(values[fraction] * d_sae)
             values[fraction] = values[count] / d_sae  # keep count and share consistent
@@ -120,6 +152,7 @@ def make_result(
         ),
         timing={"replay_s": 10.0, "tokens_per_second": 20000.0},
         notes=list(notes or []),
+        diagnostics=DIAGNOSTICS,
     )
     result.verdicts = assess(
         result.metrics, result.not_measured, load_thresholds(thresholds), d_sae=d_sae, absorption_schedule="converged"

@@ -23,7 +23,7 @@ def test_healthy_result_gets_only_nothing_to_fix():
     findings = advise(result, make_details(result))
     assert rules(findings) == ["nothing_to_fix"]
     assert findings[0].severity == "ok" and findings[0].recommendation == ""
-    assert "All 11 measured checks" in findings[0].detail
+    assert "All 12 measured checks" in findings[0].detail
 
 
 def test_nothing_to_fix_mentions_what_was_not_measured():
@@ -181,7 +181,7 @@ def test_absorption_names_the_worst_letters():
 
 
 def test_dense_latents_are_an_info_finding():
-    finding = by_rule(advise(make_result({"dense_fraction": 0.03})), "dense_latents")
+    finding = by_rule(advise(make_result({"dense_unexplained_fraction": 0.03})), "dense_latents")
     assert finding.severity == "info" and "31 latents fire on more than 10% of tokens" in finding.detail
 
 

@@ -60,7 +60,7 @@ def test_families(architecture):
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_dense_latents(architecture):
-    rec = finding(architecture, "dense_latents", {"dense_fraction": 0.03}).recommendation
+    rec = finding(architecture, "dense_latents", {"dense_unexplained_fraction": 0.03}).recommendation
     check(architecture, rec)
     expected = {
         "topk": ["has no sparsity penalty to strengthen: lower k (now k = 64)", "`aux_loss_coefficient`, now 0.03125"],

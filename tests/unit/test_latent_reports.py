@@ -85,7 +85,15 @@ def _groups_details(d_sae=64):
 def test_groups_each_point_at_their_finding():
     result, details = _groups_details()
     groups = {g.key: g for g in latent_groups(result, details)}
-    assert list(groups) == ["dense", "dead", "duplicates", "absorption", "high", "low", "random"]
+    assert list(groups) == [
+        "dense",
+        "dead",
+        "duplicates",
+        "absorption",
+        "high",
+        "low",
+        "random",
+    ]  # no token shares here
     assert groups["dense"].latents == [10, 11] and "dense_fraction" in groups["dense"].finding
     assert groups["dead"].latents == [0, 1, 2, 3] and "never fired in T = 10,000 tokens" in groups["dead"].finding
     assert groups["duplicates"].pairs == [(20, 21, pytest.approx(0.97))]

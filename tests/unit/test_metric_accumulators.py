@@ -238,7 +238,7 @@ def test_accumulators_merge_exactly():
     acts = torch.relu(_random_x(5, (8, 6, 7)) - 3.5)
     mask = torch.ones(8, 6, dtype=torch.bool)
     mask[:, 0] = False
-    names = ["n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"]
+    names = ["n_pred", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "top1_agree", "top5_overlap", "kl_random"]
     downstream = {name: torch.arange(8, dtype=torch.float64) * (i + 1) + i for i, name in enumerate(names)}
 
     def tally(rows: slice) -> Tally:

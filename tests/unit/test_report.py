@@ -130,8 +130,8 @@ def test_rewriting_the_report_drops_stale_plots(tmp_path):
     result = make_result()
     write_markdown_report(result, make_details(result), tmp_path)
     assert (tmp_path / "plots" / "absorption_per_letter.png").exists()
-    write_markdown_report(result, None, tmp_path)  # no per-latent details this time: only the CE/KL plot
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["ce_kl.png"]
+    write_markdown_report(result, None, tmp_path)  # no per-latent details: the plots of result.json alone
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["by_position.png", "ce_kl.png"]
     assert "absorption_per_letter.png" not in (tmp_path / "report.md").read_text()
 
 
@@ -158,6 +158,7 @@ def test_markdown_lists_not_measured_reasons():
 
 def test_plots_need_their_data():
     result = make_result({"ce_loss_clean": None})
+    result.diagnostics = {}  # a result saved before the diagnostics: no by-position plot
     for name, draw in FIGURES.items():
         assert draw(result, {}) is None, name
     assert FIGURES["loss"](result, {}) is None  # a CE value is missing

@@ -72,7 +72,13 @@ def test_headline_metrics_come_first_then_secondary_checks():
     verdicts = assess({**HEALTHY, "explained_variance": 0.4, "kl_div_score": 0.85, "delta_ce": 0.05})
     keys = list(verdicts)
     assert tuple(keys[:4]) == HEADLINE_METRICS
-    assert {"explained_variance", "kl_div_score", "delta_ce", "dense_fraction", "near_duplicate_fraction"} <= set(keys)
+    assert {
+        "explained_variance",
+        "kl_div_score",
+        "delta_ce",
+        "dense_unexplained_fraction",
+        "near_duplicate_fraction",
+    } <= set(keys)
     assert verdicts["explained_variance"]["status"] == "unhealthy"
     assert verdicts["kl_div_score"]["status"] == "borderline"
     assert verdicts["delta_ce"]["status"] == "healthy"
@@ -121,7 +127,7 @@ def test_near_duplicate_share_uses_d_sae_or_infers_it():
 
 
 def test_dense_latents_are_never_unhealthy_by_default():
-    assert assess({"dense_fraction": 0.9})["dense_fraction"]["status"] == "borderline"
+    assert assess({"dense_unexplained_fraction": 0.9})["dense_unexplained_fraction"]["status"] == "borderline"
 
 
 def test_presets_differ_where_they_should():

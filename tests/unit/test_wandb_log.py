@@ -28,7 +28,7 @@ def test_offline_run_holds_plots_tables_and_summary(tmp_path, monkeypatch):
     assert location.is_relative_to(tmp_path / "wb")
     assert list(location.glob("run-*.wandb"))
     images = {p.name.split("_0_")[0] for p in (location / "files" / "media" / "images" / "plots").iterdir()}
-    assert images == {"density", "l0", "loss", "absorption", "decoder_cosine"}
+    assert images == {"density", "l0", "loss", "absorption", "decoder_cosine", "by_position"}
     (verdict_table,) = (location / "files" / "media" / "table").glob("verdicts_*.table.json")
     table = json.loads(verdict_table.read_text())
     rows = {row[0]: row for row in table["data"]}
@@ -51,7 +51,7 @@ def test_artifact_holds_the_json_report_and_plots(tmp_path):
     write_markdown_report(result, None, tmp_path)
     artifact = wandb_log._artifact(wandb, result, result.verdicts, tmp_path, "my sae/v1")
     assert artifact.name == "saehealth-my-sae-v1"
-    assert set(artifact.manifest.entries) == {"result.json", "report.md", "plots/ce_kl.png"}
+    assert set(artifact.manifest.entries) == {"result.json", "report.md", "plots/ce_kl.png", "plots/by_position.png"}
 
 
 def test_disabled_mode_logs_nothing(monkeypatch):
