@@ -14,10 +14,7 @@ in eval. The comparison itself is `<out>/comparison.{json,md}` with frontier plo
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +34,7 @@ from saehealth.comparison_differences import paired_differences, reference_index
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
 from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
-from saehealth.loading.files import natural_key
+from saehealth.member_names import checkpoint_paths, member_names, unique_names
 from saehealth.output import check_output_folder
 from saehealth.progress import progress
 from saehealth.replace_all import check_one_per_hook, replace_all_metrics
@@ -46,11 +43,6 @@ from saehealth.scoring import score_batches
 from saehealth.shared_settings import shared_context, shared_dataset, shared_model, shared_model_kwargs
 
 DEFAULT_OUT = Path("reports") / "comparison"
-# Checkpoint file names that say nothing about the SAE: such an SAE is named after its folder.
-_GENERIC_STEMS = {"ae", "params", "sae", "sae_weights", "best_sae", "final_sae", "final", "model", "checkpoint"}
-# Member folders of a multi-SAE run (sparsify hookpoints, dictionary_learning trainers): named with their run.
-_COMPARISON_FILE_SUFFIXES = (".md", ".json", ".html", ".png")
-_MEMBER_NAME = re.compile(r"^(trainer_\d+|layers?[._]\d+.*|h\.\d+.*|blocks?[._]\d+.*)$")
 
 
 @dataclass(frozen=True)
@@ -146,55 +138,6 @@ def evaluate_path(
     evaluation = Evaluation(config, console, loaded=loaded)
     evaluation.timing["load_sae_s"] = seconds
     return evaluation.run()
-
-
-def checkpoint_paths(paths, sweeps) -> list[str]:
-    """The paths, then every match of each sweep glob (natural order), without repeats."""
-    found: list[str] = list(paths)
-    for pattern in sweeps:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)), key=natural_key)
-        if not matches:
-            raise ConfigError(
-                f"--sweep {pattern!r} matches no file or folder: check the pattern (quote it so the shell leaves it)."
-            )
-        found += matches
-    unique: dict[Path, str] = {}
-    for path in found:
-        unique.setdefault(Path(path).expanduser().resolve(), path)
-    return list(unique.values())
-
-
-def unique_names(paths: list[str]) -> list[str]:
-    """Short folder-safe names for checkpoints: the folder (or informative file) name, its run folder's name
-    in front for members of a run ('sweep-trainer_0', 'run-layers.3'), and as many parent folders prepended as
-    it takes to tell equal names apart."""
-    parts = []
-    for path in paths:
-        p = Path(path).expanduser().resolve()
-        if p.is_file() or p.suffix in (".pt", ".npz", ".safetensors"):
-            p = p.parent if p.stem in _GENERIC_STEMS else p.with_suffix("")
-        parts.append([_safe(part) for part in p.parts if part not in ("/", "\\")] or ["sae"])
-    depth = [2 if len(part) > 1 and _MEMBER_NAME.match(part[-1]) else 1 for part in parts]
-    while True:
-        names = ["-".join(part[-d:]) for part, d in zip(parts, depth, strict=True)]
-        clashes = {n for n in names if names.count(n) > 1}
-        grow = [i for i, n in enumerate(names) if n in clashes and depth[i] < len(parts[i])]
-        if not grow:
-            break
-        for i in grow:
-            depth[i] += 1
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):  # identical paths down to the root cannot happen; numbered to be safe
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            names[i] = f"{name}-{seen[name]}"
-    return names
-
-
-def member_names(paths: list[str]) -> list[str]:
-    """Names of the members of one run folder: each member's own folder name where those are distinct."""
-    names = [_safe(Path(path).name) for path in paths]
-    return names if len(set(names)) == len(names) else unique_names(paths)
 
 
 class _Comparer:
@@ -460,11 +403,3 @@ def _settings(entries: list[ComparedSAE], options: EvalConfig) -> dict:
         "thresholds": options.thresholds or "default",
         "skip": list(options.skip),
     }
-
-
-def _safe(part: str) -> str:
-    """A checkpoint's path part as a result folder's name inside the comparison folder: letters, digits and
-    `._-` only, never hidden (`.saehealth.json`, `..`, a staging folder's name) and never the name of a file the
-    comparison writes beside its result folders (comparison.md, run.json, plots' .png)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("_").lstrip(".") or "sae"
-    return f"{name}-sae" if name.lower().endswith(_COMPARISON_FILE_SUFFIXES) else name

@@ -16,9 +16,10 @@ import torch
 import saehealth
 from saehealth import compare as compare_module
 from saehealth.cli import main
-from saehealth.compare import checkpoint_paths, compare, unique_names
+from saehealth.compare import compare
 from saehealth.comparison import pareto_front
 from saehealth.evaluation import evaluate
+from saehealth.member_names import checkpoint_paths, unique_names
 from saehealth.output import MANIFEST
 from saehealth.result import METRIC_KEYS, load_result
 from tests.conftest import shifted_identity_sae, write_standard_sae
