@@ -27,7 +27,8 @@ from saehealth.planning import Plan
 from saehealth.progress import progress
 from saehealth.result import RESULT_FILE, EvalResult, load_result
 from saehealth.result_folder import save_result_folder
-from saehealth.scoring import PassOutput, score_batches
+from saehealth.sae_scorer import PassOutput
+from saehealth.scoring import score_batches
 
 # The options that decide the numbers; a saved result is reused only when they (and the weights) match.
 REQUEST_KEYS = (

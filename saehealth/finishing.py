@@ -30,8 +30,8 @@ from saehealth.result import (
     Provenance,
     SAEInfo,
 )
+from saehealth.sae_scorer import PassOutput, chunk_tokens
 from saehealth.saebench.core import core_metrics
-from saehealth.scoring import PassOutput, chunk_tokens
 from saehealth.verdicts import result_verdicts
 
 PATHOLOGICAL_KEYS = ("kl_div_random", "pathological_ratio")  # metrics/pathological.py

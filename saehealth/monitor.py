@@ -37,7 +37,8 @@ from saehealth.replay import (
     splice_site,
     zero_final,
 )
-from saehealth.scoring import SAEScorer, tally_batch
+from saehealth.sae_scorer import SAEScorer
+from saehealth.scoring import tally_batch
 from saehealth.verdicts import assess
 
 # The metrics a check reports (and the training callback logs as health/<name>).

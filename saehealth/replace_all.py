@@ -20,7 +20,7 @@ from saehealth.data import special_token_mask
 from saehealth.errors import ConfigError
 from saehealth.metrics.downstream import DownstreamAccumulator, SiteFinals, downstream_totals
 from saehealth.replay import SpliceSite, _ln_final, _splice, readout
-from saehealth.scoring import chunk_tokens
+from saehealth.sae_scorer import chunk_tokens
 
 KEYS = ("ce_loss_with_sae", "ce_loss_zero_ablation", "delta_ce", "loss_recovered", "kl_div_with_sae", "kl_div_score")
 

@@ -59,7 +59,8 @@ from saehealth.data import load_dataset, sequence_batches  # noqa: E402
 from saehealth.loading import load_sae  # noqa: E402
 from saehealth.metrics.geometry import geometry_metrics  # noqa: E402
 from saehealth.replay import splice_site  # noqa: E402
-from saehealth.scoring import chunk_tokens, score_batches  # noqa: E402
+from saehealth.sae_scorer import chunk_tokens  # noqa: E402
+from saehealth.scoring import score_batches  # noqa: E402
 
 LAYERS = 12
 CONTEXT = 128

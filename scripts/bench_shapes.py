@@ -82,8 +82,8 @@ def profile_parts(model, sae, site, batches, device: str, examples: int, clock=t
     from saehealth.data import special_token_mask
     from saehealth.metrics.downstream import SiteFinals, _cached_zero, downstream_totals
     from saehealth.replay import _final, _ln_final, readout
+    from saehealth.sae_scorer import SAEScorer
     from saehealth.saebench.sums import last_position_kl
-    from saehealth.scoring import SAEScorer
 
     layer = site.resume_at
     parts = dict.fromkeys(

@@ -65,7 +65,7 @@ def score_cache(plans: Sequence, config, console=None) -> list | None:
     from saehealth import distributed
     from saehealth.loading.files import DTYPES, parse_dtype
     from saehealth.progress import progress
-    from saehealth.scoring import SAEScorer
+    from saehealth.sae_scorer import SAEScorer
 
     first = plans[0]
     here = distributed.ranks()

@@ -19,8 +19,8 @@ from saehealth.replay import SAEOutputs, readout
 from saehealth.routed.latent_layers import LatentLayerTally
 from saehealth.routed.passes import RoutedSite, RouteOverride, routed_batch, routed_inputs
 from saehealth.routed.stats import RoutingTally
+from saehealth.sae_scorer import PassOutput, SAEScorer
 from saehealth.saebench.sums import last_position_kl
-from saehealth.scoring import PassOutput, SAEScorer
 
 
 @torch.no_grad()

@@ -231,7 +231,7 @@ def test_sequence_totals_ratio_standard_error_matches_formula():
 def test_accumulators_merge_exactly():
     """Two shares of the data accumulated apart (each about its own reference mean, as on two torchrun ranks) and
     merged give the numbers of one accumulator that saw it all."""
-    from saehealth.scoring import Tally
+    from saehealth.sae_scorer import Tally
 
     x = _random_x(3, (8, 6, 4))
     x_hat = x + 0.2 * (_random_x(4, (8, 6, 4)) - 3.0)
