@@ -159,8 +159,9 @@ class SAEScorer:
 
     def choose_pairs(self, x: torch.Tensor, mask: torch.Tensor) -> None:
         """Pick the antipodal candidate pairs (metrics/dense_kinds.py) from the reference sequence x (1, pos, d_in),
-        which every torchrun rank shares; nothing without the diagnostics."""
-        if self.tally.latent_positions is None:
+        which every torchrun rank shares; nothing without the diagnostics, and none for an SAE object that exposes
+        no decoder matrix (loading/objects.py): antipodal pairs are decoder directions."""
+        if self.tally.latent_positions is None or self.sae.W_dec is None:
             return
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse invariant checks")
