@@ -33,9 +33,10 @@ from saehealth.comparison import (
 from saehealth.comparison_differences import paired_differences, reference_index
 from saehealth.config import EvalConfig
 from saehealth.errors import ConfigError
-from saehealth.evaluation import Evaluation, reference_sequence, result_folder, share_of_tokens, token_batches
+from saehealth.evaluation import Evaluation, result_folder
 from saehealth.member_names import checkpoint_paths, member_names, unique_names
 from saehealth.output import check_output_folder
+from saehealth.planning import reference_sequence, share_of_tokens, token_batches
 from saehealth.progress import progress
 from saehealth.replace_all import check_one_per_hook, replace_all_metrics
 from saehealth.result import EvalResult

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from saehealth import builtin, distributed, planning
 from saehealth.config import EvalConfig
-from saehealth.data import load_dataset, sequence_batches
+from saehealth.data import load_dataset
 from saehealth.errors import ConfigError, DataError
 from saehealth.fingerprint import weights_fingerprint
 from saehealth.finishing import finish_result, logit_lens_of
@@ -226,7 +226,7 @@ class Evaluation:
         if dataset is None:
             dataset = load_dataset(dataset_name, split)
         n_sequences = planning.sequences_wanted(cfg, context)
-        check_ranks(n_sequences)
+        planning.check_ranks(n_sequences)
         bos = planning.prepend_bos_of(loaded, model)
         plan = Plan(
             loaded, model_name, hook, model, site, context, dataset_name, split, dataset, n_sequences, prepend_bos=bos
@@ -244,7 +244,7 @@ class Evaluation:
         self.notes += cache.notes
         self.not_measured.update(cache.not_measured)
         info = cache.info
-        check_ranks(cache.n_sequences)
+        planning.check_ranks(cache.n_sequences)
         return Plan(
             loaded=loaded,
             model_name=cache.model_name,
@@ -267,14 +267,14 @@ class Evaluation:
 
             (output,) = score_cache([plan], self.config, self.console) or (None,)
             return output
-        batches = token_batches(plan, self.config)
+        batches = planning.token_batches(plan, self.config)
         if plan.route is not None:
             from saehealth.routed.scoring import score_routed_plan
 
-            with progress(self.console, share_of_tokens(plan)) as advance:
-                return score_routed_plan(plan, batches, self.config, advance, reference_sequence(plan, self.config),
+            with progress(self.console, planning.share_of_tokens(plan)) as advance:
+                return score_routed_plan(plan, batches, self.config, advance, planning.reference_sequence(plan, self.config),
                                          self.notes, self.not_measured)  # fmt: skip
-        with progress(self.console, share_of_tokens(plan)) as advance:
+        with progress(self.console, planning.share_of_tokens(plan)) as advance:
             outputs = score_batches(
                 plan.model,
                 [(plan.site, plan.sae)],
@@ -282,7 +282,7 @@ class Evaluation:
                 self.config.include_special_tokens,
                 self.config.device,
                 advance,
-                reference_sequence(plan, self.config),
+                planning.reference_sequence(plan, self.config),
                 self.config.examples,
                 pathological="pathological" not in self.config.skip,
             )
@@ -381,43 +381,3 @@ class Evaluation:
         raise ConfigError(
             f"{path} holds a result computed with other settings: pass --force to replace it, or --out DIR."
         )
-
-
-def check_ranks(n_sequences: int) -> None:
-    """More torchrun processes than sequences would leave a rank with nothing to do: refused before the pass."""
-    world = distributed.ranks().world_size
-    if world > n_sequences:
-        raise ConfigError(
-            f"{world} torchrun processes for {n_sequences} sequence(s): evaluate more tokens (--tokens) or run "
-            f"with at most {n_sequences} processes."
-        )
-
-
-def token_batches(plan: Plan, config: EvalConfig):
-    """This process's batches of the evaluation's sequences (its shard under torchrun)."""
-    here = distributed.ranks()
-    return sequence_batches(
-        plan.dataset,
-        plan.model.tokenizer,
-        plan.context,
-        plan.n_sequences,
-        config.batch_size,
-        config.seed,
-        shard=(here.rank, here.world_size),
-        prepend_bos=plan.prepend_bos,
-    )
-
-
-def reference_sequence(plan: Plan, config: EvalConfig):
-    """The evaluation's first sequence, (1, context), on every rank: the reference mean of the variance sums."""
-    first = sequence_batches(
-        plan.dataset, plan.model.tokenizer, plan.context, 1, 1, config.seed, prepend_bos=plan.prepend_bos
-    )
-    return next(iter(first), None)
-
-
-def share_of_tokens(plan: Plan) -> int:
-    """Tokens this process will replay, for its progress bar."""
-    here = distributed.ranks()
-    sequences = len(range(here.rank, plan.n_sequences, here.world_size))
-    return sequences * plan.context

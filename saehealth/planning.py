@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from saehealth import builtin
+from saehealth import builtin, distributed
 from saehealth.config import DEFAULT_MAX_TOKENS, EvalConfig
-from saehealth.data import load_dataset
+from saehealth.data import load_dataset, sequence_batches
 from saehealth.errors import ConfigError, DataError, IncompatibleSAEError
 from saehealth.models import check_hook
 from saehealth.replay import SpliceSite, sae_view, splice_site
@@ -196,3 +196,43 @@ def check_width(model, site: SpliceSite, sae, device: str) -> None:
                 f"The SAE's {side} is {width} but {name} has width {widths[name]}: "
                 "check --model and --hook (the SAE was trained on another model or hook)."
             )
+
+
+def check_ranks(n_sequences: int) -> None:
+    """More torchrun processes than sequences would leave a rank with nothing to do: refused before the pass."""
+    world = distributed.ranks().world_size
+    if world > n_sequences:
+        raise ConfigError(
+            f"{world} torchrun processes for {n_sequences} sequence(s): evaluate more tokens (--tokens) or run "
+            f"with at most {n_sequences} processes."
+        )
+
+
+def token_batches(plan: Plan, config: EvalConfig):
+    """This process's batches of the evaluation's sequences (its shard under torchrun)."""
+    here = distributed.ranks()
+    return sequence_batches(
+        plan.dataset,
+        plan.model.tokenizer,
+        plan.context,
+        plan.n_sequences,
+        config.batch_size,
+        config.seed,
+        shard=(here.rank, here.world_size),
+        prepend_bos=plan.prepend_bos,
+    )
+
+
+def reference_sequence(plan: Plan, config: EvalConfig):
+    """The evaluation's first sequence, (1, context), on every rank: the reference mean of the variance sums."""
+    first = sequence_batches(
+        plan.dataset, plan.model.tokenizer, plan.context, 1, 1, config.seed, prepend_bos=plan.prepend_bos
+    )
+    return next(iter(first), None)
+
+
+def share_of_tokens(plan: Plan) -> int:
+    """Tokens this process will replay, for its progress bar."""
+    here = distributed.ranks()
+    sequences = len(range(here.rank, plan.n_sequences, here.world_size))
+    return sequences * plan.context
