@@ -88,10 +88,11 @@ class TrainingHealth:
         tokens = _held_out(model, cfg, options.tokens, say)
         self.monitor = HealthMonitor(model, cfg.hook_name, tokens, device=str(model.cfg.device))
         self.next_at = options.every
+        self.seen = 0  # training tokens so far: SAELens trains whole batches, so it can end past training_tokens
 
     def after_step(self, trainer) -> None:
         """Run a check when the training tokens passed the next multiple of --health-every."""
-        seen = int(trainer.n_training_samples)
+        self.seen = seen = int(trainer.n_training_samples)
         if seen < self.next_at:
             return
         while self.next_at <= seen:
@@ -102,7 +103,9 @@ class TrainingHealth:
         self._log(self.monitor.check(sae, step=int(trainer.n_training_steps), tokens_seen=seen, absorption=absorption))
 
     def finish(self, sae, tokens_seen: int, folder: Path) -> None:
-        """The final check (with absorption) of the trained SAE, then training_health.json and its plot."""
+        """The final check (with absorption) of the trained SAE, then training_health.json and its plot.
+        `tokens_seen`: the configured training tokens, used where no step was seen."""
+        tokens_seen = self.seen or tokens_seen
         history, step = self.monitor.history, None
         if history and history[-1].tokens_seen == tokens_seen:  # the last step's check: the final one replaces it
             step = history.pop().step
