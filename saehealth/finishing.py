@@ -178,8 +178,10 @@ def _absorption(config: EvalConfig, plan: Plan, details: dict, not_measured: dic
 
 
 def cache_dir() -> Path:
-    """Where model-level work is cached: $SAEHEALTH_CACHE, else (unset or empty) ~/.cache/saehealth."""
-    return Path(os.environ.get("SAEHEALTH_CACHE") or Path.home() / ".cache" / "saehealth").expanduser()
+    """Where model-level work is cached: $SAEHEALTH_CACHE, else (unset or empty) ~/.cache/saehealth/absorption, a
+    folder of its own (the cache refuses a folder holding anything else, and ~/.cache/saehealth also holds the
+    SAEBench cross-check's virtualenv)."""
+    return Path(os.environ.get("SAEHEALTH_CACHE") or Path.home() / ".cache" / "saehealth" / "absorption").expanduser()
 
 
 def _package_version(name: str) -> str:

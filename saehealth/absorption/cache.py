@@ -1,6 +1,6 @@
 """The model-level half of absorption, cached on disk: it depends on the model, hook and seed, not the SAE.
 
-Two kinds of entry per word split under the cache folder (`~/.cache/saehealth` or `$SAEHEALTH_CACHE`):
+Two kinds of entry per word split under the cache folder (`~/.cache/saehealth/absorption` or `$SAEHEALTH_CACHE`):
 - `absorption-words-*`: the split's word indices and the hook's activations at every word (training
   words prompted with training-word examples, test words with test-word examples) and at every test
   word re-prompted for the absorption step;

@@ -143,7 +143,6 @@ def _overall(verdicts: dict) -> Text:
 
 def _other_measurements(result: EvalResult, verdicts: dict, width: int) -> Group:
     """Unbanded measurements, two per row on a wide terminal; missing ones grouped by why."""
-    per_row = 2 if width >= 100 else 1
     table = Table(
         title="Other measurements",
         title_justify="left",
@@ -152,10 +151,6 @@ def _other_measurements(result: EvalResult, verdicts: dict, width: int) -> Group
         box=None,
         padding=(0, 1),
     )
-    for _ in range(per_row):
-        table.add_column(style="bold", no_wrap=True)
-        table.add_column(justify="right", no_wrap=True)
-        table.add_column(width=2)
     cells: list[tuple[str, str]] = []
     missing: dict[str, list[str]] = {}
     for key in OTHER_KEYS:
@@ -169,6 +164,13 @@ def _other_measurements(result: EvalResult, verdicts: dict, width: int) -> Group
             if estimator := result.eval.absorption_estimator(key):
                 text += f" ({estimator})"
             cells.append((key, text))
+    # Two pairs per row only where both fit whole: a value is never cut (names and values are no_wrap).
+    widest = max((len(key) + len(text) for key, text in cells), default=0) + 8  # with padding and the gap
+    per_row = 2 if 2 * widest <= width else 1
+    for _ in range(per_row):
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(justify="right", no_wrap=True)
+        table.add_column(width=2)
     for i in range(0, len(cells), per_row):
         row: list = []
         for key, text in cells[i : i + per_row]:
