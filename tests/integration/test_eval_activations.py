@@ -117,7 +117,10 @@ def test_absorption_prompts_the_model_given_with_a_cache(tmp_path, saelens_cache
 
     def fake_absorption(model, sae, hook_name, **options):
         seen.update(model=model, hook=hook_name)
-        return AbsorptionResult(dict.fromkeys(absorption.METRIC_KEYS), {}, "canned in this test", {}, [], "converged")
+        keys = absorption.METRIC_KEYS
+        return AbsorptionResult(
+            dict.fromkeys(keys), {}, dict.fromkeys(keys, "canned in this test"), {}, [], "converged"
+        )
 
     monkeypatch.setattr(absorption, "measure_absorption", fake_absorption)
     result = saehealth.evaluate(
