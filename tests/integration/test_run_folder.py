@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import saehealth
-from saehealth import scoring
+from saehealth import sae_scorer, scoring
 from saehealth.cli import main
 from saehealth.evaluation import evaluate
 from saehealth.result import METRIC_KEYS, load_result
@@ -128,8 +128,8 @@ def test_a_run_folder_of_saes_at_one_hook_gets_its_run_report(tmp_path, capsys):
 def test_chunked_encoding_gives_the_same_numbers(run_folder, tmp_path, monkeypatch):
     """Encoding a few positions at a time (the memory budget at 65k latents) changes nothing."""
     whole = evaluate(run_folder / "mlp_out_1", n_tokens=TOKENS, skip=("absorption",), out=tmp_path / "whole")
-    monkeypatch.setattr(scoring, "CHUNK_BYTES_CPU", D_SAE * 4 * scoring._COPIES_PER_LATENT * 100)  # 100 tokens
-    assert scoring.chunk_tokens(D_SAE, "cpu") == 100
+    monkeypatch.setattr(sae_scorer, "CHUNK_BYTES_CPU", D_SAE * 4 * sae_scorer._COPIES_PER_LATENT * 100)  # 100 tokens
+    assert sae_scorer.chunk_tokens(D_SAE, "cpu") == 100
     chunked = evaluate(run_folder / "mlp_out_1", n_tokens=TOKENS, skip=("absorption",), out=tmp_path / "chunked")
     for key in METRIC_KEYS:
         if whole.metrics[key] is not None:
@@ -172,13 +172,13 @@ def test_wide_topk_saes_are_scored_sparse_with_the_same_numbers(builtin_model, m
     from saehealth.replay import splice_site
 
     torch.manual_seed(0)
-    sae = TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=scoring.SPARSE_FROM_D_SAE, k=32)).eval()
+    sae = TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=sae_scorer.SPARSE_FROM_D_SAE, k=32)).eval()
     dataset = load_dataset(saehealth.BUILTIN_DATASET, "validation")
     batches = list(sequence_batches(dataset, builtin_model.tokenizer, 128, 6, 3, 0))
     members = [(splice_site("blocks.0.hook_resid_post"), sae)]
     (sparse,) = scoring.score_batches(builtin_model, members, batches)
     assert type(sae.activation_fn).__name__ == "TopK" and not sae.activation_fn.use_sparse_activations  # restored
-    monkeypatch.setattr(scoring, "SPARSE_FROM_D_SAE", 10**9)
+    monkeypatch.setattr(sae_scorer, "SPARSE_FROM_D_SAE", 10**9)
     (dense,) = scoring.score_batches(builtin_model, members, batches)
     for key, value in dense.metrics.items():
         if value is None:  # e.g. the pathological check, off in score_batches by default

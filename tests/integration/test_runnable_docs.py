@@ -25,6 +25,13 @@ FIRST_BLOCK = re.compile(r"```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
 pytestmark = pytest.mark.slow
 
 
+class _MkDocsLoader(yaml.SafeLoader):
+    """mkdocs.yml as data: its `!!python/name:` tags (a fence's formatter) are read as plain strings, not imported."""
+
+
+_MkDocsLoader.add_multi_constructor("tag:yaml.org,2002:python/name:", lambda loader, suffix, node: suffix)
+
+
 def _nav_pages(nav) -> list[str]:
     pages: list[str] = []
     for entry in nav:
@@ -35,7 +42,7 @@ def _nav_pages(nav) -> list[str]:
 
 def documented_pages() -> list[Path]:
     """README.md, then docs/ in nav order, then docs pages not in the nav."""
-    nav = _nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"])
+    nav = _nav_pages(yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_MkDocsLoader)["nav"])
     in_nav = [ROOT / "docs" / page for page in nav]
     others = sorted(set((ROOT / "docs").rglob("*.md")) - set(in_nav))
     return [ROOT / "README.md", *in_nav, *others]
