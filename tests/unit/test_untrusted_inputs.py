@@ -36,7 +36,7 @@ def test_a_folder_name_holding_html_is_escaped_in_report_md():
 def test_an_empty_saehealth_cache_means_unset(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("SAEHEALTH_CACHE", "")
-    assert cache_dir() == tmp_path / ".cache" / "saehealth"
+    assert cache_dir() == tmp_path / ".cache" / "saehealth" / "absorption"
     monkeypatch.setenv("SAEHEALTH_CACHE", str(tmp_path / "c"))
     assert cache_dir() == tmp_path / "c"
 
