@@ -19,6 +19,7 @@ from saehealth.comparison import (
     short_hook,
 )
 from saehealth.report.plots import GREEN, GREY, _figure
+from saehealth.report.text import COMPARISON_HEADERS
 from saehealth.report.text import label as metric_label
 from saehealth.verdicts import verdicts_of
 
@@ -42,16 +43,7 @@ LAYER_KEYS = (
     "dense_fraction",
     "absorption_fraction",
 )
-AXIS_LABELS = {
-    "l0": "L0 (latents active per token)",
-    "loss_recovered": "loss recovered",
-    "delta_ce": "ΔCE",
-    "kl_div_score": "KL score",
-    "explained_variance": "explained var.",
-    "dead_fraction": "dead",
-    "dense_fraction": "dense",
-    "absorption_fraction": "absorption",
-}
+AXIS_LABELS = {**COMPARISON_HEADERS, "l0": "L0 (latents active per token)"}  # the table's words, L0 spelled out
 # One colour and marker per library (or hook type), in order of first appearance.
 PALETTE = ["#3a6ea5", "#d64541", "#2e9e5b", "#e3a21a", "#8e44ad", "#16a2b8", "#7f5539", "#555555"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
