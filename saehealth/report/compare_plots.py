@@ -155,11 +155,7 @@ def layer_figure(comparison: Comparison) -> Figure | None:
             ax.errorbar(
                 xs, ys, yerr=errors, color=color, marker=MARKERS[k % len(MARKERS)], ms=4, lw=1.2, capsize=2, label=kind
             )
-        ax.set_ylabel(AXIS_LABELS.get(key, metric_label(key)), fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.25)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.set_visible(False)
+    _style_metric_axes(axes, keys)
     for ax in axes[-1]:
         ax.set_xlabel("layer", fontsize=8)
     axes.flat[0].legend(fontsize=7, loc="best")
@@ -211,11 +207,7 @@ def sae_figure(comparison: Comparison) -> Figure | None:
                 capsize=2,
                 label=short_hook(hook),
             )
-        ax.set_ylabel(AXIS_LABELS.get(key, metric_label(key)), fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.25)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.set_visible(False)
+    _style_metric_axes(axes, keys)
     for ax in axes[-1]:
         ax.set_xticks(range(len(ordered)))
         ax.set_xticklabels([e.name for e in ordered], rotation=45, ha="right", fontsize=7)
@@ -223,3 +215,13 @@ def sae_figure(comparison: Comparison) -> Figure | None:
     s = comparison.settings
     fig.suptitle(f"{len(ordered)} SAEs of {s['model']}, {s['tokens_scored']:,} tokens scored", fontsize=10)
     return fig
+
+
+def _style_metric_axes(axes, keys) -> None:
+    """One metric per subplot: its label, small ticks, a light grid; the subplots left over are hidden."""
+    for ax, key in zip(axes.flat, keys, strict=False):  # more subplots than metrics: the rest are hidden
+        ax.set_ylabel(AXIS_LABELS.get(key, metric_label(key)), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.25)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
