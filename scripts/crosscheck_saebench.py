@@ -2,6 +2,7 @@
 """Run the real SAEBench 0.6 absorption eval and saehealth's on one SAE and the built-in model, side by side.
 
     python scripts/crosscheck_saebench.py --sae-path CKPT [--seeds 1,2,3,4,5] [--min-letters 10] [--threads 1]
+                                          [--saebench-results FILE.json]
 
 SAEBench pins numpy < 2 and datasets < 4, so it runs in its own virtualenv, built once and cached under
 $SAEHEALTH_CACHE/saebench-venv (default ~/.cache/saehealth/saebench-venv) with `torch==2.13.0` (the
@@ -13,6 +14,10 @@ It then feeds SAEBench's own word split to saehealth's `saebench-0.6` schedule (
 saehealth's default measurement cold (5 word splits of its own, both estimators: `converged` and
 `saebench-0.6`), and prints per-letter and mean numbers, paired differences and wall times, with the
 ratio of SAEBench's time to saehealth's cold time per seed (one process each, same thread count).
+With --saebench-results, SAEBench's per-seed results (values, split and times) are kept in that file and seeds
+already in it are not rerun: SAEBench's side is slow and independent of saehealth's code, so its values can be
+gathered once and saehealth's side rerun as the code changes (the times in the file are those of the run that
+made them; delete the file for fresh timings).
 Not a test: it takes minutes and builds a 1 GB virtualenv.
 """
 
@@ -105,11 +110,29 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--min-letters", type=int, default=10, help="SAEBench's min_feats_for_eval (default 20)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--saebench-results", type=Path, help="keep SAEBench's per-seed results here and reuse them")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    python = saebench_python()
+    kept = (
+        json.loads(args.saebench_results.read_text())
+        if args.saebench_results and args.saebench_results.exists()
+        else {}
+    )
     print(f"SAEBench min_feats_for_eval lowered from 20 to {args.min_letters} for the built-in model.", flush=True)
+    missing = [seed for seed in seeds if str(seed) not in kept]
+    if missing:
+        kept |= run_saebench(args, missing)
+        if args.saebench_results:
+            args.saebench_results.write_text(json.dumps(kept))
+    else:
+        print(f"SAEBench's results for seeds {args.seeds} reused from {args.saebench_results}.", flush=True)
+    compare(args, seeds, kept)
+
+
+def run_saebench(args, seeds: list[int]) -> dict:
+    """SAEBench's absorption eval for each seed, in its own virtualenv: {seed: {seconds, cpu_seconds, split, result}}."""
+    python = saebench_python()
     with tempfile.TemporaryDirectory() as work:
         payload = {"sae_path": str(Path(args.sae_path).resolve()), "seeds": seeds, "out": work}
         payload |= {"min_letters": args.min_letters, "threads": args.threads}
@@ -120,8 +143,7 @@ def main() -> None:
     line = next((ln for ln in run.stdout.splitlines() if ln.startswith("CROSSCHECK_JSON")), None)
     if line is None:
         sys.exit(f"SAEBench failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
-    saebench = json.loads(line[len("CROSSCHECK_JSON") :])
-    compare(args, seeds, saebench)
+    return json.loads(line[len("CROSSCHECK_JSON") :])
 
 
 def compare(args, seeds, saebench: dict) -> None:
