@@ -14,20 +14,18 @@ in eval. The comparison itself is `<out>/comparison.{json,md}` with frontier plo
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from saehealth import distributed
+from saehealth.compare_output import comparison_settings, write_comparison
 from saehealth.comparison import (
-    SUMMARY_JSON,
     VIEWS,
     ComparedSAE,
     Comparison,
     by_layer,
     by_training_tokens,
-    comparison_to_dict,
     is_trajectory,
 )
 from saehealth.comparison_differences import paired_differences, reference_index
@@ -255,7 +253,7 @@ class _Comparer:
         elif cfg.view == "trajectory":
             entries = by_training_tokens(entries)
         comparison = Comparison(
-            entries, _settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
+            entries, comparison_settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
         )
         comparison.differences = differences
         comparison.replace_all = self.replace_all
@@ -265,7 +263,7 @@ class _Comparer:
                 "pass --force to re-run them all."
             )
         if self.write:
-            self._write(comparison, started)
+            write_comparison(comparison, options, started)
         return comparison
 
     def _evaluation(self, shared: EvalConfig, name: str, path: str, loaded, seconds: float, notes) -> Evaluation:
@@ -361,46 +359,3 @@ class _Comparer:
                 )
             results[i] = evaluation.finish(plan, output, replay_s=seconds)
         return results
-
-    def _write(self, comparison: Comparison, started: float) -> None:
-        """The side-by-side report with its plots and the JSON summary, staged and renamed into the folder together
-        (each SAE's result folder was written whole when it was finished; a reused one gets its report again only
-        when --thresholds changed its verdicts)."""
-        from saehealth.output import staged
-        from saehealth.report.compare_report import write_comparison_report
-        from saehealth.result import RESULT_FILE, load_details
-        from saehealth.result_folder import save_report_folder
-
-        t0 = time.perf_counter()
-        options = self.config.evaluation
-        for entry in comparison.entries:
-            if entry.reused and options.thresholds is not None:
-                details, result_path = load_details(entry.folder, entry.result.sae.d_sae), entry.folder / RESULT_FILE
-                save_report_folder(entry.folder, entry.result, details, result_path, html_latents=options.html_latents)
-        summary = SUMMARY_JSON[comparison.view]
-        with staged(comparison.out, "comparison", in_place=True) as staging:
-            written = write_comparison_report(comparison, staging)
-            comparison.files.update({key: comparison.out / path.name for key, path in written.items()})
-            comparison.files["json"] = comparison.out / summary
-            self.timing["reports_s"] = time.perf_counter() - t0
-            self.timing["total_s"] = time.perf_counter() - started
-            text = json.dumps(comparison_to_dict(comparison), indent=2, allow_nan=False) + "\n"
-            (staging / summary).write_text(text)
-
-
-def _settings(entries: list[ComparedSAE], options: EvalConfig) -> dict:
-    first = entries[0].result.eval
-    return {
-        "model": first.model,
-        "dataset": first.dataset,
-        "split": first.split,
-        "context_length": first.context_length,
-        "n_tokens": first.n_tokens,
-        "tokens_scored": first.tokens_scored,
-        "n_sequences": first.n_sequences,
-        "seed": first.seed,
-        "mask_special_tokens": first.mask_special_tokens,
-        "requested_tokens": options.n_tokens,
-        "thresholds": options.thresholds or "default",
-        "skip": list(options.skip),
-    }
