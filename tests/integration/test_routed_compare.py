@@ -143,3 +143,34 @@ def test_a_routed_and_an_ordinary_sae_compared_on_two_torchrun_ranks(tmp_path):
     assert [layer["tokens"] for layer in two["layers"]] == [layer["tokens"] for layer in one["layers"]]
     assert two["router_entropy"] == pytest.approx(one["router_entropy"], rel=1e-9)
     assert two["latent_layers"] == one["latent_layers"]
+
+
+def test_the_clean_forward_runs_once_per_batch_for_every_sae(builtin_model, tmp_path, monkeypatch):
+    """Counted on the model: a forward from token ids is a clean one (continuations start from residuals)."""
+    from saehealth.data import load_dataset, sequence_batches
+    from saehealth.loading import load_checkpoint
+    from saehealth.replay import splice_site
+    from saehealth.routed.passes import resolve_site
+    from saehealth.scoring import score_batches
+
+    routed = load_checkpoint(_routed_checkpoint(tmp_path), hook=HOOKS)
+    ordinary = load_checkpoint(random_sae(tmp_path / "ordinary", hook_name="blocks.0.hook_resid_post"))
+    site = resolve_site(routed.route, builtin_model, D)
+    data = load_dataset("saehealth/pydoc-corpus", "validation")
+    batches = list(sequence_batches(data, builtin_model.tokenizer, 64, 8, 4, 0))  # 2 batches of 4
+    clean_forwards = []
+    forward = type(builtin_model).forward
+
+    def counting(self, inputs, *args, **kwargs):
+        if not torch.is_floating_point(inputs):
+            clean_forwards.append(inputs.shape)
+        return forward(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(type(builtin_model), "forward", counting)
+    shared = score_batches(
+        builtin_model, [(site, routed.sae), (splice_site(ordinary.hook_name), ordinary.sae)], batches
+    )
+    assert len(clean_forwards) == 1 + len(batches)  # the reference sequence, then one per batch for both SAEs
+    (alone,) = score_batches(builtin_model, [(site, routed.sae)], batches)
+    _assert_same_metrics(shared[0].metrics, alone.metrics, "routed")
+    assert shared[0].routing["layers"] == alone.routing["layers"] and shared[1].routing is None
