@@ -14,20 +14,18 @@ in eval. The comparison itself is `<out>/comparison.{json,md}` with frontier plo
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from saehealth import distributed
+from saehealth.compare_output import comparison_settings, write_comparison
 from saehealth.comparison import (
-    SUMMARY_JSON,
     VIEWS,
     ComparedSAE,
     Comparison,
     by_layer,
     by_training_tokens,
-    comparison_to_dict,
     is_trajectory,
 )
 from saehealth.comparison_differences import paired_differences, reference_index
@@ -40,6 +38,8 @@ from saehealth.planning import reference_sequence, share_of_tokens, token_batche
 from saehealth.progress import progress
 from saehealth.replace_all import check_one_per_hook, replace_all_metrics
 from saehealth.result import EvalResult
+from saehealth.routed.scoring import routed_output
+from saehealth.routed.spec import check_not_routed, split_hook_option
 from saehealth.scoring import score_batches
 from saehealth.shared_settings import shared_context, shared_dataset, shared_model, shared_model_kwargs
 
@@ -179,6 +179,7 @@ class _Comparer:
             reference = reference_index(names, cfg.reference)  # an unknown name stops before any work
             if cfg.replace_all:
                 check_one_per_hook(named)
+                check_not_routed(named)
             model_name = shared_model(options, named)
             cache = options.activations is not None  # an activation cache: the model only when --model asks for it
             t0 = time.perf_counter()
@@ -249,13 +250,16 @@ class _Comparer:
         differences = None
         if cfg.view == "comparison" and len(entries) > 1:  # before by_layer: in the order of `names`
             scored = [self.scored.index(i) if i in self.scored else None for i in range(len(entries))]
-            differences = paired_differences(names, [e.result.metrics for e in entries], scored, self.paired, reference)
+            routed = [e.result.routing is not None for e in entries]
+            differences = paired_differences(
+                names, [e.result.metrics for e in entries], scored, self.paired, reference, routed
+            )
         if cfg.view == "run":
             entries = by_layer(entries)
         elif cfg.view == "trajectory":
             entries = by_training_tokens(entries)
         comparison = Comparison(
-            entries, _settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
+            entries, comparison_settings(entries, options), cfg.out_folder, self.notes, self.timing, view=cfg.view
         )
         comparison.differences = differences
         comparison.replace_all = self.replace_all
@@ -265,11 +269,13 @@ class _Comparer:
                 "pass --force to re-run them all."
             )
         if self.write:
-            self._write(comparison, started)
+            write_comparison(comparison, options, started)
         return comparison
 
     def _evaluation(self, shared: EvalConfig, name: str, path: str, loaded, seconds: float, notes) -> Evaluation:
         config = replace(shared, sae_path=path, out=self.config.out_folder / name)
+        if loaded.route is None:  # --route and a routed hook list are the routed SAEs' (as their eval would have)
+            config = replace(config, route=None, hook=split_hook_option(config.hook)[0])
         evaluation = Evaluation(config, loaded=loaded, model=self.model, write=self.write)
         evaluation.request_extra = self.extras
         evaluation.timing["load_sae_s"] = seconds
@@ -286,19 +292,16 @@ class _Comparer:
         members: list[tuple[str, object, float]] = []
         seen: set[Path] = set()
         t_all = time.perf_counter()
+        hook, routed_hooks = split_hook_option(options.hook)
         for path in checkpoint_paths(cfg.paths, cfg.sweep):
             t0 = time.perf_counter()
             loaded = load_checkpoint(
-                path, hook=options.hook, device=options.device, dtype=options.dtype, select=cfg.select
-            )
+                path, hook=hook, device=options.device, dtype=options.dtype, select=cfg.select, route=options.route,
+                routed_hooks=routed_hooks,
+            )  # fmt: skip
             seconds = time.perf_counter() - t0
             items = loaded if isinstance(loaded, list) else [loaded]
             for item in items:
-                if item.route is not None:
-                    raise ConfigError(
-                        f"{path} is a routed SAE: compare does not share its pass with other SAEs yet; evaluate it "
-                        "alone with saehealth eval --sae-path."
-                    )
                 # A member of a multi-SAE folder is evaluated (and re-evaluated by eval) through its own path.
                 member_path = item.path if isinstance(loaded, list) and item.path else str(path)
                 key = Path(member_path).expanduser().resolve()
@@ -314,7 +317,7 @@ class _Comparer:
         options = self.config.evaluation
         pending = list(plans)
         some = plans[pending[0]]
-        n_sites = len({plans[i].site or plans[i].hook for i in pending})
+        n_sites = len({plans[i].route.label if plans[i].route else plans[i].site or plans[i].hook for i in pending})
         if self.console is not None:
             self.console.print(
                 f"Scoring {len(pending)} SAE{'s' if len(pending) > 1 else ''} at {n_sites} "
@@ -329,7 +332,7 @@ class _Comparer:
             with progress(self.console, share_of_tokens(some)) as advance:
                 outputs = score_batches(
                     some.model,
-                    [(plans[i].site, plans[i].sae) for i in pending],
+                    [(plans[i].route or plans[i].site, plans[i].sae) for i in pending],
                     token_batches(some, options),
                     options.include_special_tokens,
                     options.device,
@@ -353,6 +356,8 @@ class _Comparer:
         results: dict[int, EvalResult] = {}
         for i, output in zip(pending, outputs, strict=True):
             evaluation, plan = evaluations[i], plans[i]
+            if plan.route is not None:  # the routing section, notes and reasons, as its eval adds them
+                routed_output(plan, output, evaluation.notes, evaluation.not_measured)
             evaluation.check_pass(plan, output)
             if len(pending) > 1:
                 evaluation.notes.append(
@@ -361,46 +366,3 @@ class _Comparer:
                 )
             results[i] = evaluation.finish(plan, output, replay_s=seconds)
         return results
-
-    def _write(self, comparison: Comparison, started: float) -> None:
-        """The side-by-side report with its plots and the JSON summary, staged and renamed into the folder together
-        (each SAE's result folder was written whole when it was finished; a reused one gets its report again only
-        when --thresholds changed its verdicts)."""
-        from saehealth.output import staged
-        from saehealth.report.compare_report import write_comparison_report
-        from saehealth.result import RESULT_FILE, load_details
-        from saehealth.result_folder import save_report_folder
-
-        t0 = time.perf_counter()
-        options = self.config.evaluation
-        for entry in comparison.entries:
-            if entry.reused and options.thresholds is not None:
-                details, result_path = load_details(entry.folder, entry.result.sae.d_sae), entry.folder / RESULT_FILE
-                save_report_folder(entry.folder, entry.result, details, result_path, html_latents=options.html_latents)
-        summary = SUMMARY_JSON[comparison.view]
-        with staged(comparison.out, "comparison", in_place=True) as staging:
-            written = write_comparison_report(comparison, staging)
-            comparison.files.update({key: comparison.out / path.name for key, path in written.items()})
-            comparison.files["json"] = comparison.out / summary
-            self.timing["reports_s"] = time.perf_counter() - t0
-            self.timing["total_s"] = time.perf_counter() - started
-            text = json.dumps(comparison_to_dict(comparison), indent=2, allow_nan=False) + "\n"
-            (staging / summary).write_text(text)
-
-
-def _settings(entries: list[ComparedSAE], options: EvalConfig) -> dict:
-    first = entries[0].result.eval
-    return {
-        "model": first.model,
-        "dataset": first.dataset,
-        "split": first.split,
-        "context_length": first.context_length,
-        "n_tokens": first.n_tokens,
-        "tokens_scored": first.tokens_scored,
-        "n_sequences": first.n_sequences,
-        "seed": first.seed,
-        "mask_special_tokens": first.mask_special_tokens,
-        "requested_tokens": options.n_tokens,
-        "thresholds": options.thresholds or "default",
-        "skip": list(options.skip),
-    }

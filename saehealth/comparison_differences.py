@@ -5,7 +5,9 @@ Every SAE is set against a reference (the first, or `--reference NAME`): for eac
 sequences (`quantities.paired_totals`, the delta method in `metrics.clusters.SequenceTotals.difference`). A
 difference of at most NOISE_SE standard errors is flagged "within noise": the evaluation cannot tell the two
 apart on that metric. Results reused from an earlier run were not scored beside the others: their differences
-have no paired standard error (null, with the reason).
+have no paired standard error (null, with the reason). A routed SAE's loss recovered and KL score are against the
+routed zero ablation (each token zeroed at its own routed layer), whose baseline depends on its routes: their
+differences with any other SAE are null, with the reason (`NOT_COMPARABLE`); ΔCE and KL stay comparable.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from saehealth.quantities import RATIO_METRICS
 DIFFERENCE_KEYS = ("loss_recovered", "explained_variance", "kl_div_score", "delta_ce", "l0", "next_token_agreement")
 NOISE_SE = 2.0
 UNPAIRED = "not scored in this pass (a reused result): no paired standard error; pass --force to re-run"
+# Metrics whose baseline is the zero ablation, which for a routed SAE is its own routed one.
+ZERO_BASELINE_KEYS = ("loss_recovered", "kl_div_score")
+NOT_COMPARABLE = (
+    "not comparable: a routed SAE's baseline is its routed zero ablation (each token zeroed at its own routed "
+    "layer), not the zero ablation of one hook; compare delta_ce and KL instead"
+)
 
 
 def _side(member: int, metric: str) -> tuple[dict, dict]:
@@ -45,20 +53,26 @@ def paired_differences(
     members: list[int | None],
     paired: SequenceTotals | None,
     reference: int = 0,
+    routed: list[bool] | None = None,
 ) -> dict:
     """The differences of every SAE against `names[reference]`.
 
     `metrics`: each SAE's metric values; `members`: each SAE's index among the paired totals (None when it was
-    not scored in this pass). Returns {"reference", "noise_se", "keys", "rows": [{"name", <key>: {"difference",
-    "se", "within_noise"}}], "not_paired": reason or None} with a row for every SAE but the reference.
+    not scored in this pass); `routed`: which SAEs are routed (their zero-ablation baselines are their own).
+    Returns {"reference", "noise_se", "keys", "rows": [{"name", <key>: {"difference", "se", "within_noise"}
+    (and "reason" when not comparable)}], "not_paired": reason or None} with a row for every SAE but the reference.
     """
     rows = []
     base = members[reference]
+    routed = routed or [False] * len(names)
     for i, name in enumerate(names):
         if i == reference:
             continue
         row: dict = {"name": name}
         for key in DIFFERENCE_KEYS:
+            if key in ZERO_BASELINE_KEYS and (routed[i] or routed[reference]):
+                row[key] = {"difference": None, "se": None, "within_noise": None, "reason": NOT_COMPARABLE}
+                continue
             a, b = metrics[reference].get(key), metrics[i].get(key)
             difference = None if a is None or b is None else b - a
             se = None

@@ -142,6 +142,7 @@ class BatchOutputs:
 
     clean: torch.Tensor  # (batch, pos, d_model)
     sites: list[SiteOutputs]
+    recorded: dict = field(default_factory=dict)  # the clean forward's recorded activations, by hook
 
 
 @dataclass
@@ -193,9 +194,12 @@ def recorded_hooks(model, site: SpliceSite) -> set[str]:
     return set()
 
 
-def record_clean(model, sites: Sequence[SpliceSite], tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The clean forward: (final residual (batch, pos, d_model), the activations the sites' continuations need)."""
-    wanted = set().union(*(recorded_hooks(model, site) for site in sites)) if sites else set()
+def record_clean(
+    model, sites: Sequence[SpliceSite], tokens: torch.Tensor, also: Sequence[str] = ()
+) -> tuple[torch.Tensor, dict]:
+    """The clean forward: (final residual (batch, pos, d_model), the activations the sites' continuations need,
+    and those at the hooks `also` names: a routed SAE's layers)."""
+    wanted = set(also).union(*(recorded_hooks(model, site) for site in sites))
     recorded: dict[str, torch.Tensor] = {}
 
     def record(activation, hook):
@@ -216,12 +220,14 @@ def replay_batch(
     tokens: torch.Tensor,
     mask: torch.Tensor,
     cache: ReplayCache | None = None,
+    also: Sequence[str] = (),
 ) -> BatchOutputs:
     """Run one batch: the clean forward once for every site, each site's zero ablation once, then one spliced
-    continuation per SAE (SAEs at one site share everything but their own splice)."""
-    clean, recorded = record_clean(model, [group.site for group in groups], tokens)
+    continuation per SAE (SAEs at one site share everything but their own splice). `also`: hooks the clean
+    forward records besides (a routed SAE's layers, whose continuations the caller runs)."""
+    clean, recorded = record_clean(model, [group.site for group in groups], tokens, also)
     sites = [replay_site(model, group, tokens, mask, recorded, cache) for group in groups]
-    return BatchOutputs(clean, sites)
+    return BatchOutputs(clean, sites, recorded)
 
 
 def _start(model, site: SpliceSite, tokens: torch.Tensor, recorded: dict) -> tuple[torch.Tensor, int | None]:

@@ -23,7 +23,18 @@ from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import SiteFinals, downstream_totals
 from saehealth.metrics.pathological import RandomPerturbation, with_random_kl
 from saehealth.quantities import paired_totals
-from saehealth.replay import ReplayCache, SiteGroup, SpliceSite, readout, replay_batch, sae_view
+from saehealth.replay import (
+    ReplayCache,
+    SAEOutputs,
+    SiteGroup,
+    SpliceSite,
+    readout,
+    replay_batch,
+    sae_view,
+    splice_site,
+)
+from saehealth.routed.member import RoutedMember
+from saehealth.routed.passes import RoutedSite
 from saehealth.sae_scorer import PassOutput, SAEScorer, Tally
 from saehealth.saebench.sums import last_position_kl
 
@@ -42,7 +53,9 @@ def score_batches(
     agreement: bool = True,
     pathological: bool = False,
 ) -> list[PassOutput] | None:
-    """The one pass over token batches for SAEs at any sites of one model: (site, SAE) pairs, in order.
+    """The one pass over token batches for SAEs at any sites of one model: (site, SAE) pairs, in order; a routed
+    SAE's site is its `routed.passes.RoutedSite` (the clean forward records its layers; its continuations are its
+    own, `routed/member.py`), and its output carries the raw routing statistics in `routing`.
 
     Each batch is replayed once (one clean forward, one zero ablation per site) and every SAE's spliced
     continuation feeds its own accumulators. Returns one `PassOutput` per member, in order. Under torchrun each
@@ -61,7 +74,7 @@ def score_batches(
             batches = itertools.chain([first], batches)
             if reference is None:
                 reference = first[:1]
-        tallies, paired = _local_pass(
+        tallies, paired, routed = _local_pass(
             model,
             members,
             batches,
@@ -72,31 +85,41 @@ def score_batches(
             examples,
             (diagnostics, agreement, pathological),
         )
-    merged = distributed.merge_on_first_rank(tallies if paired is None else [*tallies, paired])
+    extra = [tally for member in routed.values() for tally in member.tallies()]
+    merged = distributed.merge_on_first_rank([*tallies, *extra] + ([] if paired is None else [paired]))
     if merged is None:
         return None
     if paired is not None:
         *merged, paired = merged
+    merged, extra = merged[: len(tallies)], merged[len(tallies) :]
     outputs = [tally.output() for tally in merged]
     for output in outputs:
         output.paired = paired
+    for j, (i, member) in enumerate(routed.items()):
+        member.finish(outputs[i], *extra[2 * j : 2 * j + 2])
     return outputs
 
 
 def _local_pass(
     model, members, batches, include_special_tokens, device, advance, reference, examples, switches
-) -> tuple[list[Tally], SequenceTotals | None]:
-    """This process's share of the pass: the tallies of its batches, and the SAEs' paired per-sequence totals
-    (None with one SAE or without diagnostics). `switches`: (diagnostics, agreement, pathological)."""
+) -> tuple[list[Tally], SequenceTotals | None, dict[int, RoutedMember]]:
+    """This process's share of the pass: the tallies of its batches, the SAEs' paired per-sequence totals
+    (None with one SAE or without diagnostics), and the routed members by index (their own tallies beside).
+    `switches`: (diagnostics, agreement, pathological)."""
     diagnostics, agreement, pathological = switches
     scorers = [SAEScorer(sae, device, examples, diagnostics=diagnostics) for _, sae in members]
+    routed = {
+        i: RoutedMember(site, scorers[i], device) for i, (site, _) in enumerate(members) if isinstance(site, RoutedSite)
+    }
+    also = sorted({hook for member in routed.values() for hook in member.hooks})
     paired = paired_totals(len(members)) if diagnostics and len(members) > 1 else None
     here, local = distributed.ranks(), 0  # this rank's sequences so far: local j is sequence rank + j·world
     if reference is not None:
-        _set_references(model, members, scorers, reference.to(device), include_special_tokens)
+        _set_references(model, members, scorers, reference.to(device), include_special_tokens, routed)
     sites: dict[SpliceSite, list[int]] = {}  # SAEs at one site share its zero ablation
     for i, (site, _) in enumerate(members):
-        sites.setdefault(site, []).append(i)
+        if i not in routed:
+            sites.setdefault(site, []).append(i)
     # With the pathological check, each SAE's random perturbation is spliced right after it: [s₁, p₁, s₂, p₂, …].
     perturbed = {site: pathological and not site.is_transcoder for site in sites}
     groups = [
@@ -104,6 +127,8 @@ def _local_pass(
         for site, indices in sites.items()
     ]
     cache, unembedding = ReplayCache(), readout(model)
+    for member in routed.values():
+        member.attach()
     try:
         for tokens in batches:
             tokens = tokens.to(device)
@@ -112,25 +137,32 @@ def _local_pass(
             local += tokens.shape[0]
             for scorer in scorers:
                 scorer.begin(ids, tokens)
-            out = replay_batch(model, groups, tokens, mask, cache)
+            out = replay_batch(model, groups, tokens, mask, cache, also)
+            site_members, flags, alone = list(sites.values()), [perturbed[site] for site in sites], {}
+            for i, member in routed.items():  # each routed SAE is a site of its own, after the shared forward
+                share = member.batch(model, out.clean, out.recorded, mask)
+                if isinstance(share, SAEOutputs):  # soft routing: nothing spliced, nothing downstream
+                    alone[i] = share
+                else:
+                    out.sites.append(share)
+                    site_members.append([i])
+                    flags.append(False)
             side_by_side = tally_batch(
-                unembedding,
-                list(sites.values()),
-                scorers,
-                out,
-                tokens,
-                mask,
-                perturbed=[perturbed[site] for site in sites],
-                agreement=agreement,
+                unembedding, site_members, scorers, out, tokens, mask, perturbed=flags, agreement=agreement
             )
+            for i, share in alone.items():
+                totals = scorers[i].update(share, None, mask)
+                side_by_side.update({f"{i}/{name}": value for name, value in totals.items()})
             if paired is not None:
                 paired.update(side_by_side)
             if advance is not None:
                 advance(tokens.numel())
     finally:
+        for member in routed.values():
+            member.detach()
         for scorer in scorers:
             scorer.restore()
-    return [scorer.tally for scorer in scorers], paired
+    return [scorer.tally for scorer in scorers], paired, routed
 
 
 def tally_batch(
@@ -174,16 +206,25 @@ def tally_batch(
     return side_by_side
 
 
-def _set_references(model, members, scorers, tokens: torch.Tensor, include_special_tokens: bool) -> None:
+def _set_references(
+    model, members, scorers, tokens: torch.Tensor, include_special_tokens: bool, routed: dict[int, RoutedMember]
+) -> None:
     """Give every SAE's reconstruction accumulator the mean activation of `tokens` (one sequence) at its spliced
-    hook as its reference mean, so that every torchrun rank accumulates about the same one."""
-    hooks = {site.hook_name for site, _ in members} | {site.input_hook for site, _ in members}
-    layers = [site.layer for site, _ in members]
+    hook (a routed SAE: of its routed input y) as its reference mean, so that every torchrun rank accumulates
+    about the same one."""
+    single = [
+        (site, scorer) for i, ((site, _), scorer) in enumerate(zip(members, scorers, strict=True)) if i not in routed
+    ]
+    layered = [site for site, _ in single] + [splice_site(h) for m in routed.values() for h in m.hooks]
+    hooks = {site.hook_name for site in layered} | {site.input_hook for site in layered}
+    layers = [site.layer for site in layered]
     # Only as far as the deepest hook: at a 50k vocabulary the unembedding alone costs as much as a few blocks.
     stop = max(layers) + 1 if None not in layers else None
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks, stop_at_layer=stop)
     mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
-    for (site, _), scorer in zip(members, scorers, strict=True):
+    for member in routed.values():
+        member.set_reference({hook: cache[hook] for hook in member.hooks}, mask)
+    for site, scorer in single:
         x = sae_view(cache[site.hook_name], site.head_dims, site.head_index)
         scorer.tally.reconstruction.set_reference(x, mask)
         # What the SAE reads (a transcoder's input hook) picks its antipodal candidates.

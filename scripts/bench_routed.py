@@ -5,7 +5,9 @@
 Both passes run interleaved in one process on the same token batches; the ratio of their medians is printed. The
 routed pass records both routed layers, routes, encodes each token once for the metrics, and runs two
 continuations (spliced, with each routed token encoded once more on its live activation, and routed-zero); the
-single-hook pass runs one spliced continuation and reuses its cached zero ablation.
+single-hook pass runs one spliced continuation and reuses its cached zero ablation. A third timing scores both
+SAEs in one shared pass (as `saehealth compare` does: one clean forward per batch for both), set against the
+sum of the two passes apart.
 """
 
 from __future__ import annotations
@@ -46,21 +48,29 @@ def main() -> None:
     tensors = {"W_enc": decoder.T.clone(), "b_enc": torch.zeros(args.d_sae), "W_dec": decoder, "b_dec": torch.zeros(d)}
     config = {"d_in": d, "d_sae": args.d_sae, "k": args.k, "apply_b_dec_to_input": True}
     sae = build_sae(SIGNED_TOPK, config, tensors, device="cpu", dtype="float32", metadata={}, source="bench")
+    single_sae = build_sae(SIGNED_TOPK, config, tensors, device="cpu", dtype="float32", metadata={}, source="bench")
     spec = RouteSpec(torch.randn(2, d), "sum", "hard", 1e-6, "official", "routesaes", hooks=HOOKS)
     site = resolve_site(spec, model, d)
     data = load_dataset(saehealth.BUILTIN_DATASET, "validation")
     batches = list(sequence_batches(data, model.tokenizer, 128, args.tokens // 128, 16, 0))
-    times: dict[str, list[float]] = {"routed": [], "single": []}
+    times: dict[str, list[float]] = {"routed": [], "single": [], "shared": []}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         score_routed(model, site, sae, batches)
         times["routed"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        score_batches(model, [(splice_site(HOOKS[0]), sae)], batches)
+        score_batches(model, [(splice_site(HOOKS[0]), single_sae)], batches)
         times["single"].append(time.perf_counter() - t0)
-    routed, single = statistics.median(times["routed"]), statistics.median(times["single"])
+        t0 = time.perf_counter()
+        score_batches(model, [(site, sae), (splice_site(HOOKS[0]), single_sae)], batches)
+        times["shared"].append(time.perf_counter() - t0)
+    routed, single, shared = (statistics.median(times[name]) for name in ("routed", "single", "shared"))
     print(f"{args.tokens} tokens, d_sae {args.d_sae}, k {args.k}, {args.threads} thread(s), {args.repeats} repeats")
     print(f"routed pass {routed:.2f} s, single-hook pass {single:.2f} s (medians): ratio {routed / single:.2f}x")
+    print(
+        f"both in one shared pass {shared:.2f} s against {routed + single:.2f} s apart: ratio "
+        f"{shared / (routed + single):.2f}x"
+    )
 
 
 if __name__ == "__main__":

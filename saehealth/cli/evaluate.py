@@ -152,7 +152,13 @@ def compare_command(
         ),
     ] = None,
     model: ModelOption = None,
-    hook: Annotated[str | None, typer.Option(help="TransformerLens hook for every SAE (default: each one's).")] = None,
+    hook: Annotated[
+        str | None,
+        typer.Option(
+            help="TransformerLens hook for every SAE (default: each one's); a comma-separated list is the routed "
+            "SAEs' hooks (single-hook SAEs keep their own)."
+        ),
+    ] = None,
     dataset: DatasetOption = None,
     split: SplitOption = None,
     tokens: TokensOption = None,
@@ -188,6 +194,7 @@ def compare_command(
     saebench_out: SaebenchOutOption = None,
     examples: ExamplesOption = DEFAULT_EXAMPLES,
     html_latents: HtmlLatentsOption = DEFAULT_HTML_LATENTS,
+    route: RouteOption = None,
     quiet: QuietOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print comparison.json instead of the table.")] = False,
     strict: Annotated[
@@ -234,6 +241,7 @@ def compare_command(
         saebench_out=saebench_out,
         examples=examples,
         html_latents=html_latents,
+        route=route,
     )
     comparison = compare(config=config, console=console_for(quiet or json_output))
     if comparison is not None:  # None on torchrun ranks other than 0: rank 0 reports

@@ -59,6 +59,7 @@ class LatentCard:
     max_cosine: float | None = None
     nearest: int | None = None
     routed_layers: str | None = None  # routed SAEs: the share of this latent's firings at each routed layer
+    layer_firings: list[tuple[str, int]] | None = None  # routed SAEs: (routed hook, firings there), in depth order
     dense_kind: str | None = None  # a dense latent's kind (metrics/dense_kinds.py), None when not dense
     token_share: float | None = None  # share of its activation variance the current token explains
 
@@ -119,6 +120,10 @@ def build_view(
         tokens_scored=latents.tokens,
         logit_lens_note=latents.logit_lens_reason,
     )
+    if result.routing is not None and latents.has_logit_lens:
+        from saehealth.routed.checks import routed_logit_lens_note
+
+        view.notes.append(routed_logit_lens_note(result.routing.get("hooks") or []))
     for latent in wanted:
         if not 0 <= latent < latents.d_sae:
             raise SaeHealthError(f"Latent {latent} does not exist: this SAE has latents 0 to {latents.d_sae - 1}.")
@@ -144,6 +149,7 @@ def build_view(
             max_cosine=_number(best[latent]) if best is not None else None,
             nearest=int(nearest[latent]) if nearest is not None and int(nearest[latent]) >= 0 else None,
             routed_layers=_routed_layers(by_layer, hooks, latent),
+            layer_firings=None if by_layer is None or not hooks else _layer_firings(by_layer, hooks, latent),
             dense_kind=_dense_kind(details, latent),
             token_share=_number(shares[latent]) if shares is not None else None,
         )
@@ -159,6 +165,11 @@ def _routed_layers(by_layer, hooks: list[str] | None, latent: int) -> str | None
     if total == 0:
         return "never fired"
     return ", ".join(f"{hook} {count / total:.0%}" for hook, count in zip(hooks, counts, strict=True) if count > 0)
+
+
+def _layer_firings(by_layer, hooks: list[str], latent: int) -> list[tuple[str, int]]:
+    """(routed hook, the latent's firings on the tokens routed there) for every routed layer, in depth order."""
+    return [(hook, int(count)) for hook, count in zip(hooks, by_layer[latent], strict=True)]
 
 
 def _dense_kind(details: Mapping, latent: int) -> str | None:

@@ -92,6 +92,7 @@ def load_checkpoint(
     sae_id: str | None = None,
     select: str | None = None,
     route: str | None = None,
+    routed_hooks: str | None = None,
 ) -> LoadedSAE | list[LoadedSAE]:
     """Load the checkpoint at `path` (or the SAELens pretrained `release`/`sae_id`) as `LoadedSAE`.
 
@@ -103,11 +104,13 @@ def load_checkpoint(
     that SAE alone when it is an exact name; `hook` picks the member whose name or mapped TransformerLens hook
     equals it. For a single SAE, `hook` overrides the hook the checkpoint names (a note records it); for a routed
     SAE it is the comma-separated list of routed hooks, and `route` gives its other settings (routed/options.py).
+    `routed_hooks` gives a routed SAE's hooks and nothing else's (compare: a list beside single-hook SAEs).
     """
     dtype = parse_dtype(dtype)
     request = LoadRequest(
-        hook=hook, device=device, dtype=dtype, select=select, release=release, sae_id=sae_id, route=route
-    )
+        hook=hook, device=device, dtype=dtype, select=select, release=release, sae_id=sae_id, route=route,
+        routed_hooks=routed_hooks,
+    )  # fmt: skip
     if release is not None or sae_id is not None:
         adapter = ADAPTERS.get(format or "sae_lens_pretrained")
         if adapter.name != "sae_lens_pretrained":

@@ -81,6 +81,8 @@ class LoadRequest:
     release: str | None = None
     sae_id: str | None = None
     route: str | None = None  # routed SAEs: settings the checkpoint lacks (`--route`, saehealth.routed.options)
+    # Routed SAEs only: their comma-separated hooks, where `hook` is left to single-hook SAEs (compare's --hook list).
+    routed_hooks: str | None = None
 
 
 class Adapter(ABC):

@@ -123,7 +123,7 @@ class RouteSAEsAdapter(Adapter):
                 f"{path}: router.weight has shape {tuple(router.shape)}, expected (layers, {d_in}): the file is "
                 "not a RouteSAE of this width."
             )
-        hooks = parse_hooks(request.hook)
+        hooks = parse_hooks(request.hook or request.routed_hooks)
         if hooks is not None:
             sources["layers"] = "option (--hook)"
             if len(hooks) != router.shape[0]:
@@ -140,7 +140,7 @@ class RouteSAEsAdapter(Adapter):
         config = {"d_in": d_in, "d_sae": d_sae, "k": k, "apply_b_dec_to_input": True, "normalize_activations": "none"}
         sae = build_sae(
             SIGNED_TOPK, config, tensors, device=request.device, dtype=request.dtype,
-            metadata={"hook_name": request.hook}, source=path,
+            metadata={"hook_name": request.hook or request.routed_hooks}, source=path,
         )  # fmt: skip
         notes += [
             "signed TopK (the authors' TopK keeps negative top-k values; no ReLU)",
@@ -153,7 +153,7 @@ class RouteSAEsAdapter(Adapter):
         training = {"k": k, "aggregation": aggregation, "routing": routing, "routed_layers": int(router.shape[0])}
         return LoadedSAE(
             sae=sae, source_library=self.source_library, format=self.name, architecture="routesae_topk",
-            hook_name=request.hook, training=training, notes=notes, path=str(path), route=spec,
+            hook_name=request.hook or request.routed_hooks, training=training, notes=notes, path=str(path), route=spec,
         )  # fmt: skip
 
 

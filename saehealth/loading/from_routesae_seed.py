@@ -187,7 +187,7 @@ class SeedRouteAdapter(Adapter):
         routing = pick("routing", options, recorded, where, sources, notes)
         eps = pick("eps", options, {"eps": None}, "layout (the seed trains on raw activations)", sources, notes)
         splice = pick("splice", options, {}, where, sources, notes, default="rescaled")
-        hooks, layers = parse_hooks(request.hook), None
+        hooks, layers = parse_hooks(request.hook or request.routed_hooks), None
         if hooks is not None:
             sources["layers"] = "option (--hook)"
         else:
@@ -212,7 +212,7 @@ class SeedRouteAdapter(Adapter):
         model_name = model.get("language_model_path")
         sae = build_sae(
             architecture, config, tensors, device=request.device, dtype=request.dtype,
-            metadata={"hook_name": request.hook, "model_name": model_name}, source=path,
+            metadata={"hook_name": request.hook or request.routed_hooks, "model_name": model_name}, source=path,
         )  # fmt: skip
         spec = RouteSpec(
             router.float(), aggregation, routing, eps, splice, "seed", layers=layers, hooks=hooks, sources=sources
@@ -222,5 +222,5 @@ class SeedRouteAdapter(Adapter):
         training.update(facts, routed_layers=int(router.shape[0]))
         return LoadedSAE(
             sae=sae, source_library=self.source_library, format=self.name, architecture=f"route_{architecture}",
-            hook_name=request.hook, model_name=model_name, training=training, notes=notes, path=str(path), route=spec,
+            hook_name=request.hook or request.routed_hooks, model_name=model_name, training=training, notes=notes, path=str(path), route=spec,
         )  # fmt: skip

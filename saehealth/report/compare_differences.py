@@ -46,6 +46,14 @@ def caption(differences: dict) -> str:
     )
     if differences.get("not_paired"):
         text += f" Some differences have no standard error: {differences['not_paired']}."
+    reasons = {
+        entry["reason"]
+        for row in differences["rows"]
+        for key in differences["keys"]
+        if (entry := row[key]).get("reason")
+    }
+    for reason in sorted(reasons):  # a routed SAE's loss recovered and KL score (comparison_differences.py)
+        text += f" – marks a difference that is {reason}."
     return text
 
 

@@ -257,7 +257,6 @@ def _card_data(card: LatentCard) -> dict:
         ("fired on", f"{card.firing_count:,} tokens"),
         ("mean activation", format_activation(card.mean)),
         ("max activation", format_activation(card.max)),
-        *([("routed layers", card.routed_layers)] if card.routed_layers is not None else []),
     ]
     if card.dense_kind is not None:
         facts.append(("dense kind", KIND_NAMES[card.dense_kind]))
@@ -269,11 +268,18 @@ def _card_data(card: LatentCard) -> dict:
         if card.nearest is not None and card.max_cosine is not None
         else None,
         "hist": [[f"{format_activation(lo)} – {format_activation(hi)}", n] for lo, hi, n in card.histogram],
+        "layers": _layer_bars(card.layer_firings),
         "promoted": [[visible(t, mark_leading_space=True), format_activation(v)] for t, v in card.promoted],
         "suppressed": [[visible(t, mark_leading_space=True), format_activation(v)] for t, v in card.suppressed],
         "top": [_context_data(c, scale) for c in card.top],
         "sample": [_context_data(c, scale) for c in card.sample],
     }
+
+
+def _layer_bars(firings: list[tuple[str, int]] | None) -> list[list]:
+    """A routed SAE's latent: [hook, share of its firings there in %, firings] per routed layer ([] otherwise)."""
+    total = sum(count for _, count in firings or [])
+    return [[hook, round(100 * count / total, 1) if total else 0.0, count] for hook, count in firings or []]
 
 
 def _context_data(context: Context, scale: float) -> dict:

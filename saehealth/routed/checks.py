@@ -26,6 +26,18 @@ LOSS_RECOVERED_BASELINE = (
 )
 
 
+def routed_logit_lens_note(hooks: list[str]) -> str:
+    """What the logit lens of a routed SAE's latents reads (said beside its latent cards)."""
+    first = hooks[0] if hooks else "the first routed hook"
+    return (
+        f"Logit lens of a routed SAE: each decoder row is read as a direction written at the first routed hook "
+        f"({first}) and taken straight through the final normalisation and the unembedding. The decoder is shared "
+        "by every routed layer, and this direct path ignores the blocks after the layer a token was routed to, which "
+        "are not the same blocks for every layer: it is one reading among several (the tokens promoted do not "
+        "depend on which routed hook is named, since every routed hook is in the residual stream)."
+    )
+
+
 def routing_section(site, stats: dict) -> dict:
     """The result's `routing`: the router's settings, the statistics, and the flagged layers."""
     spec = site.spec

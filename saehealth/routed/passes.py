@@ -40,6 +40,7 @@ class RoutedSite:
     spec: RouteSpec
     hooks: list[str]
     resume_at: list[int]  # start_at_layer of a continuation from each hook
+    override: RouteOverride | None = None  # forces the routes (tests, diagnostics)
 
     @property
     def label(self) -> str:
@@ -122,10 +123,19 @@ class RoutedBatch:
     fit: SpliceFit | None = None  # the splice's own reconstruction sums (hard routing)
 
 
+def routes_of(site: RoutedSite, recorded: dict[str, torch.Tensor]) -> Routes:
+    """The routes of a batch from the clean forward's `recorded` activations at every routed hook (the site's
+    `override`, when set, forces them)."""
+    stacked = torch.stack([recorded[name] for name in site.hooks], dim=2)  # (batch, pos, L, d)
+    normalised, _, _ = normalise(stacked, site.spec.normalize_eps)
+    routes = route(normalised, site.spec.router.to(stacked.device), site.spec.aggregation, site.spec.routing)
+    return routes if site.override is None else site.override(routes, normalised)
+
+
 @torch.no_grad()
-def routed_inputs(model, site: RoutedSite, tokens: torch.Tensor, override: RouteOverride | None = None):
-    """The clean forward recording every routed layer: (clean final residual, the first routed layer's residual,
-    the routes with the SAE's input y)."""
+def routed_inputs(model, site: RoutedSite, tokens: torch.Tensor):
+    """The clean forward recording every routed layer: (clean final residual, the routed layers' activations by
+    hook, the routes with the SAE's input y)."""
     recorded: dict[str, torch.Tensor] = {}
 
     def record(activation, hook):
@@ -133,12 +143,7 @@ def routed_inputs(model, site: RoutedSite, tokens: torch.Tensor, override: Route
 
     with model.hooks(fwd_hooks=[(name, record) for name in site.hooks]):
         clean = _ln_final(model, model(tokens, stop_at_layer=model.cfg.n_layers))
-    stacked = torch.stack([recorded[name] for name in site.hooks], dim=2)  # (batch, pos, L, d)
-    normalised, _, _ = normalise(stacked, site.spec.normalize_eps)
-    routes = route(normalised, site.spec.router.to(stacked.device), site.spec.aggregation, site.spec.routing)
-    if override is not None:
-        routes = override(routes, normalised)
-    return clean, recorded[site.hooks[0]], routes
+    return clean, recorded, routes_of(site, recorded)
 
 
 @torch.no_grad()
@@ -149,11 +154,28 @@ def routed_batch(
     sae,
     tokens: torch.Tensor,
     mask: torch.Tensor,
-    override: RouteOverride | None = None,
 ) -> RoutedBatch:
-    """Run one batch. `reconstruct(y, mask, layer)` encodes and decodes the gathered inputs (the scorer, which
-    records the latents, with each token's routed layer); `sae` encodes the live activations of the splice."""
-    clean, first, routes = routed_inputs(model, site, tokens, override)
+    """Run one batch with its own clean forward (`continue_routed` does the rest)."""
+    clean, recorded, routes = routed_inputs(model, site, tokens)
+    return continue_routed(model, site, reconstruct, sae, clean, recorded, routes, mask)
+
+
+@torch.no_grad()
+def continue_routed(
+    model,
+    site: RoutedSite,
+    reconstruct: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    sae,
+    clean: torch.Tensor,
+    recorded: dict[str, torch.Tensor],
+    routes: Routes,
+    mask: torch.Tensor,
+) -> RoutedBatch:
+    """One batch after its clean forward (`clean` final residual, `recorded` activations at the routed hooks,
+    which a forward shared with other SAEs may have recorded): `reconstruct(y, mask, layer)` encodes and decodes
+    the gathered inputs (the scorer, which records the latents, with each token's routed layer); `sae` encodes the
+    live activations of the splice."""
+    first = recorded[site.hooks[0]]
     y_hat = reconstruct(routes.y, mask, routes.layer)
     if site.spec.routing != "hard":
         return RoutedBatch(clean, routes, routes.y, y_hat, None, None)

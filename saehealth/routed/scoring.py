@@ -1,26 +1,22 @@
-"""The routed pass over every batch: one routed SAE's metrics and routing statistics, merged across ranks.
+"""A routed SAE's evaluation: its pass (the shared pass of `scoring.score_batches`, with the routed SAE as one of
+its members: `member.py`), the plan's site, and what its result adds (the routing section, the notes, the metrics
+not measured with soft routing).
 
-The same accumulators as a single-hook SAE (`scoring.SAEScorer`), fed with the routed input y and its
-reconstruction ŷ, and with the routed splice's downstream totals (`metrics/downstream.py`); the routing
-statistics (`stats.RoutingTally`) beside them. Under torchrun each rank passes its own shard and rank 0 gets the
-merged outputs, exactly as `scoring.score_batches` does.
+Alone (`saehealth eval`) or beside other SAEs of the model (`saehealth compare`, run folders), the same code scores
+it: the clean forward is shared, the rest of its pass is its own, so its numbers do not depend on its company.
+Under torchrun each rank passes its own shard and rank 0 gets the merged outputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import torch
 
-from saehealth import distributed
-from saehealth.data import special_token_mask
-from saehealth.metrics.downstream import SiteFinals, downstream_totals
-from saehealth.replay import SAEOutputs, readout
-from saehealth.routed.latent_layers import LatentLayerTally
-from saehealth.routed.passes import RoutedSite, RouteOverride, routed_batch, routed_inputs
-from saehealth.routed.stats import RoutingTally
-from saehealth.sae_scorer import PassOutput, SAEScorer
-from saehealth.saebench.sums import last_position_kl
+from saehealth.routed.passes import RoutedSite, RouteOverride
+from saehealth.sae_scorer import PassOutput
+from saehealth.scoring import score_batches
 
 
 @torch.no_grad()
@@ -36,76 +32,18 @@ def score_routed(
     examples: int = 0,
     override: RouteOverride | None = None,
 ) -> tuple[PassOutput, dict] | None:
-    """(the pass's output, the routing statistics) of one routed SAE; None on torchrun ranks other than 0.
+    """(the pass's output, the routing statistics) of one routed SAE scored alone; None on torchrun ranks other
+    than 0.
 
     `reference` is the evaluation's first sequence (1, ctx), the same on every rank: the reconstruction
     accumulator's reference mean is taken from its routed inputs. `override` forces routes (tests, diagnostics).
     """
-    with distributed.step():
-        tallies = _local_pass(
-            model, site, sae, batches, include_special_tokens, device, advance, reference, examples, override
-        )
-    merged = distributed.merge_on_first_rank(tallies)
-    if merged is None:
+    if override is not None:
+        site = replace(site, override=override)
+    outputs = score_batches(model, [(site, sae)], batches, include_special_tokens, device, advance, reference, examples)
+    if outputs is None:
         return None
-    tally, routing, latent_layers = merged
-    stats = routing.result(site.hooks)
-    dead, spread, per_latent = latent_layers.result()
-    for layer, count in zip(stats["layers"], dead, strict=True):
-        layer["dead_latents"] = count
-    stats["latent_layers"] = spread
-    output = tally.output()
-    output.details["routing_latent_layer_counts"] = per_latent
-    return output, stats
-
-
-def _local_pass(model, site, sae, batches, include_special_tokens, device, advance, reference, examples, override):
-    scorer = SAEScorer(sae, device, examples)
-    routing = RoutingTally(site.spec.n_routes, int(sae.cfg.d_in), device)
-    latent_layers = LatentLayerTally(site.spec.n_routes, int(sae.cfg.d_sae), device)
-    here, local = distributed.ranks(), 0
-    unembedding = readout(model)
-
-    def reconstruct(y: torch.Tensor, mask: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
-        latent_layers.begin(layer, mask)
-        try:
-            return scorer.reconstruct(y, mask)
-        finally:
-            latent_layers.end()
-
-    watch = latent_layers.attach(sae)
-    try:
-        if reference is not None:
-            tokens = reference.to(device)
-            _, _, routes = routed_inputs(model, site, tokens, override)
-            mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
-            scorer.tally.reconstruction.set_reference(routes.y.to(sae.dtype), mask)
-        for tokens in batches:
-            tokens = tokens.to(device)
-            mask = special_token_mask(tokens, model.tokenizer, include_special_tokens)
-            ids = here.rank + here.world_size * (local + torch.arange(tokens.shape[0], device=tokens.device))
-            local += tokens.shape[0]
-            scorer.begin(ids)
-            out = routed_batch(model, site, reconstruct, sae, tokens, mask, override)
-            y = out.y.to(out.y_hat.dtype)
-            routing.update(out.routes, y, out.y_hat, mask, scorer.batch_l0)
-            if out.fit is not None:
-                routing.add_splice(out.fit)
-            if out.spliced is None:  # soft routing: no faithful splice, nothing predicted
-                scorer.update(SAEOutputs(y, out.y_hat, out.clean), None, mask)
-            else:
-                finals = [SiteFinals(out.zero, None, [out.spliced])]
-                clean, (shared,), ((own,),) = downstream_totals(unembedding, out.clean, finals, tokens, mask)
-                last_shared, (last_own,) = last_position_kl(unembedding, out.clean, out.zero, [out.spliced], mask)
-                shared.update(last_shared)
-                own.update(last_own)
-                scorer.update(SAEOutputs(y, out.y_hat, out.spliced), {**clean, **shared, **own}, mask)
-            if advance is not None:
-                advance(tokens.numel())
-    finally:
-        watch.remove()
-        scorer.restore()
-    return [scorer.tally, routing, latent_layers]
+    return outputs[0], outputs[0].routing
 
 
 def routed_plan_site(loaded, model):
@@ -123,19 +61,23 @@ def routed_plan_site(loaded, model):
 def score_routed_plan(
     plan, batches, config, advance, reference, notes: list[str], not_measured: dict
 ) -> PassOutput | None:
-    """`Evaluation.score` for a routed SAE: the pass, its routing section on the output, and the notes and reasons
-    it adds (soft routing: the downstream metrics are not measured)."""
-    from saehealth.result import DOWNSTREAM_KEYS
-    from saehealth.routed.checks import LOSS_RECOVERED_BASELINE, SOFT_DOWNSTREAM, routing_section
-
+    """`Evaluation.score` for a routed SAE alone: the pass, then `routed_output`."""
     scored = score_routed(
         plan.model, plan.route, plan.sae, batches, config.include_special_tokens, config.device, advance,
         reference, config.examples,
     )  # fmt: skip
     if scored is None:
         return None
-    output, stats = scored
-    output.routing = routing_section(plan.route, stats)
+    return routed_output(plan, scored[0], notes, not_measured)
+
+
+def routed_output(plan, output: PassOutput, notes: list[str], not_measured: dict) -> PassOutput:
+    """A routed SAE's pass output made a result's: its routing section (from the raw statistics the pass left in
+    `output.routing`), and the notes and reasons it adds (soft routing: the downstream metrics are not measured)."""
+    from saehealth.result import DOWNSTREAM_KEYS
+    from saehealth.routed.checks import LOSS_RECOVERED_BASELINE, SOFT_DOWNSTREAM, routing_section
+
+    output.routing = routing_section(plan.route, output.routing)
     spec = plan.route.spec
     if spec.routing == "soft":
         not_measured.update(dict.fromkeys(DOWNSTREAM_KEYS, SOFT_DOWNSTREAM))

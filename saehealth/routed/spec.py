@@ -130,3 +130,22 @@ def describe_route(spec: RouteSpec) -> list[tuple[str, str]]:
         rows.append((name, f"{value}, from {spec.sources.get(keys[name], 'default')}"))
     rows.append(("layers from", spec.sources.get("layers", "default (decided by the model)")))
     return rows
+
+
+def split_hook_option(hook: str | None) -> tuple[str | None, str | None]:
+    """`--hook` of a comparison as (the single-hook SAEs' hook, the routed SAEs' hooks): a comma-separated list
+    names routed hooks, which no single-hook SAE has, so those keep their own; one hook is every SAE's."""
+    if hook and "," in hook:
+        return None, hook
+    return hook, None
+
+
+def check_not_routed(named) -> None:
+    """ConfigError naming the first routed SAE among (name, loaded SAE) pairs: `--replace-all` splices one SAE
+    per hook, and a routed SAE writes a different hook per token."""
+    for name, loaded in named:
+        if getattr(loaded, "route", None) is not None:
+            raise ConfigError(
+                f"--replace-all splices every SAE in at once at its own hook, but {name} is a routed SAE, which "
+                "writes a different layer per token: drop it or --replace-all."
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -88,15 +89,21 @@ def test_official_layout_end_to_end_with_the_splice_mode_recorded(tmp_path, caps
     view = load_view(load_result(out / "result.json"), out, cards=2)  # the latent browser's cards
     card = next(iter(view.cards.values()))
     assert card.routed_layers is not None and "blocks." in card.routed_layers and "%" in card.routed_layers
-
-
-def test_compare_refuses_a_routed_sae_in_one_line(tmp_path, capsys):
-    path = tmp_path / f"sum_hard_K16_tiny_train_{M}.pt"
-    torch.save({"router.weight": torch.randn(2, D), **_weights(1)}, path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["compare", str(path), str(path), "--hook", HOOKS, "--out", str(tmp_path / "cmp")])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and "routed SAE" in err
+    # the HTML latent browser: a bar per routed layer on every card, the layer counts adding up to its firings
+    html = (out / "report.html").read_text()
+    assert "Firings by routed layer" in html
+    assert any("Logit lens of a routed SAE" in note and "blocks.0.hook_resid_post" in note for note in view.notes)
+    assert "Logit lens of a routed SAE" in html
+    embedded = re.search(r'<script type="application/json" id="latent-data">(.*?)</script>', html, re.S).group(1)
+    cards = json.loads(embedded)["cards"]
+    assert cards
+    for latent, data in cards.items():
+        assert [row[0] for row in data["layers"]] == HOOKS.split(","), latent
+        fired = view.cards[int(latent)].firing_count if int(latent) in view.cards else None
+        facts = dict(data["facts"])
+        assert sum(row[2] for row in data["layers"]) == int(facts["fired on"].split()[0].replace(",", ""))
+        assert sum(row[1] for row in data["layers"]) == pytest.approx(100.0, abs=0.2)
+        assert fired is None or fired == sum(row[2] for row in data["layers"])
 
 
 @pytest.mark.slow

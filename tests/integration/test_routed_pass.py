@@ -7,6 +7,7 @@ independently of saehealth's routed code.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -89,7 +90,8 @@ def _reference_logits(model, tokens, mask, layer, replace):
 
 
 def _routed_logits(model, site, sae, tokens, mask, override=None):
-    out = routed_batch(model, site, lambda y, m, layer: encode_decode(sae, y), sae, tokens, mask, override)
+    site = replace(site, override=override)
+    out = routed_batch(model, site, lambda y, m, layer: encode_decode(sae, y), sae, tokens, mask)
     unembed = readout(model).unembed
     return out, unembed(out.clean), unembed(out.spliced), unembed(out.zero)
 
