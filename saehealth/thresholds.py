@@ -35,10 +35,11 @@ Absorption bands name the estimator they were set for (BAND_ESTIMATORS): `absorp
 default `converged` probe schedule, `absorption_fraction_saebench`'s for SAEBench's `saebench-0.6` schedule.
 The default preset's ≤ 0.25 / ≤ 0.35 is METRICS.md's (the 003 assessment), set on the
 scale of the values Chanin et al. 2024 ("A is for Absorption") and SAEBench 0.6 publish, which use SAEBench's
-probe schedule. The converged schedule reads lower on the same SAE and word splits: on the demo SAE the
-saebench-0.6 schedule read 0.084, 0.049 and 0.041 higher (seeds 42, 1, 2) and SAEBench's own eval 0.024 and
-0.066 higher (seeds 1, 2; 2026-12-07; docs/absorption-estimators.md, scripts/crosscheck_saebench.py). So the
-bands translate by SCHEDULE_GAP, about the mean of those gaps: in every preset the saebench-0.6 band is the converged one plus it, and
+probe schedule. The converged schedule reads lower on the same SAE and word splits: over 11 seeds of the demo
+SAE (1–10 and the demo's 42; 2026-12-07; docs/absorption-estimators.md, scripts/crosscheck_saebench.py) the
+saebench-0.6 schedule read 0.025 ± 0.010 higher (mean ± standard error; per seed −0.008 to +0.084), and
+SAEBench's own eval 0.026 ± 0.011 higher than the converged estimator (seeds 1–10). So the bands translate by
+SCHEDULE_GAP, that mean gap: in every preset the saebench-0.6 band is the converged one plus it, and
 an SAE evaluated with `--absorption-probes saebench-0.6` is judged on it (verdicts.py).
 """
 
@@ -69,9 +70,8 @@ HEADLINE_METRICS = ("loss_recovered", "l0", "dead_fraction", "absorption_fractio
 # estimator is found here by its schedule, so a headline measured under saebench-0.6 meets that schedule's band.
 BAND_ESTIMATORS = {"absorption_fraction": "converged", "absorption_fraction_saebench": "saebench-0.6"}
 # How much higher the saebench-0.6 schedule reads than the converged one on the same SAE and word splits
-# (about the mean of the gaps measured on the demo SAE, see above): the saebench-0.6 bands are the converged ones
-# plus this.
-SCHEDULE_GAP = 0.05
+# (the mean gap over 11 seeds of the demo SAE, see above): the saebench-0.6 bands are the converged ones plus this.
+SCHEDULE_GAP = 0.025
 
 # Metrics computed here from the result's metrics (they need d_sae), usable in bands like any other key.
 DERIVED_KEYS = ("near_duplicate_fraction",)
