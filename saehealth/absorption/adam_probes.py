@@ -48,11 +48,8 @@ def train_adam(x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor, objec
     """(weight (P, d), bias (P,), steps, data gradient (P, d)) of SAEBench's schedule for probes of `objective`
     (a probes.ProbeObjective) on inputs x (n, d) dense or sparse and labels y (n, P) as floats."""
     n, d = x.shape
-    n_probes = y.shape[1]
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    bound = 1 / math.sqrt(d)  # nn.Linear's default initialisation, weights and bias alike
-    weight = ((torch.rand(n_probes, d, generator=gen) * 2 - 1) * bound).to(x.device)
-    bias = ((torch.rand(n_probes, generator=gen) * 2 - 1) * bound).to(x.device)
+    weight, bias = _linear_init(y.shape[1], d, gen, x.device)
     if (x.is_sparse or x.layout == torch.sparse_csr) and x.shape[0] * x.shape[1] <= DENSE_LIMIT:
         x = x.to_dense()  # SAEBench's probes read dense latents; sparse products cost 10x here
     x32 = x.float().coalesce() if x.is_sparse else (x.to_sparse_coo().float() if x.layout == torch.sparse_csr else x)
@@ -60,10 +57,45 @@ def train_adam(x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor, objec
     y32, pw = y.float(), pos_weight.float()
     step = _dense_adam if not x32.is_sparse else _autograd_adam
     weight, bias, steps = step(x32, y32, pw, weight, bias, objective, gen)
+    return weight, bias, steps, _data_gradient(x32, y32, pw, weight, bias)
+
+
+def train_adam_together(xs, ys, pos_weights, objective, *, seeds: list[int]):
+    """`train_adam` on several independent dense problems of one shape (each split's letter probes) at once.
+
+    xs: dense (n, d) each; ys (n, P) floats; pos_weights (P,); one seed each. Each problem gets what
+    `train_adam` alone gives it (its own initialisation, mini-batch order and Adam state, from its own
+    seed; the same arithmetic per element), but the 2,250 mini-batch steps of the letter probes run once
+    for all, on stacked (problems, ...) tensors: those steps are small, so their cost is per operation.
+    Returns one (weight, bias, steps, data gradient) per problem.
+    """
+    gens = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    device = xs[0].device
+    inits = [_linear_init(y.shape[1], x.shape[1], gen, device) for x, y, gen in zip(xs, ys, gens, strict=True)]
+    x = torch.stack([x.float() for x in xs])
+    y = torch.stack([y.float() for y in ys])
+    pw = torch.stack([p.float() for p in pos_weights])[:, None, :]
+    weight = torch.stack([w for w, _ in inits])
+    bias = torch.stack([b for _, b in inits])
+    weight, bias, steps = _dense_adam_stacked(x, y, pw, weight, bias, objective, gens)
+    return [
+        (weight[i], bias[i], steps, _data_gradient(x[i], y[i], pw[i, 0], weight[i], bias[i])) for i in range(len(xs))
+    ]
+
+
+def _linear_init(n_probes: int, d: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.Linear's default initialisation, weights and bias alike, drawn from `gen` (weights first)."""
+    bound = 1 / math.sqrt(d)
+    weight = ((torch.rand(n_probes, d, generator=gen) * 2 - 1) * bound).to(device)
+    bias = ((torch.rand(n_probes, generator=gen) * 2 - 1) * bound).to(device)
+    return weight, bias
+
+
+def _data_gradient(x32, y32, pw, weight, bias) -> torch.Tensor:
+    """(P, d): the gradient of the mean pos-weighted BCE in the weights at the solution."""
     with torch.no_grad():
         _, dz = bce_terms(matmul(x32, weight.T) + bias, y32, pw)
-        grad = matmul(transpose(x32), dz).T / n
-    return weight, bias, steps, grad
+        return matmul(transpose(x32), dz).T / x32.shape[0]
 
 
 def _lr_per_epoch(objective) -> list[float]:
@@ -72,10 +104,67 @@ def _lr_per_epoch(objective) -> list[float]:
     return [objective.lr * gamma**epoch for epoch in range(objective.epochs)]
 
 
+def _adam_update(params, grads, first, second, *, steps: int, lr: float, weight_decay: float) -> None:
+    """torch.optim.Adam's step (L2 weight decay), operation for operation, in place."""
+    beta1, beta2 = BETAS
+    correction1 = 1 - beta1**steps
+    correction2_sqrt = math.sqrt(1 - beta2**steps)
+    for p, g, m, v in zip(params, grads, first, second, strict=True):
+        g = g.add(p, alpha=weight_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v.sqrt() / correction2_sqrt).add_(EPS)
+        p.addcdiv_(m, denom, value=-lr / correction1)
+
+
+def _dense_adam_stacked(x, y, pw, weight, bias, objective, gens):
+    """`_dense_adam` on stacked problems: x (S, n, d), y (S, n, P), pw (S, 1, P), weight (S, P, d), bias (S, P).
+
+    Every operation is `_dense_adam`'s with a leading problem axis (batched products, which compute each
+    problem's product as `addmm` does); the sigmoid, whose vectorised and scalar code paths round
+    differently, runs per problem wherever stacking would move a problem's elements across that boundary.
+    """
+    n_problems, n = x.shape[:2]
+    params = [weight.clone(), bias.clone()]
+    first = [torch.zeros_like(p) for p in params]
+    second = [torch.zeros_like(p) for p in params]
+    scale = 1.0 / objective.n_probes
+    problem = torch.arange(n_problems, device=x.device)[:, None]
+    steps = 0
+    for lr in _lr_per_epoch(objective):
+        order = torch.stack([torch.randperm(n, generator=gen) for gen in gens]).to(x.device)
+        for start in range(0, n, objective.batch_size):
+            rows = order[:, start : start + objective.batch_size]
+            size = rows.shape[1]
+            batch, target = (x, y) if size == n else (x[problem, rows], y[problem, rows])
+            w, b = params
+            z = torch.baddbmm(b[:, None, :], batch, w.transpose(1, 2))
+            sig = _sigmoid_per_problem(z)
+            dz = (pw * target * (sig - 1) + (1 - target) * sig) * (scale / size)
+            grads = [torch.bmm(dz.transpose(1, 2), batch), dz.sum(1)]
+            if objective.l1:
+                grads[0] += objective.l1 * scale * torch.sign(w)
+            steps += 1
+            _adam_update(params, grads, first, second, steps=steps, lr=lr, weight_decay=objective.weight_decay)
+    return params[0], params[1], steps
+
+
+VECTOR_BLOCK = 64  # floats: a multiple of every CPU vector loop's block (AVX-512 unrolled twice: 32)
+
+
+def _sigmoid_per_problem(z: torch.Tensor) -> torch.Tensor:
+    """sigmoid of (S, B, P) z, each problem's block rounded exactly as a lone (B, P) tensor's would be."""
+    if z[0].numel() % VECTOR_BLOCK == 0:
+        return torch.sigmoid(z)  # every problem starts on a vector block boundary, as it does alone
+    sig = torch.empty_like(z)
+    for i in range(z.shape[0]):
+        torch.sigmoid(z[i], out=sig[i])
+    return sig
+
+
 def _dense_adam(x, y, pw, weight, bias, objective, gen):
     """The schedule with the gradient and torch's Adam step written out (dense x)."""
     n = x.shape[0]
-    beta1, beta2 = BETAS
     params = [weight.clone(), bias.clone()]
     first = [torch.zeros_like(p) for p in params]
     second = [torch.zeros_like(p) for p in params]
@@ -97,14 +186,7 @@ def _dense_adam(x, y, pw, weight, bias, objective, gen):
             if objective.l1:
                 grads[0] += objective.l1 * scale * torch.sign(w)
             steps += 1
-            correction1 = 1 - beta1**steps
-            correction2_sqrt = math.sqrt(1 - beta2**steps)
-            for p, g, m, v in zip(params, grads, first, second, strict=True):
-                g = g.add(p, alpha=objective.weight_decay)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / correction2_sqrt).add_(EPS)
-                p.addcdiv_(m, denom, value=-lr / correction1)
+            _adam_update(params, grads, first, second, steps=steps, lr=lr, weight_decay=objective.weight_decay)
     return params[0], params[1], steps
 
 

@@ -187,23 +187,37 @@ class Store:
 
     def fetch(self, kind: str, split: int, extra: dict, read: Callable[[Path], Entry], build: Callable[[], Entry]):
         """The entry read back, or built (and written) when it is missing or unusable; the notes say why."""
-        path = None
-        if self.folder is not None:
-            stem = entry_stem(kind, self.key, self.hook, self.seed, split, extra)
-            path = Path(self.folder) / f"{stem}.safetensors"
+        value = self.read(kind, split, extra, read)
+        if value is None:
+            value = build()
+            self.write(kind, split, extra, value)
+        return value
+
+    def read(self, kind: str, split: int, extra: dict, read: Callable[[Path], Entry]) -> Entry | None:
+        """The entry read back; None when there is no cache, no entry, or an unusable one (noted: rebuild it)."""
+        path = self._path(kind, split, extra)
         if path is not None and path.exists():
             try:
                 return read(path)
             except CacheProblem as exc:
                 self.notes.append(f"Absorption cache entry {path} was unusable ({exc}): rebuilt it.")
-        value = build()
-        if path is not None:
-            try:
-                tensors = {name: tensor.cpu() for name, tensor in vars(value).items()}
-                write_entry(path, tensors, {"hook_name": self.hook, "seed": str(self.seed), "split": str(split)})
-            except OSError as exc:
-                self.notes.append(
-                    f"Could not write the absorption cache in {self.folder} ({exc.strerror or exc}): ran without it."
-                )
-                self.folder = None  # one note, not one per entry
-        return value
+        return None
+
+    def write(self, kind: str, split: int, extra: dict, value: SplitWords | LetterProbes) -> None:
+        """Store a built entry (nothing without a cache folder; a folder that cannot be written is noted once)."""
+        path = self._path(kind, split, extra)
+        if path is None:
+            return
+        try:
+            tensors = {name: tensor.cpu() for name, tensor in vars(value).items()}
+            write_entry(path, tensors, {"hook_name": self.hook, "seed": str(self.seed), "split": str(split)})
+        except OSError as exc:
+            self.notes.append(
+                f"Could not write the absorption cache in {self.folder} ({exc.strerror or exc}): ran without it."
+            )
+            self.folder = None  # one note, not one per entry
+
+    def _path(self, kind: str, split: int, extra: dict) -> Path | None:
+        if self.folder is None:
+            return None
+        return Path(self.folder) / f"{entry_stem(kind, self.key, self.hook, self.seed, split, extra)}.safetensors"

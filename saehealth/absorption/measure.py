@@ -29,8 +29,9 @@ import saehealth.absorption.cache as cache
 import saehealth.absorption.words as words
 from saehealth.absorption.aggregate import PER_LETTER_FLOATS, pool
 from saehealth.absorption.cache import LetterProbes, SplitWords
-from saehealth.absorption.probes import DEFAULT_SCHEDULE, LETTER_PROBE, SCHEDULES, train_probes
-from saehealth.absorption.scoring import Thresholds, binary_f1
+from saehealth.absorption.letter_probes import fit_letter_probes, fit_letter_probes_together
+from saehealth.absorption.probes import DEFAULT_SCHEDULE, SCHEDULES
+from saehealth.absorption.scoring import Thresholds
 from saehealth.absorption.splits import score_split
 from saehealth.errors import IncompatibleSAEError
 
@@ -155,41 +156,71 @@ def measure_absorption(
         splits = words.word_splits(len(vocab), settings.n_splits, seed)
     d = model.cfg.d_model
     prompted: list[SplitWords] = []
-    probes: dict[str, list[LetterProbes]] = {schedule: [] for schedule in settings.schedules}
     for s, (train, test) in enumerate(splits):
         train_t, test_t = torch.as_tensor(train, dtype=torch.int64), torch.as_tensor(test, dtype=torch.int64)
-        data = store.fetch(
-            "words",
-            s,
-            {"n_icl": words.N_ICL, "template": words.PROMPT_TEMPLATE, "group": words.GROUP_SIZE},
-            lambda path, tr=train_t, te=test_t: cache.read_words(path, tr, te, d),
-            lambda tr=train_t, te=test_t, s=s: prompt_split(
-                model,
-                hook_name,
-                word_ids,
-                tr,
-                te,
-                seed=words.split_seed(seed, s),
-                batch_size=settings.prompt_batch_size,
-            ),
-        )
-        prompted.append(data)
-        for schedule, fitted in probes.items():
-            fitted.append(
-                store.fetch(
-                    "probes",
-                    s,
-                    {"schedule": schedule, "group": words.GROUP_SIZE},
-                    lambda path: cache.read_probes(path, d),
-                    lambda data=data, s=s, schedule=schedule, fitted=fitted: train_letter_probes(
-                        data, labels, schedule, seed=words.split_seed(seed, s), init=fitted[-1] if fitted else None
-                    ),
-                )
+        prompted.append(
+            store.fetch(
+                "words",
+                s,
+                {"n_icl": words.N_ICL, "template": words.PROMPT_TEMPLATE, "group": words.GROUP_SIZE},
+                lambda path, tr=train_t, te=test_t: cache.read_words(path, tr, te, d),
+                lambda tr=train_t, te=test_t, s=s: prompt_split(
+                    model,
+                    hook_name,
+                    word_ids,
+                    tr,
+                    te,
+                    seed=words.split_seed(seed, s),
+                    batch_size=settings.prompt_batch_size,
+                ),
             )
+        )
+    probes = {
+        schedule: _split_letter_probes(store, prompted, labels, schedule, seed) for schedule in settings.schedules
+    }
     result = score_splits(labels, prompted, probes, sae, settings=settings, device=device, seed=seed)
     result.notes[:0] = notes
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _split_letter_probes(
+    store: cache.Store, prompted: list[SplitWords], labels: torch.Tensor, schedule: str, seed: int
+) -> list[LetterProbes]:
+    """Each split's letter probes under `schedule`, from the cache or trained (and cached).
+
+    Converged probes train split after split, each starting from the previous split's; saebench-0.6
+    probes start from their own seeded initialisation, so the splits not cached train together.
+    """
+    d = prompted[0].probe_acts.shape[1] if prompted else 0
+    extra = {"schedule": schedule, "group": words.GROUP_SIZE}
+    read = lambda path: cache.read_probes(path, d)  # noqa: E731
+    seeds = [words.split_seed(seed, s) for s in range(len(prompted))]
+    if schedule == SAEBENCH_SCHEDULE:
+        fitted: list[LetterProbes | None] = [store.read("probes", s, extra, read) for s in range(len(prompted))]
+        missing = [s for s, probes in enumerate(fitted) if probes is None]
+        if missing:
+            trained = train_letter_probes_together(
+                [prompted[s] for s in missing], labels, seeds=[seeds[s] for s in missing]
+            )
+            for s, probes in zip(missing, trained, strict=True):
+                store.write("probes", s, extra, probes)
+                fitted[s] = probes
+        return fitted  # type: ignore[return-value]  # every split read or trained
+    chain: list[LetterProbes] = []
+    for s, data in enumerate(prompted):
+        chain.append(
+            store.fetch(
+                "probes",
+                s,
+                extra,
+                read,
+                lambda data=data, s=s: train_letter_probes(
+                    data, labels, schedule, seed=seeds[s], init=chain[-1] if chain else None
+                ),
+            )
+        )
+    return chain
 
 
 @contextmanager
@@ -238,22 +269,15 @@ def train_letter_probes(
     does not depend on it.
     """
     with _one_cpu_thread("cpu"):
-        return _train_letter_probes(data, labels, schedule, seed=seed, init=init)
+        return fit_letter_probes(data, labels, schedule, seed=seed, init=init)
 
 
-def _train_letter_probes(data: SplitWords, labels: torch.Tensor, schedule: str, *, seed: int, init) -> LetterProbes:
-    d = data.probe_acts.shape[1]
-    weight, bias = torch.zeros(26, d), torch.zeros(26)
-    y = torch.nn.functional.one_hot(labels[data.train], 26).bool()
-    trainable = torch.nonzero(y.any(0) & ~y.all(0)).flatten()
-    start = None if init is None else (init.weight[trainable], init.bias[trainable])
-    fitted = train_probes(data.probe_acts[data.train], y[:, trainable], LETTER_PROBE, schedule, seed=seed, init=start)
-    weight[trainable], bias[trainable] = fitted.weight.cpu(), fitted.bias.cpu()
-    test_y = torch.nn.functional.one_hot(labels[data.test], 26).bool()
-    predicted = (data.probe_acts[data.test] @ weight.T + bias) > 0
-    scored = test_y.any(0) & torch.isin(torch.arange(26), trainable)
-    f1 = torch.where(scored, binary_f1(test_y, predicted), torch.full((26,), float("nan"), dtype=torch.float64))
-    return LetterProbes(weight, bias, f1)
+def train_letter_probes_together(
+    datas: list[SplitWords], labels: torch.Tensor, *, seeds: list[int]
+) -> list[LetterProbes]:
+    """Each split's saebench-0.6 letter probes (`train_letter_probes`' result for each), trained in one loop."""
+    with _one_cpu_thread("cpu"):
+        return fit_letter_probes_together(datas, labels, seeds=seeds)
 
 
 def score_splits(

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from saehealth.absorption.adam_probes import matmul as _matmul
-from saehealth.absorption.adam_probes import train_adam
+from saehealth.absorption.adam_probes import train_adam, train_adam_together
 from saehealth.absorption.adam_probes import transpose as _transpose
 
 SCHEDULES = ("converged", "saebench-0.6")
@@ -99,15 +99,36 @@ def train_probes(
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown probe schedule {schedule!r}: choose from {', '.join(SCHEDULES)}")
-    y = labels.to(device=x.device, dtype=torch.float64)
-    positives = y.sum(0)
-    if bool(((positives == 0) | (positives == len(y))).any()):
-        raise ValueError("every probe needs positive and negative words")
-    pos_weight = (len(y) - positives) / positives
+    y, pos_weight = _targets(labels, x.device)
     if schedule == "converged":
         return _train_converged(x, y, pos_weight, objective, max_steps=max_steps, tol=tol, init=init)
     weight, bias, steps, grad = train_adam(x, y, pos_weight, objective, seed=seed)
     return TrainedProbes(weight, bias, steps, torch.ones(y.shape[1], dtype=torch.bool), grad)
+
+
+def train_probes_together(
+    xs: list[torch.Tensor], labels: list[torch.Tensor], objective: ProbeObjective, *, seeds: list[int]
+) -> list[TrainedProbes]:
+    """`train_probes` under the saebench-0.6 schedule for several independent problems of one shape at once.
+
+    xs: dense (n, d) each, labels (n, P) bool each, one seed each: problem i's probes are what
+    `train_probes(xs[i], labels[i], objective, "saebench-0.6", seed=seeds[i])` gives, trained in one loop.
+    """
+    targets = [_targets(y, x.device) for x, y in zip(xs, labels, strict=True)]
+    fitted = train_adam_together(xs, [y for y, _ in targets], [pw for _, pw in targets], objective, seeds=seeds)
+    return [
+        TrainedProbes(weight, bias, steps, torch.ones(weight.shape[0], dtype=torch.bool), grad)
+        for weight, bias, steps, grad in fitted
+    ]
+
+
+def _targets(labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels as float64, pos_weight (P,) = negatives / positives); every column needs both."""
+    y = labels.to(device=device, dtype=torch.float64)
+    positives = y.sum(0)
+    if bool(((positives == 0) | (positives == len(y))).any()):
+        raise ValueError("every probe needs positive and negative words")
+    return y, (len(y) - positives) / positives
 
 
 # ---------------------------------------------------------------- converged

@@ -171,9 +171,7 @@ def _continue_prefixes(
     # Explicit all-ones masks: no position is padding, whatever the tokenizer's pad or padding side.
     model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=past, stop_at_layer=stop)
     owner = torch.tensor([p for p, group in enumerate(words) for _ in group], device=device)
-    for entry in past.entries:
-        entry.past_keys = entry.past_keys.index_select(0, owner.to(entry.past_keys.device))
-        entry.past_values = entry.past_values.index_select(0, owner.to(entry.past_values.device))
+    past.entries = [_SharedPrefixEntry(entry, owner) for entry in past.entries]
     past.previous_attention_mask = past.previous_attention_mask.index_select(
         0, owner.to(past.previous_attention_mask.device)
     )
@@ -182,6 +180,36 @@ def _continue_prefixes(
         last, attention_mask=torch.ones_like(last), past_kv_cache=past, names_filter=hook_name, stop_at_layer=stop
     )
     return cache[hook_name][:, 0].float().cpu()
+
+
+class _SharedPrefixEntry:
+    """One layer's cached keys and values for prompts that continue shared prefixes (prompt i: prefix owner[i]).
+
+    Stands in for TransformerLens's cache entry in the word pass. That entry would hold each prefix's keys
+    copied once per prompt, then copy them all again to append the prompt's own token; this one copies
+    them once, straight into the appended tensor: the same values, shape and layout reach the attention,
+    at half the memory traffic (on the built-in model these copies were half of prompting's CPU time).
+    """
+
+    frozen = True  # one pass: nothing is appended for later
+
+    def __init__(self, entry, owner: torch.Tensor):
+        self.owner = owner.to(entry.past_keys.device)
+        self.prefix_keys, self.prefix_values = entry.past_keys, entry.past_values
+        # What TransformerLens reads before appending (batch size, cached positions), without a copy.
+        self.past_keys = self.prefix_keys[:1].expand(len(owner), *self.prefix_keys.shape[1:])
+        self.past_values = self.prefix_values[:1].expand(len(owner), *self.prefix_values.shape[1:])
+
+    def append(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) of every prompt: its prefix's, then its new tokens' (what torch.cat would give)."""
+        return self._continued(self.prefix_keys, new_keys), self._continued(self.prefix_values, new_values)
+
+    def _continued(self, prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        cached = prefix.shape[1]
+        room = prefix.new_zeros(prefix.shape[0], new.shape[1], *prefix.shape[2:])
+        out = torch.cat([prefix, room], dim=1).index_select(0, self.owner)  # per prefix, then per prompt
+        out[:, cached:] = new
+        return out
 
 
 def _stop_layer(model, hook_name: str) -> int | None:
