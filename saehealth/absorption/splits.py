@@ -45,7 +45,8 @@ class SplitScore:
 class _Encoded:
     """A split's words through the SAE, shared by every schedule."""
 
-    latents: torch.Tensor  # sparse CSR (n_words, d_sae)
+    train_latents: torch.Tensor  # sparse CSR (n_train, d_sae)
+    test_latents: torch.Tensor  # sparse CSR (n_test, d_sae)
     absorption_latents: torch.Tensor  # dense or sparse CSR (n_test, d_sae)
     absorption_inputs: torch.Tensor  # (n_test, d_in)
     unit_decoder: torch.Tensor
@@ -90,16 +91,17 @@ def _encode(sae, data: SplitWords, device: torch.device) -> _Encoded:
     if abs_latents.shape[0] * abs_latents.shape[1] <= 2**22:  # small enough to hold dense: cheaper row reads
         abs_latents = abs_latents.to_dense()
     unit_decoder = torch.nn.functional.normalize(sae.W_dec.detach().float().to(device), dim=-1)
-    return _Encoded(latents, abs_latents, abs_inputs, unit_decoder)
+    train, test = select_rows(latents, data.train), select_rows(latents, data.test)  # once for every schedule
+    return _Encoded(train, test, abs_latents, abs_inputs, unit_decoder)
 
 
 def _score_schedule(labels, data, fitted, f1, letters, enc: _Encoded, schedule, th, l1_max_steps, device, seed, warm):
     labels_d = labels.to(device)
     train, test = data.train.to(device), data.test.to(device)
     main = find_main_latents(
-        select_rows(enc.latents, train),
+        enc.train_latents,
         labels_d[train],
-        select_rows(enc.latents, test),
+        enc.test_latents,
         labels_d[test],
         letters,
         schedule=schedule,
