@@ -12,6 +12,9 @@ lowered to 10 as for the demo SAE), run alternately two ways in one process:
   the word (TransformerLens's cache entry);
 - `after`: the code as it is (one stacked loop for the splits' letter probes; one copy of the prefix keys).
 
+(A third, smaller change is in both: each split's train and test latent rows are selected once for both
+schedules instead of once per schedule, so the ratio slightly understates the whole change.)
+
 Prints each run's CPU and wall seconds, then the medians and the ratio of median CPU times (on a busy machine
 CPU seconds are the fair measure), and checks that both ways give the same metrics and per-letter arrays,
 bit for bit. With --saebench-ratio R (SAEBench's CPU time over saehealth's cold CPU time measured before the
