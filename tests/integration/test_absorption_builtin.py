@@ -10,7 +10,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
 import saehealth
-from saehealth.absorption import AbsorptionSettings, absorption_applicable, measure_absorption, words
+from saehealth.absorption import AbsorptionSettings, absorption_applicable, cache, measure_absorption, words
 from saehealth.absorption.cache import MARKER as CACHE_MARKER
 from saehealth.data import sequence_batches
 from saehealth.errors import IncompatibleSAEError
@@ -116,6 +116,17 @@ def test_absorption_on_the_builtin_model(model, cache_dir):
     warm = measure_absorption(model, sae, HOOK, cache_dir=cache_dir, settings=SETTINGS)
     assert warm.metrics == cold.metrics
     assert warm.seconds < cold.seconds
+
+    # One split's saebench-0.6 probes missing: that split alone trains (in the splits' shared loop) and is cached again.
+    extra = {"schedule": "saebench-0.6", "group": words.GROUP_SIZE}
+    stem = cache.entry_stem("probes", cache.model_fingerprint(model), HOOK, 42, 1, extra)
+    entry = cache_dir / f"{stem}.safetensors"
+    first = cache.read_probes(entry, model.cfg.d_model)
+    entry.unlink()
+    partly = measure_absorption(model, sae, HOOK, cache_dir=cache_dir, settings=SETTINGS)
+    assert partly.metrics == cold.metrics
+    again = cache.read_probes(entry, model.cfg.d_model)
+    assert torch.equal(again.weight, first.weight) and torch.equal(again.bias, first.bias)  # bit for bit
 
 
 def test_shared_prefixes_give_the_activations_of_whole_prompts(model):
