@@ -165,7 +165,14 @@ def readout(model) -> Readout:
         logits = F.linear(final, weight, bias)
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
-    return Readout(unembed, int(model.cfg.d_vocab_out))
+    def unembed_into(final: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The same into a float32 buffer: b_U + final·W_U, then the cap's same three steps in place."""
+        flat = final.reshape(-1, final.shape[-1])
+        torch.addmm(bias.detach(), flat, model.unembed.W_U.detach(), out=out.view(-1, out.shape[-1]))
+        return out.div_(cap).tanh_().mul_(cap) if cap > 0 else out
+
+    float32 = model.unembed.W_U.dtype == torch.float32 and bias.dtype == torch.float32
+    return Readout(unembed, int(model.cfg.d_vocab_out), unembed_into=unembed_into if float32 else None)
 
 
 def _final(model, start: torch.Tensor, start_at_layer: int | None) -> torch.Tensor:

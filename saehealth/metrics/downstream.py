@@ -4,9 +4,10 @@ Definitions: ../shared/METRICS.md "Downstream". Predicting positions are every p
 a sequence whose input token is unmasked; CE and KL are float64 sums over them, divided once at the end.
 
 The replay hands over final residuals (what the unembedding reads), not logits: `downstream_totals`
-unembeds them a tile of positions at a time, so no batch × vocabulary tensor ever exists. Small tiles are
-also what makes this fast on CPU: a tile stays in cache and its buffers are reused, where a batch-sized
-logits tensor (tens of MB) is mapped afresh from the OS, and page-faulted, on every allocation.
+unembeds them a tile of positions at a time, so no batch × vocabulary tensor ever exists. Each tile's logits,
+softmax and products are written into buffers the `Readout` keeps for the whole pass (`Readout.buffer`): a
+fresh tile-sized tensor (tens of MB at a 50k vocabulary) is mapped afresh from the OS and page-faulted on
+every allocation, which on a CPU cost as much as the softmax itself.
 """
 
 from __future__ import annotations
@@ -51,13 +52,32 @@ class Readout:
     # Zero-ablated logits and their logsumexp, by (site key, context length), for zero-ablated inputs of batch 1
     # (token-independent: the same for every batch of that length).
     zero_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # `unembed_into(final, out)`: the unembedding written into `out` (float32, the logits' shape), or None where
+    # the unembedding cannot write into a buffer (another dtype, tests' identity).
+    unembed_into: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    _buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def identity(cls, d_vocab: int) -> Readout:
         return cls(lambda logits: logits, d_vocab)
 
-    def logits(self, final: torch.Tensor) -> torch.Tensor:
+    def logits(self, final: torch.Tensor, reuse: bool = False) -> torch.Tensor:
+        """float32 logits of `final` (..., d). `reuse`: into the "logits" buffer (valid until the next such call),
+        where the unembedding can write into one."""
+        if reuse and self.unembed_into is not None and final.dtype == torch.float32:
+            return self.unembed_into(final, self.buffer("logits", (*final.shape[:-1], self.d_vocab), final.device))
         return self.unembed(final).float()
+
+    def buffer(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A float32 tensor of `shape` on `device` that lives across tiles: `name`'s storage is grown when too
+        small and reused otherwise, so its contents last only until the next call for the same name."""
+        size = 1
+        for n in shape:
+            size *= n
+        held = self._buffers.get(name)
+        if held is None or held.numel() < size or held.device != torch.device(device):
+            held = self._buffers[name] = torch.empty(size, dtype=torch.float32, device=device)
+        return held[:size].view(shape)
 
 
 @dataclass
@@ -133,8 +153,8 @@ def downstream_totals(
         ]
         key = (seqs.start, pos.start)
         side = clean_cache.get(key) if clean_cache is not None else None
-        if side is None:
-            side = clean_side(readout, clean[seqs, pos], targets[seqs, pos], agreement)
+        if side is None:  # p lives in a reused buffer unless the caller keeps it
+            side = clean_side(readout, clean[seqs, pos], targets[seqs, pos], agreement, keep=clean_cache is not None)
             if clean_cache is not None:
                 clean_cache[key] = side
         tile = score_tile(
@@ -175,13 +195,17 @@ class CleanSide:
     top: torch.Tensor | None  # (seqs, pos, TOP_K)
 
 
-def clean_side(readout: Readout, clean: torch.Tensor, target: torch.Tensor, agreement: bool = True) -> CleanSide:
-    """The clean side of one tile from its final residuals (seqs, pos, d) and targets (seqs, pos, 1)."""
-    clean_logits = readout.logits(clean)
-    p, lse_clean = _softmax_logsumexp(clean_logits)
+def clean_side(
+    readout: Readout, clean: torch.Tensor, target: torch.Tensor, agreement: bool = True, keep: bool = False
+) -> CleanSide:
+    """The clean side of one tile from its final residuals (seqs, pos, d) and targets (seqs, pos, 1). Its p is
+    in the readout's "p" buffer (valid until the next tile's clean side) unless `keep`."""
+    clean_logits = readout.logits(clean, reuse=True)
+    p_out = None if keep else readout.buffer("p", clean_logits.shape, clean_logits.device)
+    p, lse_clean = _softmax_logsumexp(clean_logits, p_out)
     return CleanSide(
         p,
-        torch.linalg.vecdot(p, clean_logits) - lse_clean,
+        _dot(readout, p, clean_logits) - lse_clean,
         _cross_entropy(clean_logits, lse_clean, target),
         clean_logits.topk(TOP_K, dim=-1).indices if agreement else None,
     )
@@ -208,7 +232,8 @@ def score_tile(
     scores = TileScores({"ce_clean": side.ce_clean}, [], [])
 
     def variant(logits: torch.Tensor, lse: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
-        return {f"ce_{kind}": _cross_entropy(logits, lse, target), f"kl_{kind}": _kl(neg_entropy, p, logits, lse)}
+        kl = neg_entropy - (_dot(readout, p, logits) - lse)  # KL(P‖Q); logits of batch 1 broadcast
+        return {f"ce_{kind}": _cross_entropy(logits, lse, target), f"kl_{kind}": kl}
 
     def spliced_variant(logits: torch.Tensor, lse: torch.Tensor) -> dict[str, torch.Tensor]:
         values = variant(logits, lse, "sae")
@@ -226,8 +251,9 @@ def score_tile(
 
 
 def _logits_lse(readout: Readout, final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = readout.logits(final)
-    return logits, _softmax_logsumexp(logits)[1]
+    """A variant's logits (in the reused "logits" buffer: consumed before the next variant's) and logsumexp."""
+    logits = readout.logits(final, reuse=True)
+    return logits, _softmax_logsumexp(logits, readout.buffer("scratch", logits.shape, logits.device))[1]
 
 
 def _cross_entropy(logits: torch.Tensor, lse: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -235,10 +261,11 @@ def _cross_entropy(logits: torch.Tensor, lse: torch.Tensor, target: torch.Tensor
     return lse - logits.expand(target.shape[0], -1, -1).gather(-1, target).squeeze(-1)
 
 
-def _kl(neg_entropy: torch.Tensor, p: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """KL(P‖Q) per position from the clean side (Σ p·clean − lse_clean, p) and Q's logits and logsumexp;
-    logits of batch 1 broadcast over the sequences."""
-    return neg_entropy - (torch.linalg.vecdot(p, logits) - lse)
+def _dot(readout: Readout, p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Σ_v p_v·logits_v per position (logits of batch 1 broadcast over p's sequences): a product into the readout's
+    "scratch" buffer, then a sum, which on a CPU is several times faster than `torch.linalg.vecdot` (float32
+    either way; the order of the additions differs, so the results differ in float noise)."""
+    return torch.mul(p, logits, out=readout.buffer("scratch", p.shape, p.device)).sum(-1)
 
 
 def _summed(per_position: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -268,13 +295,13 @@ def _tiles(batch: int, n_pos: int, d_vocab: int, device: torch.device):
             yield slice(s, s + seq_step), slice(p, p + pos_step)
 
 
-def _softmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(logits) and logsumexp(logits) from one fused softmax.
+def _softmax_logsumexp(logits: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(logits) (into `out` when given) and logsumexp(logits) from one fused softmax.
 
     The softmax's largest entry is exp(m − m)/S = 1/S, so lse = m + log S = m − log max_v p_v (about twice
     as fast on CPU as torch.logsumexp, which is not fused; the rounding of 1/S is ~1e-7 relative).
     """
-    p = torch.softmax(logits, dim=-1)
+    p = torch.softmax(logits, dim=-1) if out is None else torch.softmax(logits, dim=-1, out=out)
     return p, logits.amax(dim=-1) - p.amax(dim=-1).log()
 
 
