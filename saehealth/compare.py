@@ -122,8 +122,8 @@ def evaluate_path(
     with distributed.step():
         t0 = time.perf_counter()
         loaded = load_checkpoint(
-            config.sae_path, format=config.format, hook=config.hook, device=config.device, dtype=config.dtype,
-            select=select, route=config.route,
+            config.sae_path, format=config.format, hook=config.hook, device=config.device,
+            dtype=config.dtype or "float32", select=select, route=config.route,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
     if isinstance(loaded, list):
@@ -147,6 +147,8 @@ class _Comparer:
     def __init__(
         self, config: CompareConfig, console=None, members: list | None = None, model=None, write=True, extras=None
     ):
+        if config.evaluation.dtype is None:  # several SAEs share one model: float32 unless --dtype says otherwise
+            config = replace(config, evaluation=replace(config.evaluation, dtype="float32"))
         self.config = config
         self.console = console
         self.members = members  # (sae_path, LoadedSAE, load seconds) already loaded by the caller

@@ -45,7 +45,7 @@ class EvalConfig:
     context_length: int | None = None
     batch_size: int = 16
     device: str = "auto"  # resolved on construction: cuda if available, else mps, else cpu
-    dtype: str = "float32"
+    dtype: str | None = None  # None: the dtype the SAE was trained in, else float32 (planning.choose_dtype)
     seed: int = 42
     out: Path | None = None
     force: bool = False
@@ -121,7 +121,7 @@ class EvalConfig:
             raise ConfigError(NEEDS_GEOMETRY)
         from saehealth.models import DTYPES
 
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(
                 f"Unknown --dtype {self.dtype!r}: choose from {', '.join(DTYPES)}.{suggest(self.dtype, DTYPES)}"
             )

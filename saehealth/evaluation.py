@@ -11,6 +11,7 @@ results, and the other ranks return None.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -132,6 +133,7 @@ class Evaluation:
         self.timing: dict[str, float] = {}
         self.notes: list[str] = []
         self.not_measured: dict[str, str] = {}
+        self.dtype_source = "--dtype"  # why the evaluation runs in config.dtype (`_choose_dtype`)
         self.started_at = datetime.now(timezone.utc)
         self._weights: str | None = None  # the SAE's weights fingerprint, computed once
 
@@ -172,7 +174,12 @@ class Evaluation:
         if self.loaded is None:
             t0 = time.perf_counter()
             loaded = load_checkpoint(
-                cfg.sae_path, format=cfg.format, hook=cfg.hook, device=cfg.device, dtype=cfg.dtype, route=cfg.route
+                cfg.sae_path,
+                format=cfg.format,
+                hook=cfg.hook,
+                device=cfg.device,
+                dtype=cfg.dtype or "float32",
+                route=cfg.route,
             )
             if isinstance(loaded, list):
                 raise ConfigError(
@@ -181,11 +188,24 @@ class Evaluation:
                 )
             self.timing["load_sae_s"] = time.perf_counter() - t0
             self.loaded = loaded
+        self._choose_dtype()
         if self.loaded.route is not None:
             from saehealth.routed.scoring import check_routed_options
 
             check_routed_options(cfg)
         return self._reusable_result(result_folder(cfg)) if first else None
+
+    def _choose_dtype(self) -> None:
+        """Settle the evaluation's dtype (--dtype, else the SAE's training dtype, else float32) and put the SAE in
+        it; the config names it from here on, `dtype_source` says why."""
+        dtype, self.dtype_source = planning.choose_dtype(self.config, self.loaded)
+        if self.config.dtype != dtype:
+            self.config = replace(self.config, dtype=dtype)
+        sae = self.loaded.sae
+        if str(getattr(sae.cfg, "dtype", dtype)).removeprefix("torch.") != dtype:
+            from saehealth.loading.files import DTYPES
+
+            sae.to(dtype=DTYPES[dtype])
 
     def plan(self, model=None, dataset=None) -> Plan:
         """Model, hook, splice site, context, dataset and sequence count for the loaded SAE.
@@ -210,7 +230,7 @@ class Evaluation:
             if kwargs and model_name != builtin.BUILTIN_MODEL:
                 self.notes.append(f"Model loaded with the checkpoint's model_from_pretrained_kwargs {kwargs}.")
             self.timing["load_model_s"] = time.perf_counter() - t0
-        if (note := planning.dtype_note(cfg, loaded)) is not None:
+        if (note := planning.dtype_note(cfg, loaded, self.dtype_source)) is not None:
             self.notes.append(note)
         route = None
         if loaded.route is not None:  # a routed SAE reads several hooks (saehealth/routed/)

@@ -106,15 +106,27 @@ def prepend_bos_of(loaded, model) -> bool:
     return bool(getattr(model.cfg, "default_prepend_bos", True))
 
 
-def dtype_note(config: EvalConfig, loaded) -> str | None:
-    """A note when the model ran in another dtype for training (the checkpoint's model_from_pretrained_kwargs)
-    than the evaluation's --dtype."""
-    kwargs = loaded.model_from_pretrained_kwargs
-    trained = kwargs.get("dtype") or kwargs.get("torch_dtype")
-    if trained is None or str(trained).removeprefix("torch.") == config.dtype:
-        return None
-    name = str(trained).removeprefix("torch.")
-    return f"The model ran in {name} for training but is evaluated in {config.dtype}: pass --dtype {name} to match."
+def choose_dtype(config: EvalConfig, loaded) -> tuple[str, str]:
+    """(dtype of the evaluation, why): --dtype when given, else the dtype the SAE was trained in
+    (`recorded_dtype`), else float32."""
+    if config.dtype is not None:
+        return config.dtype, "--dtype"
+    return loaded.training_dtype() or ("float32", "the default: the checkpoint records no dtype")
+
+
+def dtype_note(config: EvalConfig, loaded, source: str) -> str | None:
+    """What the result says about its dtype: its source when not float32 by default, a warning when --dtype
+    differs from the dtype the SAE was trained in, and that bfloat16 is slow on a CPU."""
+    trained = loaded.training_dtype()
+    notes = []
+    if source != "--dtype" and trained is not None:
+        notes.append(f"Evaluated in {config.dtype}, the dtype the SAE was trained in ({source}); --dtype overrides.")
+    elif trained is not None and trained[0] != config.dtype:
+        name = trained[0]
+        notes.append(f"The SAE was trained in {name} ({trained[1]}) but is evaluated in {config.dtype} (--dtype).")
+    if config.dtype in ("bfloat16", "float16") and str(config.device).startswith("cpu"):
+        notes.append(f"{config.dtype} on a CPU is several times slower than float32 (pass --dtype float32 for speed).")
+    return " ".join(notes) or None
 
 
 def context_note(context: int, loaded) -> str | None:

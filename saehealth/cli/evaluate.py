@@ -53,7 +53,7 @@ def eval_command(
     context_length: ContextLengthOption = None,
     batch_size: BatchSizeOption = 16,
     device: DeviceOption = "auto",
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = None,
     seed: SeedOption = 42,
     out: Annotated[Path | None, typer.Option(help="Result folder (default: reports/<checkpoint name>/).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run even if a result exists.")] = False,

@@ -47,7 +47,10 @@ BatchSizeOption = Annotated[int, typer.Option(help="Sequences per batch.")]
 DeviceOption = Annotated[
     str, typer.Option(help="auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps.")
 ]
-DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16.")]
+DtypeOption = Annotated[
+    str | None,
+    typer.Option(help="float32, bfloat16, float16 (eval's default: the dtype the SAE was trained in, else float32)."),
+]
 SeedOption = Annotated[int, typer.Option(help="Seed for data order and probes.")]
 IncludeSpecialTokensOption = Annotated[
     bool, typer.Option("--include-special-tokens", help="Score BOS/EOS/PAD positions too.")

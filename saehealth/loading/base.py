@@ -42,6 +42,7 @@ class LoadedSAE:
     notes: list[str] = field(default_factory=list)
     path: str | None = None  # the file or folder the weights came from
     route: Any = None  # routed SAEs only: the router and its layers (saehealth.routed.spec.RouteSpec)
+    recorded_dtype: str | None = None  # the dtype the checkpoint's config records (SAELens cfg.json `dtype`)
 
     @property
     def d_in(self) -> int:
@@ -56,6 +57,21 @@ class LoadedSAE:
         """How the model was loaded for training (SAELens `model_from_pretrained_kwargs`); {} when not recorded."""
         value = getattr(getattr(self.sae.cfg, "metadata", None), "model_from_pretrained_kwargs", None)
         return dict(value) if isinstance(value, dict) else {}
+
+    def training_dtype(self) -> tuple[str, str] | None:
+        """(dtype, where the checkpoint records it) of the SAE's training: the model's dtype in its
+        model_from_pretrained_kwargs (`dtype` or `torch_dtype`), else the SAE's config (`recorded_dtype`, SAELens
+        cfg.json `dtype`); None when neither names a known dtype."""
+        from saehealth.loading.files import DTYPES
+
+        kwargs = self.model_from_pretrained_kwargs
+        for key in ("dtype", "torch_dtype"):
+            name = str(kwargs.get(key, "")).removeprefix("torch.")
+            if name in DTYPES:
+                return name, f"model_from_pretrained_kwargs {key}"
+        if self.recorded_dtype in DTYPES:
+            return self.recorded_dtype, "the SAE's cfg.json dtype"
+        return None
 
     @property
     def prepend_bos(self) -> bool | None:

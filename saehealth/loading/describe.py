@@ -43,6 +43,9 @@ def describe(loaded: LoadedSAE) -> Table:
         ("dataset", loaded.dataset_path),
         ("dtype / device", f"{sae.cfg.dtype} / {sae.cfg.device}"),
     ]
+    trained = loaded.training_dtype()
+    if trained is not None:
+        rows.append(("trained in (default --dtype)", f"{trained[0]} ({trained[1]})"))
     if loaded.route is not None:
         from saehealth.routed.spec import describe_route
 

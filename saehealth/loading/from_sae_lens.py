@@ -156,7 +156,19 @@ def _loaded(sae, fmt: str, path: Path, cfg: dict[str, Any], runner: dict[str, An
         training=training_facts(cfg, runner),
         notes=notes,
         path=str(path),
+        recorded_dtype=_recorded_dtype(cfg, runner),
     )
+
+
+def _recorded_dtype(cfg: dict[str, Any], runner: dict[str, Any] | None) -> str | None:
+    """The dtype SAELens trained in (runner_cfg.json's, else cfg.json's `dtype`), when it names a known one."""
+    from saehealth.loading.files import DTYPES
+
+    for source in (runner or {}, cfg):
+        name = str(source.get("dtype", "")).removeprefix("torch.")
+        if name in DTYPES:
+            return name
+    return None
 
 
 def _check_folder(path: Path) -> dict[str, Any]:

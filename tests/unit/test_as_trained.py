@@ -100,13 +100,46 @@ def test_a_comparison_refuses_saes_that_disagree_on_bos():
         shared_prepend_bos(_Model(), [("a", _Loaded(True)), ("b", _Loaded(None))])
 
 
-def test_a_model_trained_in_another_dtype_gets_a_note():
+def _loaded_with(kwargs: dict, recorded: str | None):
+    from types import SimpleNamespace
+
+    from saehealth.loading.base import LoadedSAE
+
+    sae = SimpleNamespace(cfg=SimpleNamespace(metadata=SimpleNamespace(model_from_pretrained_kwargs=kwargs)))
+    return LoadedSAE(sae, "sae_lens", "sae_lens", "topk", "blocks.0.hook_resid_post", recorded_dtype=recorded)
+
+
+@pytest.mark.parametrize(
+    ("given", "kwargs", "recorded", "chosen", "source"),
+    [
+        (None, {}, None, "float32", "the default: the checkpoint records no dtype"),
+        (None, {}, "bfloat16", "bfloat16", "the SAE's cfg.json dtype"),
+        (None, {"torch_dtype": "torch.float16"}, "bfloat16", "float16", "model_from_pretrained_kwargs torch_dtype"),
+        (None, {"dtype": "bfloat16"}, None, "bfloat16", "model_from_pretrained_kwargs dtype"),
+        ("float32", {"dtype": "bfloat16"}, "bfloat16", "float32", "--dtype"),
+    ],
+)
+def test_the_default_dtype_is_the_one_the_sae_was_trained_in(given, kwargs, recorded, chosen, source):
+    from types import SimpleNamespace
+
+    from saehealth.planning import choose_dtype
+
+    assert choose_dtype(SimpleNamespace(dtype=given), _loaded_with(kwargs, recorded)) == (chosen, source)
+
+
+def test_the_dtype_note_names_its_source_and_warns_of_a_mismatch_or_a_slow_cpu():
     from types import SimpleNamespace
 
     from saehealth.planning import dtype_note
 
-    config = SimpleNamespace(dtype="float32")
-    assert dtype_note(config, SimpleNamespace(model_from_pretrained_kwargs={})) is None
-    assert dtype_note(config, SimpleNamespace(model_from_pretrained_kwargs={"dtype": "float32"})) is None
-    note = dtype_note(config, SimpleNamespace(model_from_pretrained_kwargs={"dtype": "torch.bfloat16"}))
-    assert note.endswith("pass --dtype bfloat16 to match.")
+    float32 = SimpleNamespace(dtype="float32", device="cpu")
+    assert dtype_note(float32, _loaded_with({}, None), "the default: the checkpoint records no dtype") is None
+    assert dtype_note(float32, _loaded_with({"dtype": "float32"}, None), "--dtype") is None
+    note = dtype_note(float32, _loaded_with({"dtype": "torch.bfloat16"}, None), "--dtype")
+    assert note == (
+        "The SAE was trained in bfloat16 (model_from_pretrained_kwargs dtype) but is evaluated in float32 (--dtype)."
+    )
+    bf16 = SimpleNamespace(dtype="bfloat16", device="cpu")
+    note = dtype_note(bf16, _loaded_with({}, "bfloat16"), "the SAE's cfg.json dtype")
+    assert note.startswith("Evaluated in bfloat16, the dtype the SAE was trained in (the SAE's cfg.json dtype)")
+    assert "bfloat16 on a CPU is several times slower" in note
