@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from saehealth.errors import IncompatibleSAEError
 from saehealth.metrics.downstream import Readout
@@ -155,23 +154,25 @@ class ReplayCache:
 def readout(model) -> Readout:
     """The model's unembedding (with its output soft cap) as a `Readout` for the downstream metrics.
 
-    The same computation as TransformerLens' `Unembed` (F.linear with W_Uᵀ, plus b_U), with W_Uᵀ made
-    contiguous once per pass: `Unembed.forward` copies it on every call, and the metrics call it per tile.
+    The same computation as TransformerLens' `Unembed` (final · W_U + b_U), as one `addmm` on W_U as stored:
+    `Unembed.forward` copies W_U on every call, and the metrics call it per tile. Into a buffer where the model is
+    float32 (`Readout.unembed_into`), so that a tile's logits never take a fresh tile-sized allocation.
     """
-    weight, bias = model.unembed.W_U.T.contiguous(), model.unembed.b_U
+    weight, bias = model.unembed.W_U.detach(), model.unembed.b_U.detach()
     cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
 
+    def capped(logits: torch.Tensor) -> torch.Tensor:  # in place: the cap's three steps as the model takes them
+        return logits.div_(cap).tanh_().mul_(cap) if cap > 0 else logits
+
     def unembed(final: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(final, weight, bias)
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+        flat = final.reshape(-1, final.shape[-1])
+        return capped(torch.addmm(bias, flat, weight)).reshape(*final.shape[:-1], weight.shape[1])
 
     def unembed_into(final: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """The same into a float32 buffer: b_U + final·W_U, then the cap's same three steps in place."""
-        flat = final.reshape(-1, final.shape[-1])
-        torch.addmm(bias.detach(), flat, model.unembed.W_U.detach(), out=out.view(-1, out.shape[-1]))
-        return out.div_(cap).tanh_().mul_(cap) if cap > 0 else out
+        torch.addmm(bias, final.reshape(-1, final.shape[-1]), weight, out=out.view(-1, out.shape[-1]))
+        return capped(out)
 
-    float32 = model.unembed.W_U.dtype == torch.float32 and bias.dtype == torch.float32
+    float32 = weight.dtype == torch.float32 and bias.dtype == torch.float32
     return Readout(unembed, int(model.cfg.d_vocab_out), unembed_into=unembed_into if float32 else None)
 
 
