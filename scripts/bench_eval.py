@@ -5,6 +5,7 @@
     python scripts/bench_eval.py --examples-cost   # the pass with latent examples (--examples 20) vs without (0)
     python scripts/bench_eval.py --memory      # peak memory of the saehealth pass at 50k vs 1M tokens
     python scripts/bench_eval.py --shape gpt2-small --tokens 4096 --repeats 5   # a real shape (bench_shapes.py)
+    python scripts/bench_eval.py --shape gemma-2-2b-like --layers 4 --tokens 256 --batch-size 2 --d-sae 16384
 
 Both evaluate the same SAE on identical token batches with every metric on (SAELens:
 `get_eval_everything_config`, the reconstruction and sparsity/variance groups each over all batches).
@@ -213,6 +214,7 @@ def main() -> None:
         help="random weights at a real model's shape, with a profile and the arithmetic floor (bench_shapes.py); "
         "--d-sae defaults to 24576 there",
     )
+    parser.add_argument("--layers", type=int, help="--shape only: fewer blocks than the real model (widths kept)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     if args.threads:

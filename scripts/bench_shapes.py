@@ -1,14 +1,23 @@
 """`bench_eval.py --shape NAME`: saehealth's pass vs SAELens `run_evals` vs the arithmetic floor at a real model shape.
 
 Random weights at the real sizes (GPT-2 small: 12 layers, d_model 768, vocabulary 50,257; a Gemma-2-2B-like
-model), random token ids with BOS first, a random TopK SAE (24,576 latents by default) at the middle layer's
-`hook_resid_post`. One process, the same batches for everyone, runs interleaved (saehealth, SAELens, the floor's
-parts) `--repeats` times after a warm-up; medians. Each pass's fixed costs (the zero ablation's continuation and
-logits, once per pass; the reference sequence) are timed apart, so the per-token figure is the marginal one.
+model, `--layers` to keep fewer of its 26 blocks), random token ids with BOS first, a random TopK SAE (24,576
+latents by default) at the middle layer's `hook_resid_post`. One process, the same batches for everyone, runs
+interleaved `--repeats` times after a warm-up; medians. Each pass's fixed costs (the zero ablation's continuation
+and logits, once per pass) are timed apart, so the per-token figure is the marginal one.
 
-The floor is what any exact evaluation must compute: the clean forward, one continuation from the SAE's hook,
-the unembedding and softmax of two variants (clean and spliced: the zero ablation at a residual hook is the same
-for every sequence, so computed once), and the SAE's encode/decode.
+What each side computes (printed ratios are for both saehealth modes):
+- SAELens `run_evals` with `get_eval_everything_config`: CE clean/spliced/zero-ablated, loss recovered, KL,
+  explained variance, MSE, cosine, L2 ratio, L0, L1, feature density, weight statistics.
+- `saehealth_same_as_saelens`: the same metrics (reconstruction, sparsity, CE/KL, SAEBench's sums) and nothing
+  else: no latent examples, no by-position sums, no dense-latent kinds or token-explained shares, no next-token
+  agreement, no pathological check.
+- `saehealth_defaults`: the pass as `saehealth eval` runs it: all of those, latent examples (`--examples`), and
+  the pathological check, which splices one more continuation per batch.
+
+Two floors: the profile's (the measured time of the floor's parts as saehealth computes them) and the arithmetic
+one (bench_flops.py: the floor's multiply-adds at this machine's measured matrix-product rate); beside it, SAELens'
+multiply-adds over the floor's, the most an exact pass can gain over SAELens by arithmetic.
 """
 
 from __future__ import annotations
@@ -38,15 +47,18 @@ SHAPES = {
 }  # fmt: skip
 
 
-def shape_model(shape: str, device: str):
+def shape_model(shape: str, device: str, layers: int | None = None):
     """A HookedTransformer of that shape with random weights (seed 0) and the built-in tokenizer (its BOS/EOS/PAD
-    ids mark special tokens; token ids span the shape's own vocabulary)."""
+    ids mark special tokens; token ids span the shape's own vocabulary). `layers`: fewer blocks (the widths and
+    vocabulary kept), the SAE then at the middle block's `hook_resid_post`; the hook."""
     from transformer_lens import HookedTransformerConfig
 
     from saehealth import builtin
     from saehealth.models import _hooked_transformer
 
     fields, hook = SHAPES[shape]
+    if layers is not None:
+        fields, hook = {**fields, "n_layers": layers}, f"blocks.{layers // 2}.hook_resid_post"
     cfg = HookedTransformerConfig(**fields, device=device, seed=0)
     model = _hooked_transformer()(cfg, tokenizer=builtin.load_builtin_tokenizer())
     return model.eval(), hook
@@ -118,7 +130,10 @@ def profile_parts(model, sae, site, batches, device: str, examples: int, clock=t
         finals = [SiteFinals(zero, key, [final])]
         if index == 0:  # the zero ablation's logits are computed once per pass: a fixed cost
             timed("fixed_zero_ablation", lambda: _cached_zero(unembedding, zero[:, :-1], key))
-        timed("unembed_softmax", lambda c=clean, t=tokens, m=mask, f=finals: downstream_totals(unembedding, c, f, t, m))
+        timed(
+            "unembed_softmax",
+            lambda c=clean, t=tokens, m=mask, f=finals: downstream_totals(unembedding, c, f, t, m, agreement=False),
+        )
         timed("accumulators", lambda c=clean, m=mask, f=final: last_position_kl(unembedding, c, zero, [f], m))
     # What the scorer adds to a bare encode/decode (sparsity and SAEBench sums), and what examples add to that.
     if collecting is not None:
@@ -128,19 +143,32 @@ def profile_parts(model, sae, site, batches, device: str, examples: int, clock=t
 
 
 def compare_at_shape(args) -> dict:
-    """Interleaved medians: saehealth's pass, SAELens run_evals, and the profile's parts (the floor's sum)."""
+    """Interleaved medians: saehealth's pass computing what SAELens computes, saehealth's pass as `eval` runs it,
+    SAELens run_evals, and the profile's parts (the floor's sum); beside them the arithmetic (bench_flops.py)."""
+    from bench_flops import pass_macs
+
     from saehealth.crosscheck import saelens_run_evals
     from saehealth.replay import splice_site
     from saehealth.scoring import score_batches
 
-    model, hook = shape_model(args.shape, args.device)
+    model, hook = shape_model(args.shape, args.device, args.layers)
     sae = random_topk_sae(model, hook, args.d_sae if args.d_sae != 1024 else 24576)
     site = splice_site(hook)
     batches = random_batches(model, args.tokens, args.batch_size)
     n_tokens = sum(b.numel() for b in batches)
 
-    def ours():
-        score_batches(model, [(site, sae)], batches, device=args.device, examples=args.examples)
+    # What each side computes. SAELens (get_eval_everything_config): CE clean/spliced/zero, loss recovered, KL,
+    # explained variance, MSE, cosine, L2 ratio, L0, L1, feature density, weight statistics.
+    # "same_as_saelens": saehealth's reconstruction, sparsity, downstream and SAEBench sums, nothing beyond.
+    # "defaults": as `saehealth eval` runs (latent examples, by-position sums, dense-latent kinds, token-explained
+    # shares, next-token agreement, and the pathological check's extra continuation per batch).
+    modes = {
+        "saehealth_same_as_saelens": dict(examples=0, diagnostics=False, agreement=False, pathological=False),
+        "saehealth_defaults": dict(examples=args.examples, diagnostics=True, agreement=True, pathological=True),
+    }
+
+    def runner(switches):
+        return lambda: score_batches(model, [(site, sae)], batches, device=args.device, **switches)
 
     def theirs():
         saelens_run_evals(model, sae, batches)
@@ -156,20 +184,26 @@ def compare_at_shape(args) -> dict:
         _sync(args.device)
         return clock() - start
 
-    ours(), theirs()  # warm-up
-    runs: dict[str, list[float]] = {"saehealth": [], "saelens": []}
+    runs = {name: runner(switches) for name, switches in modes.items()} | {"saelens": theirs}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     profiles: list[dict[str, float]] = []
     for _ in range(args.repeats):
-        runs["saehealth"].append(seconds(ours))
-        runs["saelens"].append(seconds(theirs))
+        for name, fn in runs.items():
+            times[name].append(seconds(fn))
         profiles.append(profile_parts(model, sae, site, batches, args.device, args.examples, clock))
-    med = {name: statistics.median(values) for name, values in runs.items()}
+    med = {name: statistics.median(values) for name, values in times.items()}
     profile = {name: statistics.median(p[name] for p in profiles) for name in profiles[0]}
     floor = sum(profile[name] for name in ("clean_prefix", "clean_rest", "continuation", "unembed_softmax",
                                            "sae_encode_decode"))  # fmt: skip
-    marginal = med["saehealth"] - profile["fixed_zero_ablation"]
-    return {
+    context = batches[0].shape[1]
+    macs = pass_macs(model.cfg, context, site.resume_at, int(sae.cfg.d_in), int(sae.cfg.d_sae), int(sae.cfg.k))
+    rate = gemm_rate(model, clock, args.device)
+    arithmetic_floor = 2 * macs["floor"] * n_tokens / rate
+    report = {
         "shape": args.shape,
+        "n_layers": model.cfg.n_layers,
         "device": args.device,
         "threads": torch.get_num_threads(),
         "clock": args.clock,
@@ -179,11 +213,37 @@ def compare_at_shape(args) -> dict:
         "batch_size": args.batch_size,
         "examples": args.examples,
         "median_seconds": med,
-        "speedup_vs_saelens": med["saelens"] / med["saehealth"],
-        "speedup_vs_saelens_marginal": med["saelens"] / marginal,
-        "floor_seconds": floor,
-        "time_vs_floor": med["saehealth"] / floor,
-        "time_vs_floor_marginal": marginal / floor,
+        "flops_per_token": {name: 2 * value for name, value in macs.items() if name != "saelens_over_floor"},
+        "saelens_flops_over_floor_flops": macs["saelens_over_floor"],
+        "gemm_gflops": rate / 1e9,
+        "arithmetic_floor_seconds": arithmetic_floor,
+        "profile_floor_seconds": floor,
         "profile_seconds": {name: round(value, 4) for name, value in profile.items()},
-        "all_seconds": runs,
+        "all_seconds": times,
     }
+    for name in modes:
+        marginal = med[name] - profile["fixed_zero_ablation"]
+        report[name] = {
+            "saelens_over_saehealth": med["saelens"] / med[name],
+            "saelens_over_saehealth_marginal": med["saelens"] / marginal,
+            "saehealth_over_arithmetic_floor": med[name] / arithmetic_floor,
+            "saehealth_over_profile_floor": med[name] / floor,
+            "saehealth_over_profile_floor_marginal": marginal / floor,
+        }
+    return report
+
+
+def gemm_rate(model, clock, device: str, rows: int = 256) -> float:
+    """FLOP/s of this machine's matrix products at the model's widths: the unembedding of `rows` positions
+    (the floor's largest product at a real vocabulary), median of 3 after a warm-up, on the benchmark's clock."""
+    x = torch.randn(rows, model.cfg.d_model, device=device)
+    w = model.unembed.W_U.detach()
+    times = []
+    for i in range(4):
+        _sync(device)
+        start = clock()
+        x @ w
+        _sync(device)
+        if i:
+            times.append(clock() - start)
+    return 2 * rows * w.shape[0] * w.shape[1] / statistics.median(times)
