@@ -368,6 +368,8 @@ class Evaluation:
             request["activations"] = str(Path(cfg.activations).expanduser().resolve())
         if cfg.route is not None:  # likewise
             request["route"] = cfg.route
+        if cfg.dtype not in (None, "float32"):  # likewise: float32 was every result's dtype before it was recorded
+            request["dtype"] = cfg.dtype
         if self._weights is None:
             self._weights = weights_fingerprint(self.loaded.sae)
         request["sae_weights"] = self._weights  # a retrained checkpoint at the same path is another SAE

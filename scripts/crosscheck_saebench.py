@@ -75,6 +75,13 @@ print("CROSSCHECK_JSON" + json.dumps(out, default=str))
 """
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that holds numpy's, scikit-learn's and the tokenizers' own thread pools to `threads` as well:
+    torch.set_num_threads alone left SAEBench's process using about 1.4 cores at --threads 1."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return {name: str(threads) for name in names} | {"TOKENIZERS_PARALLELISM": "false"}
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("SAEHEALTH_CACHE", Path.home() / ".cache" / "saehealth"))
 
@@ -113,6 +120,7 @@ def main() -> None:
     parser.add_argument("--saebench-results", type=Path, help="keep SAEBench's per-seed results here and reuse them")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    os.environ.update(thread_env(args.threads))  # before numpy loads: both sides on the same thread count
 
     kept = (
         json.loads(args.saebench_results.read_text())
@@ -136,7 +144,7 @@ def run_saebench(args, seeds: list[int]) -> dict:
     with tempfile.TemporaryDirectory() as work:
         payload = {"sae_path": str(Path(args.sae_path).resolve()), "seeds": seeds, "out": work}
         payload |= {"min_letters": args.min_letters, "threads": args.threads}
-        env = {**os.environ, "SAEHEALTH_REPO": str(REPO), "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "SAEHEALTH_REPO": str(REPO), "HF_HUB_OFFLINE": "1", **thread_env(args.threads)}
         run = subprocess.run(
             [str(python), "-c", CHILD, json.dumps(payload)], cwd=work, env=env, capture_output=True, text=True
         )

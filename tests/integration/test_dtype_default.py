@@ -43,3 +43,10 @@ def test_dtype_float32_overrides_the_checkpoint(bfloat16_sae):
     assert plan.model.cfg.dtype == torch.float32
     assert run.loaded.sae.W_dec.dtype == torch.float32
     assert any("trained in bfloat16 (the SAE's cfg.json dtype) but is evaluated in float32" in n for n in run.notes)
+
+
+def test_the_dtype_is_a_setting_a_saved_result_must_match(bfloat16_sae):
+    """A result computed in bfloat16 is never reused for a float32 request, nor the other way round."""
+    bf16, _ = _planned(bfloat16_sae)
+    f32, _ = _planned(bfloat16_sae, dtype="float32")
+    assert bf16._request()["dtype"] == "bfloat16" and "dtype" not in f32._request()
