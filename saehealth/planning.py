@@ -119,7 +119,7 @@ def dtype_note(config: EvalConfig, loaded, source: str) -> str | None:
     differs from the dtype the SAE was trained in, and that bfloat16 is slow on a CPU."""
     trained = loaded.training_dtype()
     notes = []
-    if source != "--dtype" and trained is not None:
+    if source != "--dtype" and trained is not None and config.dtype != "float32":  # float32: as always, no news
         notes.append(f"Evaluated in {config.dtype}, the dtype the SAE was trained in ({source}); --dtype overrides.")
     elif trained is not None and trained[0] != config.dtype:
         name = trained[0]

@@ -141,3 +141,26 @@ def test_options_a_routed_sae_does_not_support_are_one_line(tmp_path, capsys, op
                       "--out", str(tmp_path / "out"))  # fmt: skip
     assert code == 1 and len(err.splitlines()) == 1 and pattern in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+@pytest.mark.parametrize("layout", ["routesaes", "seed"])
+def test_the_routed_demo_script_writes_a_checkpoint_that_eval_scores(tmp_path, capsys, layout):
+    """scripts/build_routed_demo.py (docs/routed.md's way to see a routed report) in both layouts, tiny settings:
+    its checkpoint loads and `saehealth eval` scores it with the command it prints."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build_routed_demo.py"
+    folder = tmp_path / "demo"
+    args = ["--out", str(folder), "--layout", layout, "--d-sae", "64", "--k", "4", "--steps", "3", "--sequences", "8"]
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
+    command = run.stdout.strip().splitlines()[-1].split()
+    assert command[:2] == ["saehealth", "eval"] and "--hook" in command
+    path = command[command.index("--sae-path") + 1]
+    out = tmp_path / "out"
+    code, err = _eval(capsys, *command[2:], *COMMON, "--out", str(out))
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert result["routing"]["layout"] == ("seed" if layout == "seed" else "routesaes")
+    assert result["sae"]["d_sae"] == 64 and str(path).endswith(".pt")

@@ -135,6 +135,8 @@ def test_the_dtype_note_names_its_source_and_warns_of_a_mismatch_or_a_slow_cpu()
     float32 = SimpleNamespace(dtype="float32", device="cpu")
     assert dtype_note(float32, _loaded_with({}, None), "the default: the checkpoint records no dtype") is None
     assert dtype_note(float32, _loaded_with({"dtype": "float32"}, None), "--dtype") is None
+    # float32 from the checkpoint, as SAELens records it by default: the evaluation runs as it always did, no note
+    assert dtype_note(float32, _loaded_with({}, "float32"), "the SAE's cfg.json dtype") is None
     note = dtype_note(float32, _loaded_with({"dtype": "torch.bfloat16"}, None), "--dtype")
     assert note == (
         "The SAE was trained in bfloat16 (model_from_pretrained_kwargs dtype) but is evaluated in float32 (--dtype)."
