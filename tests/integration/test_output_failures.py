@@ -81,8 +81,14 @@ def test_a_signal_while_writing_exits_130_and_leaves_nothing(tmp_path, monkeypat
     sae = _sae(tmp_path)
     before = _everything(tmp_path)
     handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as info:
-        main(["eval", "--sae-path", str(sae), *FAST])
+    # A job started in the background by a non-interactive shell inherits SIGINT ignored (and keeps ignoring it,
+    # as it should): Ctrl-C's handler is put in place here so that the test means the same wherever it runs.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["eval", "--sae-path", str(sae), *FAST])
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     err = capsys.readouterr().err.strip()
     assert info.value.code == 130, err
     assert err.splitlines()[-1].startswith("error: interrupted") and "Traceback" not in err, err
