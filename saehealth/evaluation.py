@@ -26,29 +26,11 @@ from saehealth.models import load_model
 from saehealth.output import check_output_folder
 from saehealth.planning import Plan
 from saehealth.progress import progress
-from saehealth.result import RESULT_FILE, EvalResult, load_result
+from saehealth.result import EvalResult
 from saehealth.result_folder import save_result_folder
+from saehealth.result_reuse import request_of, reusable_result
 from saehealth.sae_scorer import PassOutput
 from saehealth.scoring import score_batches
-
-# The options that decide the numbers; a saved result is reused only when they (and the weights) match.
-REQUEST_KEYS = (
-    "model",
-    "hook",
-    "layer",
-    "dataset",
-    "split",
-    "n_tokens",
-    "num_samples",
-    "context_length",
-    "seed",
-    "include_special_tokens",
-    "skip",
-    "format",
-    "absorption_min_letters",
-    "absorption_probes",
-    "examples",
-)
 
 
 def evaluate(
@@ -193,7 +175,9 @@ class Evaluation:
             from saehealth.routed.scoring import check_routed_options
 
             check_routed_options(cfg)
-        return self._reusable_result(result_folder(cfg)) if first else None
+        if not first:
+            return None
+        return reusable_result(result_folder(cfg), self._request(), self.config.force, self.console)
 
     def _choose_dtype(self) -> None:
         """Settle the evaluation's dtype (--dtype, else the SAE's training dtype, else float32) and put the SAE in
@@ -362,44 +346,6 @@ class Evaluation:
 
     def _request(self) -> dict:
         """The settings that decide the numbers; a saved result is reused only when they match."""
-        cfg = self.config
-        request = {k: list(v) if isinstance(v := getattr(cfg, k), tuple) else v for k in REQUEST_KEYS}
-        if cfg.activations is not None:  # only then, so results saved before the option existed stay reusable
-            request["activations"] = str(Path(cfg.activations).expanduser().resolve())
-        if cfg.route is not None:  # likewise
-            request["route"] = cfg.route
-        if cfg.dtype not in (None, "float32"):  # likewise: float32 was every result's dtype before it was recorded
-            request["dtype"] = cfg.dtype
         if self._weights is None:
             self._weights = weights_fingerprint(self.loaded.sae)
-        request["sae_weights"] = self._weights  # a retrained checkpoint at the same path is another SAE
-        request.update(self.request_extra)
-        return request
-
-    def _reusable_result(self, out: Path) -> EvalResult | None:
-        """The saved result in `out` when it was computed from these settings and these weights, else None.
-
-        A result computed with the same settings from other weights (the checkpoint was retrained, or the
-        result predates weight fingerprints) describes another SAE: it is computed again and replaced. One
-        computed with other settings is refused.
-        """
-        path = out / RESULT_FILE
-        if self.config.force or not path.is_file():
-            return None
-        saved = load_result(path)  # one line when it is not a readable result: --force replaces it
-        saved_request, request = saved.request or {}, self._request()
-        if saved_request == request:
-            if self.console is not None:
-                self.console.print(f"[dim]Reusing {path} (pass --force to re-run).[/]")
-            return saved
-
-        def settings(r: dict) -> dict:
-            return {k: v for k, v in r.items() if k != "sae_weights"}
-
-        if settings(saved_request) == settings(request):
-            if self.console is not None:
-                self.console.print(f"[dim]{path} was computed from other weights: evaluating these.[/]")
-            return None
-        raise ConfigError(
-            f"{path} holds a result computed with other settings: pass --force to replace it, or --out DIR."
-        )
+        return request_of(self.config, self._weights, self.request_extra)
