@@ -19,6 +19,7 @@ import torch
 
 from saehealth import distributed
 from saehealth.data import special_token_mask
+from saehealth.fused_gelu import fused_gelu
 from saehealth.metrics.clusters import SequenceTotals
 from saehealth.metrics.downstream import SiteFinals, downstream_totals
 from saehealth.metrics.pathological import RandomPerturbation, with_random_kl
@@ -67,7 +68,8 @@ def score_batches(
     next-token agreement (its sums stay zero): for benchmarks (scripts/bench_diagnostics.py). `pathological` adds
     the random-perturbation continuation of each SAE (metrics/pathological.py; not for transcoders).
     """
-    with distributed.step():  # a rank that fails here stops every rank before the merge below
+    # fused_gelu: GPT-2's GELU in one kernel for the pass (the model gets its own back afterwards).
+    with distributed.step(), fused_gelu(model):  # a rank that fails here stops every rank before the merge below
         batches = iter(batches)
         first = next(batches, None)
         if first is not None:

@@ -90,7 +90,15 @@ def _sync(device: str) -> None:
 
 
 def profile_parts(model, sae, site, batches, device: str, examples: int, clock=time.perf_counter) -> dict[str, float]:
-    """Seconds of each part of saehealth's pass over `batches`, run one by one as the pass runs them."""
+    """Seconds of each part of saehealth's pass over `batches`, run one by one as the pass runs them (GPT-2's
+    GELU fused, as in the pass: saehealth/fused_gelu.py)."""
+    from saehealth.fused_gelu import fused_gelu
+
+    with fused_gelu(model):
+        return _profile_parts(model, sae, site, batches, device, examples, clock)
+
+
+def _profile_parts(model, sae, site, batches, device: str, examples: int, clock) -> dict[str, float]:
     from saehealth.data import special_token_mask
     from saehealth.metrics.downstream import SiteFinals, _cached_zero, downstream_totals
     from saehealth.replay import _final, _ln_final, readout
@@ -233,10 +241,14 @@ def compare_at_shape(args) -> dict:
     return report
 
 
-def gemm_rate(model, clock, device: str, rows: int = 256, repeats: int = 7) -> float:
-    """FLOP/s of this machine's matrix products at the model's widths: the unembedding of `rows` positions (the
-    floor's largest product at a real vocabulary), the fastest of `repeats` after a warm-up, on the benchmark's
-    clock. The fastest, because on a shared machine it is the least disturbed: the floor is then a lower bound."""
+def gemm_rate(model, clock, device: str, repeats: int = 7) -> float:
+    """FLOP/s of this machine's matrix products at the model's widths: the unembedding of one tile of positions as
+    the pass unembeds them (the floor's largest product at a real vocabulary; `downstream.tile_rows`), the fastest
+    of `repeats` after a warm-up, on the benchmark's clock. The fastest, because on a shared machine it is the least
+    disturbed: the floor is then a lower bound."""
+    from saehealth.metrics.downstream import tile_rows
+
+    rows = tile_rows(model.cfg.d_vocab_out, device)
     x = torch.randn(rows, model.cfg.d_model, device=device)
     w = model.unembed.W_U.detach()
     times = []

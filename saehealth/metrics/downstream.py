@@ -22,25 +22,25 @@ from saehealth.result import AGREEMENT_KEYS, DOWNSTREAM_KEYS
 VARIANTS = ("clean", "sae", "zero")
 TOP_K = 5  # the next-token agreement's top-k overlap
 
-# Tiles of positions, sized by memory rather than by a vocabulary: on CPU a tile of TILE_ELEMENTS_CPU logits
-# (8 MiB: near the cache and below the allocator's mmap threshold) is fastest at a small vocabulary, but at
-# GPT-2's 50,257 that is 41 positions, and per-tile costs (a thread barrier in every kernel, Python, W_U read
-# once per unembedding) then dominate on 2 busy threads. So a tile has at least
-# TILE_ROWS_MIN_CPU positions, as long as its temporaries (about _TILE_COPIES float32 copies of the tile's
-# logits) stay within TILE_BYTES_MAX. Accelerators: large tiles, so that kernel launches stay few.
-TILE_ELEMENTS_CPU = 2**21
-TILE_ROWS_MIN_CPU = 256
+# Tiles of positions, sized by memory rather than by a vocabulary. On CPU the unembedding's product dominates
+# and runs faster the more positions it multiplies at once (GPT-2's W_U, 2 cores: 108 GFLOP/s at 256 positions,
+# 127 at 1,016, 132 at 2,032), while the element-wise work on a tile streams from memory at any size beyond the
+# cache (at the built-in model's 4,096 tokens, 1,024 positions are no slower than 512). So a tile has
+# TILE_ROWS_CPU positions as long as its temporaries (about _TILE_COPIES float32 copies of the tile's logits) stay
+# within TILE_BYTES_MAX; the buffers are kept for the whole pass (`Readout.buffer`). Accelerators: large tiles, so
+# that kernel launches stay few.
+TILE_ROWS_CPU = 1024
 TILE_ELEMENTS_ACCELERATOR = 2**26
 TILE_BYTES_MAX = 2**30
 _TILE_COPIES = 4
 
 
 def tile_rows(d_vocab: int, device: str | torch.device) -> int:
-    """Positions per tile of logits at this vocabulary on this device type (see TILE_ELEMENTS_CPU)."""
+    """Positions per tile of logits at this vocabulary on this device type (see TILE_ROWS_CPU)."""
     most = max(1, TILE_BYTES_MAX // (_TILE_COPIES * 4 * d_vocab))
     if torch.device(device).type != "cpu":
         return max(1, min(most, TILE_ELEMENTS_ACCELERATOR // d_vocab))
-    return max(1, min(most, max(TILE_ROWS_MIN_CPU, TILE_ELEMENTS_CPU // d_vocab)))
+    return max(1, min(most, TILE_ROWS_CPU))
 
 
 @dataclass

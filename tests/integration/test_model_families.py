@@ -14,6 +14,7 @@ import torch
 import saehealth
 from saehealth.crosscheck import comparable, saelens_run_evals
 from saehealth.data import load_dataset, sequence_batches
+from saehealth.fused_gelu import gelu_tanh
 from saehealth.replay import splice_site
 from saehealth.scoring import score_batches
 from tests.integration.model_families import FAMILIES, save_tiny_model
@@ -67,6 +68,7 @@ def test_a_family_loads_replays_and_agrees_with_saelens(family, tmp_path, tokeni
 
     sae = _topk_sae(str(folder), model.cfg.d_model)
     output = score_batches(model, [(splice_site(HOOK), sae)], batches)[0]
+    assert not any(block.mlp.act_fn is gelu_tanh for block in model.blocks)  # GPT-2's fused GELU given back
     ours = output.metrics
     theirs = saelens_run_evals(model, sae, batches)
     # A random model predicts near-uniformly, but the three variants differ: the comparison says something.
