@@ -187,29 +187,40 @@ class _SharedPrefixEntry:
 
     Stands in for TransformerLens's cache entry in the word pass. That entry would hold each prefix's keys
     copied once per prompt, then copy them all again to append the prompt's own token; this one copies
-    them once, straight into the appended tensor: the same values, shape and layout reach the attention,
-    at half the memory traffic (on the built-in model these copies were half of prompting's CPU time).
+    them once, straight into the appended tensor: the same values and shape reach the attention, at half the
+    memory traffic (on the built-in model these copies were half of prompting's CPU time). That tensor is laid
+    out head by head, (prompt, head, position, d_head) in memory and (prompt, position, head, d_head) in shape:
+    the attention's products read it per head, so they take it as it is instead of copying it once more each.
     """
 
     frozen = True  # one pass: nothing is appended for later
 
     def __init__(self, entry, owner: torch.Tensor):
         self.owner = owner.to(entry.past_keys.device)
-        self.prefix_keys, self.prefix_values = entry.past_keys, entry.past_values
+        self.cached = entry.past_keys.shape[1]
+        self.prefix_keys, self.prefix_values = self._head_major(entry.past_keys), self._head_major(entry.past_values)
         # What TransformerLens reads before appending (batch size, cached positions), without a copy.
-        self.past_keys = self.prefix_keys[:1].expand(len(owner), *self.prefix_keys.shape[1:])
-        self.past_values = self.prefix_values[:1].expand(len(owner), *self.prefix_values.shape[1:])
+        self.past_keys = entry.past_keys[:1].expand(len(owner), *entry.past_keys.shape[1:])
+        self.past_values = entry.past_values[:1].expand(len(owner), *entry.past_values.shape[1:])
+
+    @staticmethod
+    def _head_major(prefix: torch.Tensor) -> torch.Tensor:
+        """(prefix, head, position + 1, d_head): each prefix's keys or values, head by head, one position to spare."""
+        batch, cached, heads, d_head = prefix.shape
+        out = prefix.new_zeros(batch, heads, cached + 1, d_head)
+        out[:, :, :cached] = prefix.transpose(1, 2)
+        return out
 
     def append(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys, values) of every prompt: its prefix's, then its new tokens' (what torch.cat would give)."""
+        """(keys, values) of every prompt: its prefix's, then its new token's (what torch.cat would give)."""
         return self._continued(self.prefix_keys, new_keys), self._continued(self.prefix_values, new_values)
 
     def _continued(self, prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        cached = prefix.shape[1]
-        room = prefix.new_zeros(prefix.shape[0], new.shape[1], *prefix.shape[2:])
-        out = torch.cat([prefix, room], dim=1).index_select(0, self.owner)  # per prefix, then per prompt
-        out[:, cached:] = new
-        return out
+        if new.shape[1] != 1:
+            raise ValueError("a shared prefix is continued by one token per prompt")
+        out = prefix.index_select(0, self.owner)  # per prefix, then per prompt
+        out[:, :, self.cached] = new[:, 0]
+        return out.transpose(1, 2)
 
 
 def _stop_layer(model, hook_name: str) -> int | None:
