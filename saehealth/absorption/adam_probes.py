@@ -50,14 +50,32 @@ def train_adam(x: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor, objec
     n, d = x.shape
     gen = torch.Generator(device="cpu").manual_seed(seed)
     weight, bias = _linear_init(y.shape[1], d, gen, x.device)
+    whole = _whole_batch_products(x, objective)
     if (x.is_sparse or x.layout == torch.sparse_csr) and x.shape[0] * x.shape[1] <= DENSE_LIMIT:
         x = x.to_dense()  # SAEBench's probes read dense latents; sparse products cost 10x here
     x32 = x.float().coalesce() if x.is_sparse else (x.to_sparse_coo().float() if x.layout == torch.sparse_csr else x)
     x32 = x32.float()
     y32, pw = y.float(), pos_weight.float()
-    step = _dense_adam if not x32.is_sparse else _autograd_adam
-    weight, bias, steps = step(x32, y32, pw, weight, bias, objective, gen)
+    if x32.is_sparse:
+        weight, bias, steps = _autograd_adam(x32, y32, pw, weight, bias, objective, gen)
+    else:
+        weight, bias, steps = _dense_adam(x32, y32, pw, weight, bias, objective, gen, whole)
     return weight, bias, steps, _data_gradient(x32, y32, pw, weight, bias)
+
+
+SPARSE_PRODUCTS_BELOW = 0.1  # fraction of non-zero latents below which whole-batch products run on CSR
+
+
+def _whole_batch_products(x: torch.Tensor, objective) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(x, x') as float32 CSR when every mini-batch is all of a sparse x's rows (the L1 probe: batches of 4,096)
+    and few of its values are non-zero: CSR products then cost a fraction of dense ones (demo SAE, 6% non-zero:
+    0.7 ms against 3.8 and 2.1 ms per product). None otherwise."""
+    if not (x.is_sparse or x.layout == torch.sparse_csr) or objective.batch_size < x.shape[0]:
+        return None
+    coo = x.to_sparse_coo().coalesce().float()
+    if coo.values().numel() > SPARSE_PRODUCTS_BELOW * x.shape[0] * x.shape[1]:
+        return None
+    return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
 
 
 def train_adam_together(xs, ys, pos_weights, objective, *, seeds: list[int]):
@@ -162,8 +180,9 @@ def _sigmoid_per_problem(z: torch.Tensor) -> torch.Tensor:
     return sig
 
 
-def _dense_adam(x, y, pw, weight, bias, objective, gen):
-    """The schedule with the gradient and torch's Adam step written out (dense x)."""
+def _dense_adam(x, y, pw, weight, bias, objective, gen, whole=None):
+    """The schedule with the gradient and torch's Adam step written out (dense x; `whole`: x and x' as CSR for
+    the batches of every word, `_whole_batch_products`)."""
     n = x.shape[0]
     params = [weight.clone(), bias.clone()]
     first = [torch.zeros_like(p) for p in params]
@@ -178,11 +197,12 @@ def _dense_adam(x, y, pw, weight, bias, objective, gen):
             # depend on the order of the rows, beyond float rounding.
             batch, target = (x, y) if len(rows) == n else (x[rows], y[rows])
             w, b = params
-            z = torch.addmm(b, batch, w.T)
+            sparse = whole is not None and len(rows) == n
+            z = torch.sparse.mm(whole[0], w.T.contiguous()) + b if sparse else torch.addmm(b, batch, w.T)
             sig = torch.sigmoid(z)
             # d/dz of sum BCE_pw / (batch * 26): pos_weight * y * (sigmoid - 1) + (1 - y) * sigmoid.
             dz = (pw * target * (sig - 1) + (1 - target) * sig) * (scale / len(rows))
-            grads = [dz.T @ batch, dz.sum(0)]
+            grads = [torch.sparse.mm(whole[1], dz).T if sparse else dz.T @ batch, dz.sum(0)]
             if objective.l1:
                 grads[0] += objective.l1 * scale * torch.sign(w)
             steps += 1
