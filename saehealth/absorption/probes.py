@@ -16,8 +16,8 @@ which is what both schedules minimise: the letter probe with weight_decay 1e-4 a
 
 Two schedules of one trainer:
 - `converged` (default): full batch, float64, until the optimality conditions hold or a cap on steps is
-  reached, so a probe is a function of the data and not of the step budget: Newton's method for the
-  smooth letter probe (its gradient within 1e-7 of zero); for the L1 probe, proximal Newton steps on a working set of latents (as glmnet does).
+  reached, so a probe is a function of the data and not of the step budget: Newton's method or L-BFGS
+  for the smooth letter probe, whichever costs less at its width (`smooth_probes.py`); for the L1 probe, proximal Newton steps on a working set of latents (as glmnet does).
   A start (`init`, e.g. another word split's solution) only saves steps.
 - `saebench-0.6`: SAEBench's own schedule, for comparability with published numbers: nn.Linear's
   initialisation, Adam from lr 1e-2 decayed exponentially to 1e-5 over 50 epochs, shuffled mini-batches
@@ -35,6 +35,7 @@ import torch
 from saehealth.absorption.adam_probes import matmul as _matmul
 from saehealth.absorption.adam_probes import train_adam, train_adam_together
 from saehealth.absorption.adam_probes import transpose as _transpose
+from saehealth.absorption.smooth_probes import fit_smooth, per_probe_objective
 
 SCHEDULES = ("converged", "saebench-0.6")
 DENSE_ABOVE = 0.25  # fraction of non-zero inputs above which the converged schedule works on dense inputs
@@ -135,7 +136,8 @@ def _targets(labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _train_converged(x, y, pos_weight, objective: ProbeObjective, *, max_steps: int, tol: float, init):
-    """Full batch, float64: Newton for the smooth letter probe, working-set Newton for the L1 probe."""
+    """Full batch, float64: the smooth letter probe by `smooth_probes.fit_smooth`, the L1 probe by working-set
+    Newton."""
     x = x.to(torch.float64)
     if x.is_sparse:
         x = x.coalesce()
@@ -151,77 +153,10 @@ def _train_converged(x, y, pos_weight, objective: ProbeObjective, *, max_steps: 
         w, b = init[0].to(w), init[1].to(b)
     if objective.l1:
         return _l1_newton(x, xt, y, sample_weight, objective, w, b, max_steps=max_steps, tol=tol)
-    return _smooth_newton(x, xt, y, sample_weight, objective, w, b, max_steps=max_steps, tol=tol)
-
-
-def _per_probe_objective(z, y, a, w, b, objective: ProbeObjective) -> torch.Tensor:
-    """(P,) per-letter objective: mean_n a * BCE + l1 ||w||_1 + rho/2 (||w||^2 + b^2)."""
-    rho = objective.n_probes * objective.weight_decay
-    loss = a * (torch.nn.functional.softplus(z) - y * z)
-    return loss.mean(0) + objective.l1 * w.abs().sum(1) + rho / 2 * (w.pow(2).sum(1) + b.pow(2))
-
-
-def _smooth_newton(x, xt, y, a, objective: ProbeObjective, w, b, *, max_steps: int, tol: float) -> TrainedProbes:
-    """Newton's method on the smooth (L2-only) objective, every letter at once, with a backtracking line search.
-
-    The letter probes read a few hundred features, so each letter's Hessian, (d + 1)² with the bias, is cheap
-    to form and solve, and Newton needs about 9 steps from zero (3–5 from another split's solution) where
-    L-BFGS took ~160 and could stop on its change tolerance ~1e-4 away from the optimum: nearly separable
-    letters leave the logistic curvature tiny along some directions. Like `_l1_newton`, the Hessian is formed
-    in float32 (it only shapes the step; the float64 gradient and line search decide). Stops when every
-    letter's gradient is within `tol` (at most 1e-6) of zero, or after `max_steps` steps.
-    """
-    n, d = x.shape
-    rho = objective.n_probes * objective.weight_decay
-    dense = x.to_dense() if x.layout != torch.strided else x
-    features = torch.cat([dense, torch.ones(n, 1, dtype=dense.dtype, device=dense.device)], dim=1).float()
-    ridge = rho * torch.eye(d + 1, dtype=torch.float64, device=x.device)
-    theta = torch.cat([w, b[:, None]], dim=1)
-    threshold = min(tol, 1e-6)
-
-    def evaluate(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-letter objective (P,), gradient (P, d + 1) and logits (n, P)."""
-        w, b = theta[:, :d], theta[:, d]
-        z = _matmul(x, w.T) + b
-        dz = a * (torch.sigmoid(z) - y) / n
-        grad = torch.cat([_matmul(xt, dz).T + rho * w, (dz.sum(0) + rho * b)[:, None]], dim=1)
-        return _per_probe_objective(z, y, a, w, b, objective), grad, z
-
-    value, grad, z = evaluate(theta)
-    converged = grad.abs().amax(1) <= threshold
-    steps = 0
-    while steps < max_steps and not bool(converged.all()):
-        steps += 1
-        active = torch.nonzero(~converged).flatten()
-        sig = torch.sigmoid(z[:, active])
-        curvature = (a[:, active] * sig * (1 - sig) / n).T.float()  # (A, n)
-        hess = torch.bmm(features.T[None] * curvature[:, None, :], features.expand(len(active), -1, -1))
-        direction = torch.linalg.solve(hess.double() + ridge, grad[active].unsqueeze(-1)).squeeze(-1)
-        decrease = (grad[active] * direction).sum(1)
-        step = torch.ones(len(active), dtype=theta.dtype, device=theta.device)
-        improved = torch.zeros(len(active), dtype=torch.bool, device=theta.device)
-        for _ in range(30):  # Armijo backtracking per letter
-            trial = theta.clone()
-            trial[active] = theta[active] - step[:, None] * direction
-            trial_value, trial_grad, trial_z = evaluate(trial)
-            ok = (trial_value[active] <= value[active] - 1e-4 * step * decrease) & ~improved
-            rows = active[ok]
-            theta[rows], value[rows], grad[rows], z[:, rows] = (
-                trial[rows],
-                trial_value[rows],
-                trial_grad[rows],
-                trial_z[:, rows],
-            )
-            improved |= ok
-            if bool(improved.all()):
-                break
-            step = torch.where(improved, step, step / 2)
-        converged = grad.abs().amax(1) <= threshold
-        if not bool(improved.any()):
-            break  # no descent left at float64 precision: as converged as it gets
-    w, b = theta[:, :d].contiguous(), theta[:, d].contiguous()
-    data_gradient = grad[:, :d] - rho * w
-    return TrainedProbes(w.float(), b.float(), steps, converged.cpu(), data_gradient.float())
+    weight, bias, steps, converged, data_gradient = fit_smooth(
+        x, xt, y, sample_weight, objective, w, b, max_steps=max_steps, tol=tol
+    )
+    return TrainedProbes(weight, bias, steps, converged, data_gradient)
 
 
 def _l1_newton(x, xt, y, a, objective: ProbeObjective, w, b, *, max_steps: int, tol: float) -> TrainedProbes:
@@ -242,7 +177,7 @@ def _l1_newton(x, xt, y, a, objective: ProbeObjective, w, b, *, max_steps: int, 
     columns = _ColumnReader(xt)
     converged = torch.zeros(n_probes, dtype=torch.bool, device=device)
     z = _matmul(x, w.T) + b
-    value = _per_probe_objective(z, y, a, w, b, objective)
+    value = per_probe_objective(z, y, a, w, b, objective)
     steps = 0
     while steps < max_steps:
         steps += 1
@@ -277,7 +212,7 @@ def _l1_newton(x, xt, y, a, objective: ProbeObjective, w, b, *, max_steps: int, 
             trial_w[rows, ids] = trial[:, :-1]
             trial_b = trial[:, -1]
             trial_z = _matmul(x, trial_w.T) + trial_b
-            trial_value = _per_probe_objective(trial_z, y, a, trial_w, trial_b, objective)
+            trial_value = per_probe_objective(trial_z, y, a, trial_w, trial_b, objective)
             ok = (trial_value <= value + 1e-4 * step * decrease) & ~accepted
             new_w = torch.where(ok[:, None], trial_w, new_w)
             new_b = torch.where(ok, trial_b, new_b)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.optimize
 import torch
 
+from saehealth.absorption import smooth_probes
 from saehealth.absorption.probes import LETTER_PROBE, train_probes
 
 D, N, P = 24, 600, 5
@@ -39,15 +41,21 @@ def _scipy_probe(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return fit.x
 
 
-def test_converged_letter_probes_are_the_optimum():
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+def test_converged_letter_probes_are_the_optimum(solver, monkeypatch):
+    """Newton (this width) reaches the minimiser to float32's precision; L-BFGS (what wider models get) stops
+    on its gradient tolerance, close to it."""
+    if solver == "lbfgs":
+        monkeypatch.setattr(smooth_probes, "NEWTON_MAX_WIDTH", D)
     x, labels = _problem(0)
     probes = train_probes(x, labels, LETTER_PROBE, "converged")
     assert bool(probes.converged.all())
+    closeness = 1e-5 if solver == "newton" else 1e-3
     for letter in range(P):
         want = _scipy_probe(x.double().numpy(), labels[:, letter].double().numpy())
         got = np.concatenate([probes.weight[letter].double().numpy(), [float(probes.bias[letter])]])
         # float32 storage of the result: agreement to its precision, relative to the probe's size
-        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), letter
+        assert np.abs(got - want).max() <= closeness * np.abs(want).max(), letter
 
 
 def test_a_start_elsewhere_reaches_the_same_probes():
