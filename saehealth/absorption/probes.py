@@ -246,16 +246,15 @@ def _lasso_coordinate_descent(hess, g, v0, lam: float, sweeps: int = 30, tol: fl
     threshold = lam / diagonal
     n_coords = v.shape[0]
     for _ in range(sweeps):
-        biggest = np.zeros(v.shape[1])
+        before = v.copy()  # each coordinate moves once per sweep: its move is after − before
         for j in range(n_coords):
             target = v[j] - residual[:, j] / diagonal[j]
-            if j < n_coords - 1:
-                target = np.sign(target) * np.maximum(np.abs(target) - threshold[j], 0.0)
+            if j < n_coords - 1:  # soft thresholding: t − clip(t, −θ, θ) is sign(t)·max(|t| − θ, 0), in fewer calls
+                target = target - np.minimum(np.maximum(target, -threshold[j]), threshold[j])
             change = target - v[j]
             v[j] += change
             residual += columns[j] * change[:, None]
-            np.maximum(biggest, np.abs(change) * scale[j], out=biggest)
-        if biggest.max() <= tol:
+        if (np.abs(v - before) * scale).max() <= tol:
             break
     return torch.from_numpy(np.ascontiguousarray(v.T)).to(v0.device)
 
