@@ -87,7 +87,8 @@ def score_batches(
             examples,
             (diagnostics, agreement, pathological),
         )
-    extra = [tally for member in routed.values() for tally in member.tallies()]
+    own = [member.tallies() for member in routed.values()]  # each routed member's tallies, merged beside
+    extra = [tally for member_tallies in own for tally in member_tallies]
     merged = distributed.merge_on_first_rank([*tallies, *extra] + ([] if paired is None else [paired]))
     if merged is None:
         return None
@@ -97,8 +98,10 @@ def score_batches(
     outputs = [tally.output() for tally in merged]
     for output in outputs:
         output.paired = paired
-    for j, (i, member) in enumerate(routed.items()):
-        member.finish(outputs[i], *extra[2 * j : 2 * j + 2])
+    start = 0
+    for (i, member), member_tallies in zip(routed.items(), own, strict=True):
+        member.finish(outputs[i], *extra[start : start + len(member_tallies)])
+        start += len(member_tallies)
     return outputs
 
 

@@ -9,7 +9,9 @@ SAE's words) autograd's bookkeeping cost three times the arithmetic (2.1 s of CP
 The update is torch's `Adam` step, operation for operation. Latents (the L1 probe) are trained dense up to
 DENSE_LIMIT values: on the demo SAE (2,862 words x 1,024 latents, 6% non-zero) a sparse product and its
 autograd backward took 13 s of wall time per split on busy cores, most of the saebench-0.6 estimator's
-cost; wider SAEs keep sparse inputs and autograd.
+cost; wider SAEs keep sparse inputs and autograd. Where a mini-batch is every word (the L1 probe's 4,096) and
+few latents fire, its two products run on CSR copies instead (`_whole_batch_products`): MKL's sparse products
+without autograd, a fraction of the dense ones' cost.
 """
 
 from __future__ import annotations
