@@ -144,7 +144,7 @@ def run_saebench(args, seeds: list[int]) -> dict:
     with tempfile.TemporaryDirectory() as work:
         payload = {"sae_path": str(Path(args.sae_path).resolve()), "seeds": seeds, "out": work}
         payload |= {"min_letters": args.min_letters, "threads": args.threads}
-        env = {**os.environ, "SAEHEALTH_REPO": str(REPO), "HF_HUB_OFFLINE": "1", **thread_env(args.threads)}
+        env = {**os.environ, "SAEHEALTH_REPO": str(REPO), "HF_HUB_OFFLINE": "1"}  # thread_env set in main()
         run = subprocess.run(
             [str(python), "-c", CHILD, json.dumps(payload)], cwd=work, env=env, capture_output=True, text=True
         )
